@@ -1,0 +1,25 @@
+# Every dependency comes from a Debian 12 package (scripts/install-deps.sh installs them).
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+find_package(Boost 1.74 REQUIRED)
+find_package(PahoMqttCpp REQUIRED)
+find_package(CURL REQUIRED)
+find_package(OpenSSL REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(toml11 REQUIRED)
+find_package(tl-expected REQUIRED)
+find_package(RapidJSON REQUIRED)
+pkg_check_modules(SYSTEMD REQUIRED IMPORTED_TARGET libsystemd)
+
+# RapidJSON ships no CMake target: wrap its include directories.
+if(NOT TARGET upparat::rapidjson)
+  add_library(upparat_rapidjson INTERFACE)
+  add_library(upparat::rapidjson ALIAS upparat_rapidjson)
+  target_include_directories(upparat_rapidjson SYSTEM INTERFACE ${RAPIDJSON_INCLUDE_DIRS})
+  target_compile_definitions(upparat_rapidjson INTERFACE RAPIDJSON_HAS_STDSTRING=1)
+endif()
+
+if(UPPARAT_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()

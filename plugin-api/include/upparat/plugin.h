@@ -1,0 +1,253 @@
+/**
+ * @file upparat/plugin.h
+ * @brief The binary interface between the Upparat daemon (the host) and its plugins.
+ *
+ * This C99 header is the whole ABI. A plugin is a shared object that exports exactly one
+ * symbol, ::upparat_plugin_entry (see #UPPARAT_PLUGIN_ENTRY_SYMBOL). The host calls it with its
+ * own ABI version; the plugin answers with a pointer to its static ::upparat_plugin_descriptor,
+ * or NULL to refuse to load.
+ *
+ * Rules that keep the boundary stable across compilers and standard libraries:
+ * - Only C types cross it: fixed-width integers, pointers to NUL-terminated UTF-8 strings,
+ *   and the structs below. No C++ types and no exceptions.
+ * - Every struct begins with its own @c struct_size and only ever grows at the end. A reader
+ *   checks @c struct_size before touching a field added in a later minor version.
+ * - Major versions break compatibility; minor versions only add. The host loads a plugin when
+ *   the majors are equal and the plugin's minor is not newer than the host's.
+ * - Strings passed in either direction are owned by the side that passes them and are valid
+ *   only for the duration of the call, unless stated otherwise. The host copies every string it
+ *   receives; a plugin that keeps a string must copy it.
+ *
+ * Threading: the host never runs two calls on the same instance at once. Host services may be
+ * called from any thread the plugin starts, but only until the call that received them returns
+ * (the log service of ::upparat_host: until @c destroy returns).
+ *
+ * C++ plugin authors normally use @c upparat/plugin.hpp, which implements this interface from
+ * a class with virtual member functions and one macro.
+ */
+#ifndef UPPARAT_PLUGIN_H
+#define UPPARAT_PLUGIN_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** @name ABI version
+ *  The version of this header. Bump the minor when a field or function is appended, the major
+ *  when anything existing changes.
+ *  @{ */
+#define UPPARAT_ABI_MAJOR 1 /**< Incompatible changes. */
+#define UPPARAT_ABI_MINOR 0 /**< Backwards-compatible additions. */
+/** @} */
+
+/** Name of the single symbol a plugin exports (see ::upparat_plugin_entry_fn). */
+#define UPPARAT_PLUGIN_ENTRY_SYMBOL "upparat_plugin_entry"
+
+/** Marks a symbol as exported from a plugin built with @c -fvisibility=hidden. */
+#if defined(__GNUC__)
+#define UPPARAT_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+#define UPPARAT_PLUGIN_EXPORT
+#endif
+
+/** @name Step results (::upparat_result::code)
+ *  @{ */
+/** The step succeeded. For @c version, @c upparat_result::text holds the installed version. */
+#define UPPARAT_OK 0
+/** Not now: the host runs the step again after @c retry_after_seconds (or its configured
+ *  @c retry_interval when that is negative), at most @c max_retries times. */
+#define UPPARAT_RETRY_LATER 1
+/** The step failed; @c upparat_result::text says why. The job fails. */
+#define UPPARAT_FAILED 2
+/** This plugin does not perform this step; the host behaves as if no hook were configured. */
+#define UPPARAT_NOT_SUPPORTED 3
+/** @} */
+
+/** @name Capabilities (::upparat_plugin_descriptor::capabilities)
+ *  @{ */
+/** @c install can take the job's URL instead of a downloaded file (streaming install). The
+ *  host uses it when the plugin's configuration asks for streaming; it then skips its own
+ *  download and passes a freshly fetched URL in ::upparat_job_context::url, with
+ *  ::upparat_job_context::file_path set to NULL. */
+#define UPPARAT_CAP_INSTALL_FROM_URL (UINT64_C(1) << 0)
+/** Once started, @c install must run to its end: the host does not ask it to stop and honours a
+ *  cancellation only after it returned. */
+#define UPPARAT_CAP_INSTALL_NOT_INTERRUPTIBLE (UINT64_C(1) << 1)
+/** @} */
+
+/** @name Log levels (::upparat_host::log)
+ *  @{ */
+#define UPPARAT_LOG_TRACE 0
+#define UPPARAT_LOG_DEBUG 1
+#define UPPARAT_LOG_INFO 2
+#define UPPARAT_LOG_WARN 3
+#define UPPARAT_LOG_ERROR 4
+/** @} */
+
+/** Opaque plugin instance, created by ::upparat_plugin_functions::create. */
+typedef struct upparat_instance upparat_instance;
+
+/** One configuration entry. */
+typedef struct upparat_config_entry {
+  /** Key; nested TOML tables are joined with dots (`[plugins.x.dbus] bus = ...` gives
+   *  `dbus.bus`). */
+  const char* key;
+  /** Value as text: strings as they are, numbers and booleans (`true`/`false`) in their TOML
+   *  spelling, arrays and tables as JSON. */
+  const char* value;
+} upparat_config_entry;
+
+/** A plugin instance's configuration: the `[plugins.NAME]` table of the daemon's configuration
+ *  without the host's own keys (`path`). Valid only during @c create. */
+typedef struct upparat_config {
+  uint32_t struct_size;                /**< sizeof(upparat_config) as the host knows it. */
+  uint32_t count;                      /**< Number of entries. */
+  const upparat_config_entry* entries; /**< @c count entries, keys unique, sorted by key. */
+} upparat_config;
+
+/** Services the host offers for an instance's whole life (from @c create until @c destroy
+ *  returns). May be called from any thread. */
+typedef struct upparat_host {
+  uint32_t struct_size; /**< sizeof(upparat_host) as the host knows it. */
+  uint32_t reserved0;   /**< Zero. */
+  void* host_data;      /**< Pass as the first argument of every service below. */
+  /** Writes @p message (copied) to the daemon's log at @p level (UPPARAT_LOG_*). */
+  void (*log)(void* host_data, int32_t level, const char* message);
+} upparat_host;
+
+/** Services for one step call, valid until that call returns. May be called from any thread
+ *  of the plugin while the call runs. */
+typedef struct upparat_step_services {
+  uint32_t struct_size; /**< sizeof(upparat_step_services) as the host knows it. */
+  uint32_t reserved0;   /**< Zero. */
+  void* step_data;      /**< Pass as the first argument of every service below. */
+  /**
+   * Reports progress. @p line (may be NULL) is one human-readable line, for example a line an
+   * installer printed; @p percent is 0..100, or -1 when unknown. The host rate-limits what
+   * reaches the cloud, so report as often as is natural.
+   */
+  void (*progress)(void* step_data, const char* line, int32_t percent);
+  /** Returns non-zero once the host wants this step to end (job cancelled, deadline passed,
+   *  daemon stopping). A plugin returns promptly, usually with UPPARAT_FAILED. */
+  int32_t (*should_stop)(void* step_data);
+  /** A file descriptor that becomes readable when the host wants the step to end, for plugins
+   *  that block in poll(). Owned by the host: never read, write or close it. */
+  int32_t stop_fd;
+  uint32_t reserved1; /**< Zero. */
+  /**
+   * Reads a value from the job's key/value store, which is saved with the daemon's durable job
+   * state (so @c ready after a reboot can read what @c install wrote). Returns NULL when the
+   * key is not set; the string stays valid until this call returns or the key is set again.
+   */
+  const char* (*store_get)(void* step_data, const char* key);
+  /**
+   * Writes @p value (copied) under @p key; NULL @p value removes the key. Keys are 1-128
+   * characters of [A-Za-z0-9._-], values at most 4096 bytes. The store is saved durably before
+   * the next step begins. Returns 0 on success, -1 when the key or value is refused.
+   */
+  int32_t (*store_set)(void* step_data, const char* key, const char* value);
+} upparat_step_services;
+
+/** What a step works on: one job execution. Strings are never NULL unless stated. */
+typedef struct upparat_job_context {
+  uint32_t struct_size;        /**< sizeof(upparat_job_context) as the host knows it. */
+  int32_t force;               /**< The document's `force` (0 or 1). */
+  const char* job_id;          /**< The job id, for example `upparat_42`. */
+  int64_t execution_number;    /**< The execution number of this job on this thing. */
+  const char* version;         /**< The document's `version`: the version to install. */
+  const char* meta;            /**< The document's `meta`, or "" when absent. */
+  const char* url;             /**< The download URL (pre-signed, with credentials: never log
+                                    its query string). */
+  const char* sha256;          /**< Expected lowercase hex SHA-256, or NULL when absent. */
+  int64_t size;                /**< Expected size in bytes, or -1 when absent. */
+  const char* document_json;   /**< The whole job document as JSON text. */
+  const char* file_path;       /**< The downloaded, verified file for @c install; NULL for
+                                    other steps and for an install from the URL. */
+  int64_t seconds_since_first; /**< Seconds since this step was first tried for this job. */
+  int32_t retry_count;         /**< 0 on the first try, then 1, 2, ... after RETRY_LATER. */
+  uint32_t reserved0;          /**< Zero. */
+} upparat_job_context;
+
+/** What a step answers. Allocated by the host; the plugin fills it. */
+typedef struct upparat_result {
+  uint32_t struct_size; /**< sizeof(upparat_result) as the host knows it. */
+  int32_t code;         /**< UPPARAT_OK, UPPARAT_RETRY_LATER, UPPARAT_FAILED or
+                             UPPARAT_NOT_SUPPORTED. Preset by the host to UPPARAT_FAILED. */
+  /** For UPPARAT_RETRY_LATER: seconds to wait, or -1 for the configured retry_interval.
+   *  Preset to -1. */
+  int64_t retry_after_seconds;
+  /** Host buffer of @c text_capacity bytes, preset to "". The plugin writes a NUL-terminated
+   *  UTF-8 text: the installed version (for @c version) or the reason (for
+   *  UPPARAT_FAILED/UPPARAT_RETRY_LATER). Longer texts must be cut; the host sanitises it. */
+  char* text;
+  uint32_t text_capacity; /**< Size of @c text in bytes, at least 1024. */
+  uint32_t reserved0;     /**< Zero. */
+} upparat_result;
+
+/**
+ * One step: @c version, @c download, @c install, @c restart or @c ready.
+ * Meanings (the classic Upparat hook contract):
+ * - @c version: put the installed version into @c result->text.
+ * - @c download: the gate before the transfer; OK means the host may download now.
+ * - @c install: install from @c job->file_path, or from @c job->url when streaming.
+ * - @c restart: restart the device; usually does not return. Returning OK means a soft restart
+ *   that finished.
+ * - @c ready: the new system is healthy.
+ * The function must fill @p result and return; it must not throw.
+ * A NULL function pointer means UPPARAT_NOT_SUPPORTED.
+ */
+typedef void (*upparat_step_fn)(upparat_instance* instance, const upparat_job_context* job,
+                                const upparat_step_services* services, upparat_result* result);
+
+/** The functions of a plugin. */
+typedef struct upparat_plugin_functions {
+  uint32_t struct_size; /**< sizeof(upparat_plugin_functions) as the plugin was built with. */
+  uint32_t reserved0;   /**< Zero. */
+  /**
+   * Creates an instance from its configuration. On success sets @p *instance and sets
+   * @c result->code to UPPARAT_OK. On failure leaves @p *instance NULL, sets UPPARAT_FAILED and
+   * writes the reason (an unknown or invalid key, a missing file) to @c result->text.
+   * @p host stays valid until @c destroy returns; @p config only during this call.
+   */
+  void (*create)(const upparat_host* host, const upparat_config* config,
+                 upparat_instance** instance, upparat_result* result);
+  /** Destroys an instance. Must join every thread the instance started. */
+  void (*destroy)(upparat_instance* instance);
+  upparat_step_fn version;  /**< See ::upparat_step_fn. */
+  upparat_step_fn download; /**< See ::upparat_step_fn. */
+  upparat_step_fn install;  /**< See ::upparat_step_fn. */
+  upparat_step_fn restart;  /**< See ::upparat_step_fn. */
+  upparat_step_fn ready;    /**< See ::upparat_step_fn. */
+} upparat_plugin_functions;
+
+/** Describes a plugin. Static storage in the plugin; the host copies what it keeps. */
+typedef struct upparat_plugin_descriptor {
+  uint32_t struct_size; /**< sizeof(upparat_plugin_descriptor) as the plugin was built with. */
+  uint16_t abi_major;   /**< UPPARAT_ABI_MAJOR the plugin was built with. */
+  uint16_t abi_minor;   /**< UPPARAT_ABI_MINOR the plugin was built with. */
+  const char* name;     /**< Short name, for example `script`. */
+  const char* version;  /**< The plugin's own version. */
+  const char* license;  /**< SPDX license expression, for example `Apache-2.0`. */
+  const char* description;                    /**< One line for humans. */
+  uint64_t capabilities;                      /**< UPPARAT_CAP_* bits. */
+  const upparat_plugin_functions* functions;  /**< Never NULL. */
+} upparat_plugin_descriptor;
+
+/**
+ * The entry point every plugin exports under the name #UPPARAT_PLUGIN_ENTRY_SYMBOL.
+ * @param host_abi_major UPPARAT_ABI_MAJOR of the host.
+ * @param host_abi_minor UPPARAT_ABI_MINOR of the host.
+ * @return The plugin's descriptor (static storage), or NULL when the plugin refuses this host.
+ *         The host checks compatibility itself too, so a plugin may simply return its
+ *         descriptor.
+ */
+typedef const upparat_plugin_descriptor* (*upparat_plugin_entry_fn)(uint32_t host_abi_major,
+                                                                     uint32_t host_abi_minor);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UPPARAT_PLUGIN_H */
