@@ -11,9 +11,9 @@ fi
 packages=(
   # toolchain
   build-essential cmake pkg-config git ca-certificates
-  # libraries of the daemon
+  # libraries of the daemon and the emulator
   libboost-dev libpaho-mqttpp-dev libpaho-mqtt-dev libcurl4-openssl-dev rapidjson-dev
-  libtoml11-dev libspdlog-dev libfmt-dev libssl-dev libexpected-dev libsystemd-dev
+  libtoml11-dev libspdlog-dev libfmt-dev libssl-dev libexpected-dev libsystemd-dev libcpp-httplib-dev
   # tests
   googletest libgtest-dev libgmock-dev
   # real peers used by tests and the demo
