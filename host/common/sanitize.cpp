@@ -36,8 +36,7 @@ std::size_t decode_utf8(std::string_view text, std::size_t i, std::uint32_t& cod
     }
     code_point = (code_point << 6) | (byte(k) & 0x3F);
   }
-  if (code_point < min || code_point > 0x10FFFF ||
-      (code_point >= 0xD800 && code_point <= 0xDFFF)) {
+  if (code_point < min || code_point > 0x10FFFF || (code_point >= 0xD800 && code_point <= 0xDFFF)) {
     return 0;
   }
   return length;
@@ -48,6 +47,19 @@ bool is_control(std::uint32_t code_point) {
 }
 
 }  // namespace
+
+bool is_valid_utf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    std::uint32_t code_point = 0;
+    const std::size_t length = decode_utf8(text, i, code_point);
+    if (length == 0) {
+      return false;
+    }
+    i += length;
+  }
+  return true;
+}
 
 std::string sanitize_status_detail(std::string_view text) {
   std::string out;

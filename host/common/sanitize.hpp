@@ -15,4 +15,8 @@ inline constexpr std::size_t kStatusDetailMaxChars = 1024;
 /// result becomes "none". Everything a plugin or hook says that reaches the cloud passes here.
 [[nodiscard]] std::string sanitize_status_detail(std::string_view text);
 
+/// True when `text` is well-formed UTF-8 (RFC 3629: no overlong forms, surrogates or values
+/// above U+10FFFF).
+[[nodiscard]] bool is_valid_utf8(std::string_view text);
+
 }  // namespace upparat

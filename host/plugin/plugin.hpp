@@ -13,9 +13,11 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/error.hpp"
 #include "common/stop_signal.hpp"
+#include "plugin/key_value_store.hpp"
 
 namespace upparat::plugin {
 
@@ -28,8 +30,9 @@ enum class Outcome { Ok, RetryLater, Failed, NotSupported };
 
 struct StepResult {
   Outcome outcome = Outcome::Failed;
-  /// The version (version step, Ok) or the reason (Failed, RetryLater), already passed through
-  /// sanitize_status_detail() for anything but the version.
+  /// What the plugin wrote (at most 4095 bytes). For Ok as written, without leading and
+  /// trailing whitespace (the version step's installed version). For any other outcome the
+  /// reason, passed through sanitize_status_detail(): safe to report to the cloud.
   std::string text;
   /// For RetryLater: the plugin's own delay, when it gave one.
   std::optional<std::chrono::seconds> retry_after;
@@ -38,6 +41,14 @@ struct StepResult {
 /// Capability bits (UPPARAT_CAP_*), mirrored so callers need not include the C header.
 inline constexpr std::uint64_t kCapInstallFromUrl = 1u << 0;
 inline constexpr std::uint64_t kCapInstallNotInterruptible = 1u << 1;
+
+/// The plugin ABI this daemon speaks (UPPARAT_ABI_MAJOR / UPPARAT_ABI_MINOR).
+extern const std::uint16_t kHostAbiMajor;
+extern const std::uint16_t kHostAbiMinor;
+
+/// Names of the bits set in `capabilities`, in bit order: "INSTALL_FROM_URL",
+/// "INSTALL_NOT_INTERRUPTIBLE", and "0x..." for a bit this daemon does not know.
+[[nodiscard]] std::vector<std::string> capability_names(std::uint64_t capabilities);
 
 struct PluginInfo {
   std::filesystem::path path;
@@ -68,27 +79,17 @@ struct JobContext {
   std::int32_t retry_count = 0;
 };
 
-/// The job's durable key/value store (saved by the daemon with its job state). Thread-safe:
-/// plugins may write from their own threads while a step runs.
-class KeyValueStore {
- public:
-  KeyValueStore() = default;
-  explicit KeyValueStore(std::map<std::string, std::string> values) : values_(std::move(values)) {}
-  [[nodiscard]] std::optional<std::string> get(const std::string& key) const;
-  /// False when the key (1-128 of [A-Za-z0-9._-]) or the value (<= 4096 bytes) is refused.
-  bool set(const std::string& key, std::optional<std::string> value);
-  [[nodiscard]] std::map<std::string, std::string> snapshot() const;
-
- private:
-  mutable std::mutex mutex_;
-  std::map<std::string, std::string> values_;
-};
-
-/// Services for one step call.
+/// Services for one step call. They are used only while run() runs, possibly from threads of
+/// the plugin, but never two at once: `progress` need not be thread-safe. Once run() returned,
+/// late calls by a misbehaving plugin are ignored.
 struct StepServices {
-  const StopSignal* stop = nullptr;                                  ///< Required.
-  std::function<void(std::string_view line, int percent)> progress;  ///< May be empty.
-  KeyValueStore* store = nullptr;                                    ///< Required.
+  /// Required. The plugin polls it and waits on its fd. For a plugin with
+  /// kCapInstallNotInterruptible, pass a signal that does not fire during install.
+  const StopSignal* stop = nullptr;
+  /// May be empty. `line` is sanitised (sanitize_status_detail) or empty when the plugin gave
+  /// none; `percent` is 0..100, or -1 when unknown.
+  std::function<void(std::string_view line, int percent)> progress;
+  KeyValueStore* store = nullptr;  ///< Required.
 };
 
 /// A loaded plugin with one instance. Destroys the instance before releasing its library.
@@ -102,6 +103,8 @@ class LoadedPlugin {
   /// Loads and checks the descriptor without creating an instance (upparat-plugin-check).
   [[nodiscard]] static Result<PluginInfo> inspect(const std::filesystem::path& path);
 
+  /// Destroys the instance (the plugin joins its threads), then unloads the library. Must not
+  /// run while run() does.
   ~LoadedPlugin();
   LoadedPlugin(const LoadedPlugin&) = delete;
   LoadedPlugin& operator=(const LoadedPlugin&) = delete;
@@ -109,8 +112,8 @@ class LoadedPlugin {
   [[nodiscard]] const PluginInfo& info() const;
   [[nodiscard]] bool has_capability(std::uint64_t bit) const;
 
-  /// Runs one step. Never throws; a NULL step function is NotSupported. Steps of one instance
-  /// are serialised (a second concurrent call waits).
+  /// Runs one step. Never throws; a NULL step function is NotSupported, an unknown result
+  /// code Failed. Steps of one instance are serialised (a second concurrent call waits).
   StepResult run(Step step, const JobContext& job, const StepServices& services);
 
  private:

@@ -139,13 +139,15 @@ typedef struct upparat_step_services {
   /**
    * Reads a value from the job's key/value store, which is saved with the daemon's durable job
    * state (so @c ready after a reboot can read what @c install wrote). Returns NULL when the
-   * key is not set; the string stays valid until this call returns or the key is set again.
+   * key is not set. The returned string is owned by the host and stays valid until the step
+   * call returns (also when the key is set again meanwhile); copy it to keep it longer.
    */
   const char* (*store_get)(void* step_data, const char* key);
   /**
    * Writes @p value (copied) under @p key; NULL @p value removes the key. Keys are 1-128
-   * characters of [A-Za-z0-9._-], values at most 4096 bytes. The store is saved durably before
-   * the next step begins. Returns 0 on success, -1 when the key or value is refused.
+   * characters of [A-Za-z0-9._-], values valid UTF-8 of at most 4096 bytes, and the store holds
+   * at most 64 keys. The store is saved durably before the next step begins. Returns 0 on
+   * success, -1 when the key or value is refused (the store is then unchanged).
    */
   int32_t (*store_set)(void* step_data, const char* key, const char* value);
 } upparat_step_services;
@@ -182,7 +184,7 @@ typedef struct upparat_result {
    *  UTF-8 text: the installed version (for @c version) or the reason (for
    *  UPPARAT_FAILED/UPPARAT_RETRY_LATER). Longer texts must be cut; the host sanitises it. */
   char* text;
-  uint32_t text_capacity; /**< Size of @c text in bytes, at least 1024. */
+  uint32_t text_capacity; /**< Size of @c text in bytes, at least 1024 (the daemon gives 4096). */
   uint32_t reserved0;     /**< Zero. */
 } upparat_result;
 
@@ -222,17 +224,20 @@ typedef struct upparat_plugin_functions {
   upparat_step_fn ready;    /**< See ::upparat_step_fn. */
 } upparat_plugin_functions;
 
-/** Describes a plugin. Static storage in the plugin; the host copies what it keeps. */
+/** Describes a plugin. Static storage in the plugin; the host copies what it keeps.
+ *  The first three fields (@c struct_size, @c abi_major, @c abi_minor) keep their place in
+ *  every ABI version, major ones included, so that any host can tell which ABI a plugin was
+ *  built for and refuse it with a clear message. */
 typedef struct upparat_plugin_descriptor {
-  uint32_t struct_size; /**< sizeof(upparat_plugin_descriptor) as the plugin was built with. */
-  uint16_t abi_major;   /**< UPPARAT_ABI_MAJOR the plugin was built with. */
-  uint16_t abi_minor;   /**< UPPARAT_ABI_MINOR the plugin was built with. */
-  const char* name;     /**< Short name, for example `script`. */
-  const char* version;  /**< The plugin's own version. */
-  const char* license;  /**< SPDX license expression, for example `Apache-2.0`. */
-  const char* description;                    /**< One line for humans. */
-  uint64_t capabilities;                      /**< UPPARAT_CAP_* bits. */
-  const upparat_plugin_functions* functions;  /**< Never NULL. */
+  uint32_t struct_size;    /**< sizeof(upparat_plugin_descriptor) as the plugin was built with. */
+  uint16_t abi_major;      /**< UPPARAT_ABI_MAJOR the plugin was built with. */
+  uint16_t abi_minor;      /**< UPPARAT_ABI_MINOR the plugin was built with. */
+  const char* name;        /**< Short name, for example `script`. */
+  const char* version;     /**< The plugin's own version. */
+  const char* license;     /**< SPDX license expression, for example `Apache-2.0` (NULL: none). */
+  const char* description; /**< One line for humans (NULL: none). */
+  uint64_t capabilities;   /**< UPPARAT_CAP_* bits. */
+  const upparat_plugin_functions* functions; /**< Never NULL. */
 } upparat_plugin_descriptor;
 
 /**
@@ -244,7 +249,23 @@ typedef struct upparat_plugin_descriptor {
  *         descriptor.
  */
 typedef const upparat_plugin_descriptor* (*upparat_plugin_entry_fn)(uint32_t host_abi_major,
-                                                                     uint32_t host_abi_minor);
+                                                                    uint32_t host_abi_minor);
+
+/**
+ * The entry point itself, declared here so that a plugin's definition is checked against it.
+ * Define it in exactly one source file of the plugin, with #UPPARAT_PLUGIN_EXPORT (C++ plugins
+ * get it from the UPPARAT_PLUGIN macro of @c upparat/plugin.hpp):
+ * @code
+ * UPPARAT_PLUGIN_EXPORT const upparat_plugin_descriptor* upparat_plugin_entry(
+ *     uint32_t host_abi_major, uint32_t host_abi_minor) {
+ *   (void)host_abi_major;
+ *   (void)host_abi_minor;
+ *   return &my_descriptor;
+ * }
+ * @endcode
+ */
+UPPARAT_PLUGIN_EXPORT const upparat_plugin_descriptor* upparat_plugin_entry(
+    uint32_t host_abi_major, uint32_t host_abi_minor);
 
 #ifdef __cplusplus
 }

@@ -168,10 +168,13 @@ inline Job make_job(const upparat_job_context* c) {
   job.version = c->version ? c->version : "";
   job.meta = c->meta ? c->meta : "";
   job.url = c->url ? c->url : "";
-  if (c->sha256 != nullptr) job.sha256 = c->sha256;
-  if (c->size >= 0) job.size = c->size;
+  if (c->sha256 != nullptr)
+    job.sha256 = c->sha256;
+  if (c->size >= 0)
+    job.size = c->size;
   job.document_json = c->document_json ? c->document_json : "{}";
-  if (c->file_path != nullptr) job.file = c->file_path;
+  if (c->file_path != nullptr)
+    job.file = c->file_path;
   job.force = c->force != 0;
   job.seconds_since_first = c->seconds_since_first;
   job.retry_count = c->retry_count;
@@ -232,8 +235,8 @@ void step(upparat_instance* instance, const upparat_job_context* job,
           const upparat_step_services* services, upparat_result* result) {
   try {
     StepContext context(services);
-    const StepResult r = (reinterpret_cast<Instance*>(instance)->plugin->*Step)(
-        make_job(job), context);
+    const StepResult r =
+        (reinterpret_cast<Instance*>(instance)->plugin->*Step)(make_job(job), context);
     write_result(result, r.code(), r.text(), r.retry_after_seconds());
   } catch (const std::exception& e) {
     write_result(result, UPPARAT_FAILED, e.what(), -1);
@@ -270,19 +273,19 @@ const upparat_plugin_functions* functions() {
  * @param DESCRIPTION  One line for humans (string literal).
  * @param CAPABILITIES UPPARAT_CAP_* bits, or 0.
  */
-#define UPPARAT_PLUGIN(CLASS, NAME, VERSION, LICENSE, DESCRIPTION, CAPABILITIES)              \
-  extern "C" UPPARAT_PLUGIN_EXPORT const upparat_plugin_descriptor* upparat_plugin_entry(     \
-      uint32_t /*host_abi_major*/, uint32_t /*host_abi_minor*/) {                              \
-    static const upparat_plugin_descriptor descriptor = {                                     \
-        sizeof(upparat_plugin_descriptor),                                                     \
-        UPPARAT_ABI_MAJOR,                                                                     \
-        UPPARAT_ABI_MINOR,                                                                     \
-        NAME,                                                                                  \
-        VERSION,                                                                               \
-        LICENSE,                                                                               \
-        DESCRIPTION,                                                                           \
-        (CAPABILITIES),                                                                        \
-        ::upparat::sdk::detail::functions<CLASS>(),                                            \
-    };                                                                                         \
-    return &descriptor;                                                                        \
+#define UPPARAT_PLUGIN(CLASS, NAME, VERSION, LICENSE, DESCRIPTION, CAPABILITIES)          \
+  extern "C" UPPARAT_PLUGIN_EXPORT const upparat_plugin_descriptor* upparat_plugin_entry( \
+      uint32_t /*host_abi_major*/, uint32_t /*host_abi_minor*/) {                         \
+    static const upparat_plugin_descriptor descriptor = {                                 \
+        sizeof(upparat_plugin_descriptor),                                                \
+        UPPARAT_ABI_MAJOR,                                                                \
+        UPPARAT_ABI_MINOR,                                                                \
+        NAME,                                                                             \
+        VERSION,                                                                          \
+        LICENSE,                                                                          \
+        DESCRIPTION,                                                                      \
+        (CAPABILITIES),                                                                   \
+        ::upparat::sdk::detail::functions<CLASS>(),                                       \
+    };                                                                                    \
+    return &descriptor;                                                                   \
   }

@@ -1,0 +1,258 @@
+// The script plugin: the classic Upparat hooks. Each step runs a configured executable with
+// the classic arguments and maps its exit status to a step result (see docs/script-plugin.md).
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <upparat/plugin.hpp>
+
+#include "process/process.hpp"
+
+namespace upparat::script {
+namespace {
+
+using sdk::Config;
+using sdk::Job;
+using sdk::Logger;
+using sdk::StepContext;
+using sdk::StepResult;
+
+constexpr const char* kHookNames[] = {"version", "download", "install", "restart", "ready"};
+constexpr int kRetryLaterExitCode = 3;
+/// Longest reason handed to the host (which cuts at 1024 characters anyway).
+constexpr std::size_t kMaxReasonBytes = 1000;
+/// How many of the last stderr lines a failure reports.
+constexpr std::size_t kStderrLinesInReason = 3;
+constexpr double kMaxKillGraceSeconds = 3600;
+
+/// Checks that a configured hook can run: an absolute path to an executable regular file.
+std::string check_hook(const std::string& name, const std::string& path) {
+  const std::string what = "hook '" + name + "' (" + path + ")";
+  if (path.front() != '/') {
+    throw std::invalid_argument(what + ": the path must be absolute");
+  }
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) {
+    const int error = errno;
+    if (error == ENOENT || error == ENOTDIR) {
+      throw std::invalid_argument(what + ": no such file");
+    }
+    throw std::invalid_argument(what + ": " + std::strerror(error));
+  }
+  if (!S_ISREG(info.st_mode)) {
+    throw std::invalid_argument(what + ": not a regular file");
+  }
+  if (::access(path.c_str(), X_OK) != 0) {
+    throw std::invalid_argument(what + ": not executable (chmod +x " + path + ")");
+  }
+  return path;
+}
+
+double parse_grace(const std::string& text) {
+  const std::string what = "kill_grace_seconds = '" + text + "'";
+  // Plain decimal only: strtod alone would also take " 5", "0x10" or "inf".
+  if (text.empty() || text.find_first_not_of("0123456789.") != std::string::npos) {
+    throw std::invalid_argument(what + ": expected a number of seconds, e.g. 10 or 2.5");
+  }
+  errno = 0;
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (errno != 0 || end != text.c_str() + text.size() || !std::isfinite(value)) {
+    throw std::invalid_argument(what + ": expected a number of seconds, e.g. 10 or 2.5");
+  }
+  if (value > kMaxKillGraceSeconds) {
+    throw std::invalid_argument(what + ": must be at most 3600");
+  }
+  return value;
+}
+
+std::string_view trim(std::string_view text) {
+  const auto not_space = [](char c) {
+    return c != ' ' && c != '\t' && c != '\r' && c != '\n' && c != '\v' && c != '\f';
+  };
+  while (!text.empty() && !not_space(text.front()))
+    text.remove_prefix(1);
+  while (!text.empty() && !not_space(text.back()))
+    text.remove_suffix(1);
+  return text;
+}
+
+/// The last non-blank lines of a stderr tail, oldest first, joined with " | ".
+std::string last_lines(std::string_view tail, std::size_t count) {
+  std::vector<std::string_view> lines;
+  while (!tail.empty() && lines.size() < count) {
+    const std::size_t newline = tail.rfind('\n');
+    const std::string_view line =
+        newline == std::string_view::npos ? tail : tail.substr(newline + 1);
+    if (!trim(line).empty()) {
+      lines.push_back(trim(line));
+    }
+    tail = newline == std::string_view::npos ? std::string_view() : tail.substr(0, newline);
+  }
+  std::string joined;
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+    if (!joined.empty())
+      joined += " | ";
+    joined.append(it->data(), it->size());
+  }
+  return joined;
+}
+
+/// Keeps the end of `text` (the most recent output), at most `max` bytes, never starting
+/// inside a UTF-8 sequence.
+std::string keep_end(std::string text, std::size_t max) {
+  if (text.size() <= max) {
+    return text;
+  }
+  if (max < 4) {
+    return {};
+  }
+  std::size_t start = text.size() - max + 3;
+  while (start < text.size() && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) {
+    ++start;
+  }
+  return "..." + text.substr(start);
+}
+
+class ScriptPlugin : public sdk::Plugin {
+ public:
+  ScriptPlugin(const Config& config, const Logger& logger) : logger_(logger) {
+    for (const auto& [key, value] : config) {
+      if (key == "kill_grace_seconds") {
+        kill_grace_ = std::chrono::milliseconds(
+            static_cast<long long>(std::llround(parse_grace(value) * 1000.0)));
+      } else if (auto* hook = hook_slot(key)) {
+        // An empty value is no hook, like an empty entry in the Python version's [hooks].
+        if (!value.empty()) {
+          *hook = check_hook(key, value);
+        }
+      } else if (key == "retry_interval" || key == "max_retries") {
+        throw std::invalid_argument("unknown key '" + key +
+                                    "': retries are a daemon setting, put it under [retry]");
+      } else {
+        throw std::invalid_argument(
+            "unknown key '" + key +
+            "' (the script plugin knows version, download, install, restart, ready, "
+            "kill_grace_seconds)");
+      }
+    }
+  }
+
+  StepResult version(const Job& job, StepContext& ctx) override {
+    StepResult result = run_hook("version", version_, job, {}, ctx, false);
+    if (result.code() == UPPARAT_OK && result.text().empty()) {
+      return StepResult::failed("version hook exited with 0 but printed no version");
+    }
+    return result;
+  }
+  StepResult download(const Job& job, StepContext& ctx) override {
+    return run_hook("download", download_, job, {}, ctx, false);
+  }
+  StepResult install(const Job& job, StepContext& ctx) override {
+    if (install_ && !job.file) {
+      return StepResult::failed("install hook needs a downloaded file (no file given)");
+    }
+    return run_hook("install", install_, job, job.file.value_or(""), ctx, true);
+  }
+  StepResult restart(const Job& job, StepContext& ctx) override {
+    return run_hook("restart", restart_, job, job.force ? "True" : "False", ctx, false);
+  }
+  StepResult ready(const Job& job, StepContext& ctx) override {
+    return run_hook("ready", ready_, job, {}, ctx, false);
+  }
+
+ private:
+  std::optional<std::string>* hook_slot(const std::string& key) {
+    if (key == kHookNames[0])
+      return &version_;
+    if (key == kHookNames[1])
+      return &download_;
+    if (key == kHookNames[2])
+      return &install_;
+    if (key == kHookNames[3])
+      return &restart_;
+    if (key == kHookNames[4])
+      return &ready_;
+    return nullptr;
+  }
+
+  StepResult run_hook(const char* name, const std::optional<std::string>& path, const Job& job,
+                      std::optional<std::string> fourth, StepContext& ctx, bool progress) {
+    if (!path) {
+      return StepResult::not_supported();
+    }
+    process::RunOptions options;
+    options.argv = {*path, std::to_string(job.seconds_since_first), std::to_string(job.retry_count),
+                    job.meta};
+    if (fourth) {
+      options.argv.push_back(std::move(*fourth));
+    }
+    options.stop_fd = ctx.stop_fd();
+    options.should_stop = [&ctx] { return ctx.should_stop(); };
+    options.kill_grace = kill_grace_;
+    if (progress) {
+      options.on_stdout_line = [&ctx](std::string_view line) {
+        // Like the Python version: surrounding whitespace is dropped, blank lines skipped.
+        const std::string_view text = trim(line);
+        if (!text.empty()) {
+          ctx.progress(std::string(text), -1);
+        }
+      };
+    }
+    logger_.debug(std::string("running ") + name + " hook " + *path);
+
+    const auto ran = process::run(options);
+    if (!ran) {
+      logger_.error(std::string(name) + " hook: " + ran.error().message());
+      return StepResult::failed(keep_end(ran.error().message(), kMaxReasonBytes));
+    }
+    const process::RunResult& r = *ran;
+    if (r.stopped) {
+      logger_.info(std::string(name) + " hook stopped (" + r.describe() + ")");
+      return StepResult::failed("stopped");
+    }
+    if (r.exited && r.exit_code == 0) {
+      return StepResult::ok(std::string(trim(r.last_stdout_line)));
+    }
+    std::string reason = r.describe();
+    std::string detail = last_lines(r.stderr_tail, kStderrLinesInReason);
+    if (detail.empty()) {
+      detail = std::string(trim(r.last_stdout_line));
+    }
+    if (r.exited && r.exit_code == kRetryLaterExitCode) {
+      logger_.info(std::string(name) + " hook asks to retry later");
+      return StepResult::retry_later(detail.empty() ? "retry later"
+                                                    : keep_end(detail, kMaxReasonBytes));
+    }
+    if (!detail.empty()) {
+      reason += ": " + keep_end(detail, kMaxReasonBytes - reason.size() - 2);
+    }
+    logger_.warn(std::string(name) + " hook failed: " + reason);
+    return StepResult::failed(reason);
+  }
+
+  Logger logger_;
+  std::optional<std::string> version_;
+  std::optional<std::string> download_;
+  std::optional<std::string> install_;
+  std::optional<std::string> restart_;
+  std::optional<std::string> ready_;
+  std::chrono::milliseconds kill_grace_{10'000};
+};
+
+}  // namespace
+}  // namespace upparat::script
+
+UPPARAT_PLUGIN(upparat::script::ScriptPlugin, "script", UPPARAT_SCRIPT_PLUGIN_VERSION, "Apache-2.0",
+               "Runs the classic Upparat hook executables", 0)

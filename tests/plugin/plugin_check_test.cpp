@@ -1,0 +1,171 @@
+// upparat-plugin-check, run as a real process on the fixture plugins.
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+struct CheckRun {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// Runs upparat-plugin-check with `args` (no shell), stdout and stderr captured separately.
+CheckRun check(const std::vector<std::string>& args) {
+  std::string pattern = (fs::temp_directory_path() / "upparat-plugin-check-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) {
+    throw std::runtime_error("mkdtemp failed");
+  }
+  const fs::path dir(pattern);
+  const std::string out_path = (dir / "out").string();
+  const std::string err_path = (dir / "err").string();
+
+  std::vector<std::string> argv_storage{UPPARAT_PLUGIN_CHECK};
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& arg : argv_storage) {
+    argv.push_back(arg.data());
+  }
+  argv.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    fs::remove_all(dir);
+    throw std::runtime_error("posix_spawn failed");
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  CheckRun run;
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  run.out = slurp(out_path);
+  run.err = slurp(err_path);
+  fs::remove_all(dir);
+  return run;
+}
+
+TEST(PluginCheck, PrintsTheDescriptorOfACppPlugin) {
+  const CheckRun run = check({UPPARAT_FIXTURE_GOOD});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, std::string("path:          ") + UPPARAT_FIXTURE_GOOD +
+                         "\n"
+                         "name:          fixture-good\n"
+                         "version:       2.1.0\n"
+                         "license:       Apache-2.0\n"
+                         "description:   Test fixture: a well-behaved C++ plugin\n"
+                         "abi:           1.0 (daemon speaks 1.0)\n"
+                         "capabilities:  INSTALL_FROM_URL\n"
+                         "steps:         version download install restart ready\n"
+                         "without:       none\n"
+                         "instance:      not created (pass key=value arguments to create one)\n");
+  EXPECT_EQ(run.err, "");
+}
+
+TEST(PluginCheck, PrintsTheDescriptorOfACPlugin) {
+  const CheckRun run = check({UPPARAT_FIXTURE_GOOD_C});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("name:          fixture-c\n"));
+  EXPECT_THAT(run.out, HasSubstr("capabilities:  INSTALL_NOT_INTERRUPTIBLE\n"));
+  EXPECT_THAT(run.out, HasSubstr("steps:         version download install ready\n"));
+  EXPECT_THAT(run.out, HasSubstr("without:       restart\n"));
+}
+
+TEST(PluginCheck, CreatesAndDestroysAnInstanceWithConfiguration) {
+  const CheckRun run = check({UPPARAT_FIXTURE_GOOD_C, "version=1.2", "dbus.bus=system"});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("instance:      created with 2 configuration entries and "
+                                 "destroyed\n"));
+  // The plugin's log lines go to stderr, with its name.
+  EXPECT_THAT(run.err, HasSubstr("[plugin fixture-c] C plugin created with 2 entries"));
+  EXPECT_THAT(run.err, HasSubstr("[plugin fixture-c] C plugin destroyed"));
+}
+
+TEST(PluginCheck, ConfigurationRefusedByThePlugin) {
+  const CheckRun run = check({UPPARAT_FIXTURE_GOOD, "bogus=1"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.err, HasSubstr("create failed: unknown configuration key 'bogus'"));
+}
+
+TEST(PluginCheck, CreateFailure) {
+  const CheckRun run = check({UPPARAT_FIXTURE_CREATE_FAILS, "device=/dev/x"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_THAT(run.err, HasSubstr("create failed: cannot open /dev/upparat-fixture: No such file "
+                                 "or directory\n"));
+}
+
+TEST(PluginCheck, LoadErrorsGoToStderrWithExitCode1) {
+  struct Case {
+    std::string path;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"/nonexistent/plugin.so", "file not found"},
+      {UPPARAT_FIXTURE_ABI_MAJOR2,
+       "built for ABI 2.0, this daemon speaks ABI 1.0: rebuild the plugin against Upparat SDK "
+       "1.x"},
+      {UPPARAT_FIXTURE_NEWER_MINOR, "built for ABI 1.99, this daemon speaks ABI 1.0"},
+      {UPPARAT_FIXTURE_NO_ENTRY, "it does not export upparat_plugin_entry"},
+      {UPPARAT_FIXTURE_UNRESOLVED_SYMBOL,
+       "undefined symbol: upparat_fixture_function_that_exists_nowhere"},
+  };
+  for (const auto& c : cases) {
+    const CheckRun run = check({c.path});
+    EXPECT_EQ(run.exit_code, 1) << c.path;
+    EXPECT_EQ(run.out, "") << c.path;
+    EXPECT_THAT(run.err, HasSubstr("upparat-plugin-check: plugin " + c.path + ": "));
+    EXPECT_THAT(run.err, HasSubstr(c.message));
+  }
+}
+
+TEST(PluginCheck, UsageErrors) {
+  CheckRun run = check({});
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("usage: upparat-plugin-check <plugin.so> [key=value ...]"));
+  run = check({UPPARAT_FIXTURE_GOOD, "novalue"});
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("'novalue' is not key=value"));
+  run = check({UPPARAT_FIXTURE_GOOD, "a=1", "a=2"});
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("key 'a' given twice"));
+  run = check({"--help"});
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_THAT(run.out, HasSubstr("usage:"));
+}
+
+}  // namespace

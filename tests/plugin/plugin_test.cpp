@@ -1,0 +1,630 @@
+// The plugin loader against real .so fixtures (tests/plugin/fixtures), built by this build.
+
+#include "plugin/plugin.hpp"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace upparat::plugin {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Pair;
+using namespace std::chrono_literals;
+
+namespace fs = std::filesystem;
+
+// Captures everything logged through spdlog's default logger while it lives.
+class LogCapture {
+ public:
+  LogCapture()
+      : sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(1000)),
+        previous_(spdlog::default_logger()) {
+    sink_->set_pattern("%l %v");
+    auto logger = std::make_shared<spdlog::logger>("capture", sink_);
+    logger->set_level(spdlog::level::trace);
+    spdlog::set_default_logger(logger);
+  }
+  ~LogCapture() { spdlog::set_default_logger(previous_); }
+
+  std::vector<std::string> lines() const { return sink_->last_formatted(); }
+  bool contains(const std::string& line) const {
+    for (const auto& l : lines()) {
+      if (l.find(line) != std::string::npos) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
+
+// The daemon's side of a step: a stop signal, a store, and the progress it receives.
+struct Harness {
+  StopSignal stop;
+  KeyValueStore store;
+  std::mutex mutex;
+  std::vector<std::pair<std::string, int>> progress;
+
+  StepServices services() {
+    StepServices s;
+    s.stop = &stop;
+    s.store = &store;
+    s.progress = [this](std::string_view line, int percent) {
+      const std::lock_guard<std::mutex> lock(mutex);
+      progress.emplace_back(std::string(line), percent);
+    };
+    return s;
+  }
+};
+
+// A private directory removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "upparat-plugin-test-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      throw std::runtime_error("mkdtemp failed");
+    }
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+JobContext job(std::string meta = {}) {
+  JobContext j;
+  j.job_id = "upparat_42";
+  j.execution_number = 3;
+  j.version = "2.0.0";
+  j.meta = std::move(meta);
+  j.url = "https://example.invalid/firmware.bin";
+  j.document_json = R"({"action":"upparat_update","version":"2.0.0"})";
+  return j;
+}
+
+std::unique_ptr<LoadedPlugin> must_load(const fs::path& path,
+                                        const std::map<std::string, std::string>& config = {}) {
+  auto plugin = LoadedPlugin::load(path, config);
+  if (!plugin) {
+    throw std::runtime_error("load failed: " + plugin.error().message());
+  }
+  return std::move(*plugin);
+}
+
+std::string load_error(const fs::path& path,
+                       const std::map<std::string, std::string>& config = {}) {
+  auto plugin = LoadedPlugin::load(path, config);
+  if (plugin) {
+    return "(loaded)";
+  }
+  return plugin.error().message();
+}
+
+// --- Loading and the ABI check -------------------------------------------------------------
+
+TEST(PluginLoad, InspectsTheGoodCppPlugin) {
+  LogCapture log;
+  auto info = LoadedPlugin::inspect(UPPARAT_FIXTURE_GOOD);
+  ASSERT_TRUE(info) << info.error().message();
+  EXPECT_EQ(info->path, fs::path(UPPARAT_FIXTURE_GOOD));
+  EXPECT_EQ(info->name, "fixture-good");
+  EXPECT_EQ(info->version, "2.1.0");
+  EXPECT_EQ(info->license, "Apache-2.0");
+  EXPECT_EQ(info->description, "Test fixture: a well-behaved C++ plugin");
+  EXPECT_EQ(info->abi_major, kHostAbiMajor);
+  EXPECT_EQ(info->abi_minor, kHostAbiMinor);
+  EXPECT_EQ(info->capabilities, kCapInstallFromUrl);
+  for (bool provided : info->provides) {
+    EXPECT_TRUE(provided);  // the C++ helper fills every slot; unsupported ones answer so
+  }
+  // inspect() creates no instance.
+  EXPECT_FALSE(log.contains("configured with"));
+}
+
+TEST(PluginLoad, InspectsTheGoodCPlugin) {
+  auto info = LoadedPlugin::inspect(UPPARAT_FIXTURE_GOOD_C);
+  ASSERT_TRUE(info) << info.error().message();
+  EXPECT_EQ(info->name, "fixture-c");
+  EXPECT_EQ(info->version, "0.3.0");
+  EXPECT_EQ(info->license, "MIT");
+  EXPECT_EQ(info->capabilities, kCapInstallNotInterruptible);
+  EXPECT_TRUE(info->provides[0]);
+  EXPECT_TRUE(info->provides[1]);
+  EXPECT_TRUE(info->provides[2]);
+  EXPECT_FALSE(info->provides[3]);  // restart is NULL
+  EXPECT_TRUE(info->provides[4]);
+}
+
+TEST(PluginLoad, MissingFile) {
+  const std::string path = "/nonexistent/upparat/plugin.so";
+  EXPECT_EQ(load_error(path),
+            "plugin " + path + ": file not found; check the plugin's path in the configuration");
+  auto info = LoadedPlugin::inspect(path);
+  ASSERT_FALSE(info);
+  EXPECT_THAT(info.error().message(), HasSubstr("file not found"));
+}
+
+TEST(PluginLoad, EmptyPath) {
+  EXPECT_EQ(load_error(""), "plugin: no path configured");
+}
+
+TEST(PluginLoad, Directory) {
+  TempDir dir;
+  EXPECT_THAT(load_error(dir.path()), HasSubstr("not a regular file"));
+}
+
+TEST(PluginLoad, NotASharedObject) {
+  TempDir dir;
+  const fs::path path = dir.path() / "plugin.so";
+  std::ofstream(path) << "#!/bin/sh\n# A text file that is long enough to hold an ELF header, "
+                         "but is none.\necho this is not a plugin\n";
+  // The dynamic loader's own reason is quoted.
+  EXPECT_EQ(load_error(path),
+            "plugin " + path.string() +
+                ": not a shared object (the dynamic loader says: " + path.string() +
+                ": invalid ELF header); the path must name the plugin's .so "
+                "file");
+}
+
+TEST(PluginLoad, EmptyFile) {
+  TempDir dir;
+  const fs::path path = dir.path() / "empty.so";
+  std::ofstream{path};
+  EXPECT_THAT(load_error(path), HasSubstr("not a shared object (the dynamic loader says: " +
+                                          path.string() + ": file too short)"));
+}
+
+TEST(PluginLoad, ElfThatIsNoSharedObject) {
+  // A relocatable object file (.o) has an ELF header but cannot be loaded.
+  TempDir dir;
+  const fs::path path = dir.path() / "plugin.o";
+  {
+    std::ifstream in(UPPARAT_FIXTURE_GOOD, std::ios::binary);
+    std::ofstream out(path, std::ios::binary);
+    std::string header(64, '\0');
+    in.read(header.data(), 64);
+    header[16] = 1;  // e_type = ET_REL
+    header[17] = 0;
+    out << header;
+  }
+  const std::string message = load_error(path);
+  EXPECT_THAT(message, HasSubstr("plugin " + path.string() + ": the dynamic loader refused it: "));
+  EXPECT_THAT(message, HasSubstr("ldd -r " + path.string()));
+}
+
+TEST(PluginLoad, UnresolvedSymbolFailsAtLoad) {
+  const std::string message = load_error(UPPARAT_FIXTURE_UNRESOLVED_SYMBOL);
+  EXPECT_THAT(message, HasSubstr("the dynamic loader refused it: "));
+  EXPECT_THAT(message, HasSubstr("undefined symbol: upparat_fixture_function_that_exists_nowhere"));
+  auto info = LoadedPlugin::inspect(UPPARAT_FIXTURE_UNRESOLVED_SYMBOL);
+  EXPECT_FALSE(info);
+}
+
+TEST(PluginLoad, NoEntrySymbol) {
+  EXPECT_EQ(load_error(UPPARAT_FIXTURE_NO_ENTRY),
+            std::string("plugin ") + UPPARAT_FIXTURE_NO_ENTRY +
+                ": it does not export upparat_plugin_entry, so it is not an Upparat plugin (a "
+                "plugin defines it with the UPPARAT_PLUGIN macro of upparat/plugin.hpp, or in C "
+                "with UPPARAT_PLUGIN_EXPORT)");
+}
+
+TEST(PluginLoad, WrongAbiMajor) {
+  EXPECT_EQ(load_error(UPPARAT_FIXTURE_ABI_MAJOR2),
+            std::string("plugin ") + UPPARAT_FIXTURE_ABI_MAJOR2 +
+                ": built for ABI 2.0, this daemon speaks ABI 1.0: rebuild the plugin against "
+                "Upparat SDK 1.x");
+  EXPECT_FALSE(LoadedPlugin::inspect(UPPARAT_FIXTURE_ABI_MAJOR2));
+}
+
+TEST(PluginLoad, NewerAbiMinor) {
+  EXPECT_EQ(load_error(UPPARAT_FIXTURE_NEWER_MINOR),
+            std::string("plugin ") + UPPARAT_FIXTURE_NEWER_MINOR +
+                ": built for ABI 1.99, this daemon speaks ABI 1.0, which is older: rebuild the "
+                "plugin against an Upparat SDK 1.x that speaks ABI 1.0 or older, or update the "
+                "daemon");
+}
+
+TEST(PluginLoad, CreateFailsWithThePluginsMessage) {
+  EXPECT_EQ(load_error(UPPARAT_FIXTURE_CREATE_FAILS),
+            std::string("plugin ") + UPPARAT_FIXTURE_CREATE_FAILS +
+                " (fixture-create-fails 1.0.0): create failed: cannot open "
+                "/dev/upparat-fixture: No such file or directory");
+  // inspect() does not create, so it succeeds.
+  EXPECT_TRUE(LoadedPlugin::inspect(UPPARAT_FIXTURE_CREATE_FAILS));
+}
+
+TEST(PluginLoad, CppConstructorExceptionBecomesCreateFailure) {
+  EXPECT_EQ(load_error(UPPARAT_FIXTURE_GOOD, {{"bogus", "1"}}),
+            std::string("plugin ") + UPPARAT_FIXTURE_GOOD +
+                " (fixture-good 2.1.0): create failed: unknown configuration key 'bogus'");
+}
+
+TEST(PluginLoad, RelativePathIsNotSearchedInSystemFolders) {
+  const fs::path relative = fs::relative(UPPARAT_FIXTURE_GOOD);
+  auto plugin = LoadedPlugin::load(relative, {});
+  ASSERT_TRUE(plugin) << plugin.error().message();
+  EXPECT_TRUE((*plugin)->info().path.is_absolute());
+  // A bare name is taken relative to the working directory, never looked up in the library
+  // path (dlopen would search /usr/lib for "libc.so.6").
+  EXPECT_THAT(load_error("libc.so.6"), HasSubstr("file not found"));
+}
+
+struct DefectCase {
+  const char* defect;
+  const char* message;
+};
+
+void PrintTo(const DefectCase& c, std::ostream* os) {
+  *os << c.defect;
+}
+
+class PluginDescriptorDefect : public ::testing::TestWithParam<DefectCase> {
+ protected:
+  void SetUp() override { ::setenv("UPPARAT_FIXTURE_DEFECT", GetParam().defect, 1); }
+  void TearDown() override { ::unsetenv("UPPARAT_FIXTURE_DEFECT"); }
+};
+
+TEST_P(PluginDescriptorDefect, IsRefusedWithAClearMessage) {
+  const std::string message = load_error(UPPARAT_FIXTURE_MISBEHAVING);
+  EXPECT_THAT(message, HasSubstr(std::string("plugin ") + UPPARAT_FIXTURE_MISBEHAVING + ": "));
+  EXPECT_THAT(message, HasSubstr(GetParam().message));
+  EXPECT_FALSE(LoadedPlugin::inspect(UPPARAT_FIXTURE_MISBEHAVING));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Defects, PluginDescriptorDefect,
+    ::testing::Values(
+        DefectCase{"refuse",
+                   "it refused to load into this daemon, which speaks ABI 1.0 (its entry point "
+                   "returned no descriptor): rebuild the plugin against Upparat SDK 1.x"},
+        DefectCase{"null-name", "its descriptor has no name (a bug in the plugin)"},
+        DefectCase{"empty-name", "its descriptor has no name"},
+        DefectCase{"null-version", "its descriptor has no version"},
+        DefectCase{"null-functions", "its descriptor has no function table"},
+        DefectCase{"tiny-descriptor", "its descriptor is 4 bytes, too small"},
+        DefectCase{"small-descriptor", "its descriptor is 16 bytes, ABI 1.0 needs at least"},
+        DefectCase{"small-functions", "its function table is 8 bytes, ABI 1.0 needs at least"},
+        DefectCase{"null-create", "its function table has no create function"},
+        DefectCase{"null-destroy", "its function table has no destroy function"}),
+    [](const auto& info) {
+      std::string name = info.param.defect;
+      std::replace(name.begin(), name.end(), '-', '_');
+      return name;
+    });
+
+TEST(PluginLoad, TwoInstancesOfOnePluginAreIndependent) {
+  auto first = must_load(UPPARAT_FIXTURE_GOOD, {{"version", "1.1"}});
+  auto second = must_load(UPPARAT_FIXTURE_GOOD, {{"version", "2.2"}});
+  Harness h1;
+  Harness h2;
+  EXPECT_EQ(first->run(Step::Version, job(), h1.services()).text, "1.1");
+  EXPECT_EQ(second->run(Step::Version, job(), h2.services()).text, "2.2");
+  first.reset();  // unloading one must leave the other working
+  EXPECT_EQ(second->run(Step::Version, job(), h2.services()).text, "2.2");
+}
+
+TEST(PluginLoad, StepNamesAndCapabilityNames) {
+  EXPECT_EQ(step_name(Step::Version), "version");
+  EXPECT_EQ(step_name(Step::Download), "download");
+  EXPECT_EQ(step_name(Step::Install), "install");
+  EXPECT_EQ(step_name(Step::Restart), "restart");
+  EXPECT_EQ(step_name(Step::Ready), "ready");
+  EXPECT_TRUE(capability_names(0).empty());
+  EXPECT_THAT(capability_names(kCapInstallFromUrl | kCapInstallNotInterruptible | (1u << 7)),
+              ElementsAre("INSTALL_FROM_URL", "INSTALL_NOT_INTERRUPTIBLE", "0x80"));
+}
+
+// --- The good C++ plugin (helper) ----------------------------------------------------------
+
+TEST(GoodCppPlugin, LogsThroughTheHostWithItsName) {
+  LogCapture log;
+  {
+    auto plugin = must_load(UPPARAT_FIXTURE_GOOD, {{"dbus.bus", "system"}, {"version", "1.4"}});
+    EXPECT_TRUE(log.contains("info [plugin fixture-good] configured with 2 entries"));
+    EXPECT_TRUE(plugin->has_capability(kCapInstallFromUrl));
+    EXPECT_FALSE(plugin->has_capability(kCapInstallNotInterruptible));
+    Harness h;
+    const StepResult r = plugin->run(Step::Version, job(), h.services());
+    EXPECT_EQ(r.outcome, Outcome::Ok);
+    EXPECT_EQ(r.text, "1.4");
+    EXPECT_FALSE(log.contains("destroyed"));
+  }
+  // The destructor ran (and joined its thread) before the library was unloaded.
+  EXPECT_TRUE(log.contains("info [plugin fixture-good] destroyed"));
+}
+
+TEST(GoodCppPlugin, DownloadRetriesWithItsOwnDelay) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  JobContext j = job();
+  StepResult r = plugin->run(Step::Download, j, h.services());
+  EXPECT_EQ(r.outcome, Outcome::RetryLater);
+  EXPECT_EQ(r.text, "server busy");
+  EXPECT_EQ(r.retry_after, std::optional<std::chrono::seconds>(7s));
+  j.retry_count = 1;
+  r = plugin->run(Step::Download, j, h.services());
+  EXPECT_EQ(r.outcome, Outcome::Ok);
+  EXPECT_EQ(r.text, "");
+}
+
+TEST(GoodCppPlugin, InstallReportsProgressAndWritesTheStore) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  EXPECT_EQ(plugin->run(Step::Ready, job(), h.services()).text, "slot is not set");
+
+  JobContext j = job();
+  j.file_path = "/var/lib/upparat/firmware.bin";
+  const StepResult r = plugin->run(Step::Install, j, h.services());
+  EXPECT_EQ(r.outcome, Outcome::Ok) << r.text;
+  EXPECT_EQ(r.text, "installed /var/lib/upparat/firmware.bin");
+  EXPECT_THAT(h.progress, ElementsAre(Pair("unpacking", 0), Pair("", 50), Pair("done", 100)));
+  EXPECT_THAT(h.store.snapshot(),
+              ElementsAre(Pair("installed_version", "2.0.0"), Pair("slot", "B")));
+
+  // As after a reboot: a new instance, the store restored from the durable state.
+  plugin.reset();
+  auto after_reboot = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h2;
+  for (const auto& [key, value] : h.store.snapshot()) {
+    h2.store.set(key, value);
+  }
+  EXPECT_EQ(after_reboot->run(Step::Version, job(), h2.services()).text, "2.0.0");
+  EXPECT_EQ(after_reboot->run(Step::Ready, job(), h2.services()).outcome, Outcome::Ok);
+}
+
+TEST(GoodCppPlugin, UnimplementedStepIsNotSupported) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  EXPECT_EQ(plugin->run(Step::Restart, job(), h.services()).outcome, Outcome::NotSupported);
+}
+
+TEST(GoodCppPlugin, ReceivesTheWholeJobContext) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  JobContext j = job("echo");
+  j.sha256 = "ab12";
+  j.size = 1234;
+  j.file_path = "/tmp/f.bin";
+  j.force = true;
+  j.seconds_since_first = 17;
+  j.retry_count = 2;
+  StepResult r = plugin->run(Step::Install, j, h.services());
+  EXPECT_EQ(r.outcome, Outcome::Ok);
+  EXPECT_EQ(r.text,
+            "id=upparat_42 exec=3 version=2.0.0 meta=echo url=https://example.invalid/firmware.bin"
+            " sha256=ab12 size=1234 file=/tmp/f.bin force=1 since=17 retry=2"
+            " doc={\"action\":\"upparat_update\",\"version\":\"2.0.0\"}");
+
+  r = plugin->run(Step::Install, job("echo"), h.services());
+  EXPECT_THAT(r.text, HasSubstr(" sha256=(none) size=(none) file=(none) force=0 since=0 retry=0"));
+}
+
+TEST(GoodCppPlugin, BlockedInPollOnStopFdWakesOnStop) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  auto stopper = std::async(std::launch::async, [&h] {
+    std::this_thread::sleep_for(200ms);
+    h.stop.request();
+  });
+  const auto start = std::chrono::steady_clock::now();
+  const StepResult r = plugin->run(Step::Install, job("block"), h.services());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);
+  stopper.get();
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_EQ(r.text, "install stopped by the host");
+}
+
+TEST(GoodCppPlugin, PollingShouldStopSeesTheStop) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  auto stopper = std::async(std::launch::async, [&h] {
+    std::this_thread::sleep_for(100ms);
+    h.stop.request();
+  });
+  const StepResult r = plugin->run(Step::Install, job("poll"), h.services());
+  stopper.get();
+  EXPECT_EQ(r.text, "install stopped by the host (polled)");
+}
+
+TEST(GoodCppPlugin, ServicesWorkFromThePluginsThreads) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  const StepResult r = plugin->run(Step::Install, job("thread-progress"), h.services());
+  EXPECT_EQ(r.outcome, Outcome::Ok) << r.text;
+  ASSERT_EQ(h.progress.size(), 10u);
+  EXPECT_EQ(h.progress.front(), std::make_pair(std::string("chunk 1"), 10));
+  EXPECT_EQ(h.progress.back(), std::make_pair(std::string("chunk 10"), 100));
+  EXPECT_EQ(h.store.get("chunk"), "10");
+}
+
+TEST(GoodCppPlugin, ProgressPercentIsClampedAndBlankReportsDropped) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  EXPECT_EQ(plugin->run(Step::Install, job("progress-only-percent"), h.services()).outcome,
+            Outcome::Ok);
+  EXPECT_THAT(h.progress, ElementsAre(Pair("", 33), Pair("", 100)));
+}
+
+TEST(GoodCppPlugin, StepsOfOneInstanceNeverRunConcurrently) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  std::vector<std::future<StepResult>> runs;
+  std::vector<std::unique_ptr<Harness>> harnesses;
+  for (int i = 0; i < 4; ++i) {
+    harnesses.push_back(std::make_unique<Harness>());
+    Harness* h = harnesses.back().get();
+    runs.push_back(std::async(std::launch::async, [&plugin, h] {
+      return plugin->run(Step::Install, job("concurrency"), h->services());
+    }));
+  }
+  for (auto& run : runs) {
+    EXPECT_EQ(run.get().text, "alone");
+  }
+}
+
+TEST(GoodCppPlugin, StoreLimitsReachThePlugin) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  const StepResult r = plugin->run(Step::Install, job("store-limits"), h.services());
+  EXPECT_EQ(r.text, "bad-key:refused big:refused max:accepted remove:ok gone:yes");
+  EXPECT_TRUE(h.store.snapshot().empty());
+}
+
+TEST(GoodCppPlugin, FailureTextIsSanitised) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  Harness h;
+  StepResult r = plugin->run(Step::Install, job("control"), h.services());
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_EQ(r.text, "line one line two  \xEF\xBF\xBD\xEF\xBF\xBD end");
+
+  r = plugin->run(Step::Install, job("long"), h.services());
+  EXPECT_EQ(r.text, std::string(1024, 'x'));
+}
+
+// --- The good C plugin ---------------------------------------------------------------------
+
+TEST(GoodCPlugin, RunsEveryStep) {
+  LogCapture log;
+  {
+    auto plugin =
+        must_load(UPPARAT_FIXTURE_GOOD_C, {{"z.last", "1"}, {"version", "7.7"}, {"a.first", ""}});
+    EXPECT_TRUE(log.contains("info [plugin fixture-c] C plugin created with 3 entries"));
+    EXPECT_TRUE(plugin->has_capability(kCapInstallNotInterruptible));
+    Harness h;
+    EXPECT_EQ(plugin->run(Step::Version, job(), h.services()).text, "7.7");
+
+    JobContext j = job();
+    StepResult r = plugin->run(Step::Download, j, h.services());
+    EXPECT_EQ(r.outcome, Outcome::Failed);
+    EXPECT_EQ(r.text, "the job has no sha256 or size");
+    j.sha256 = "00ff";
+    j.size = 10;
+    EXPECT_EQ(plugin->run(Step::Download, j, h.services()).outcome, Outcome::Ok);
+
+    j.file_path = "/tmp/update.raucb";
+    r = plugin->run(Step::Install, j, h.services());
+    EXPECT_EQ(r.outcome, Outcome::Ok) << r.text;
+    EXPECT_EQ(r.text, "installed");
+    EXPECT_THAT(h.progress, ElementsAre(Pair("C install", 42)));
+    EXPECT_EQ(h.store.get("slot"), "A");
+
+    r = plugin->run(Step::Restart, j, h.services());
+    EXPECT_EQ(r.outcome, Outcome::NotSupported);
+    EXPECT_EQ(r.text, "plugin fixture-c does not provide the restart step");
+
+    r = plugin->run(Step::Ready, j, h.services());
+    EXPECT_EQ(r.outcome, Outcome::Ok) << r.text;
+    EXPECT_EQ(h.store.get("slot"), "ready");
+  }
+  EXPECT_TRUE(log.contains("warning [plugin fixture-c] C plugin destroyed"));
+}
+
+TEST(GoodCPlugin, SeesAStopRequestedBeforeTheStep) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD_C);
+  Harness h;
+  h.stop.request();
+  JobContext j = job();
+  j.file_path = "/tmp/update.raucb";
+  const StepResult r = plugin->run(Step::Install, j, h.services());
+  EXPECT_EQ(r.outcome, Outcome::RetryLater);
+  EXPECT_EQ(r.text, "asked to stop");
+  EXPECT_EQ(r.retry_after, std::optional<std::chrono::seconds>(30s));
+}
+
+// --- Plugins that throw or misbehave -------------------------------------------------------
+
+TEST(ThrowingPlugin, ExceptionsBecomeFailedWithTheirText) {
+  auto plugin = must_load(UPPARAT_FIXTURE_THROWING);
+  Harness h;
+  StepResult r = plugin->run(Step::Install, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_EQ(r.text, "flash write failed: device busy");
+  r = plugin->run(Step::Download, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_EQ(r.text, "unknown exception in plugin step");
+  // The instance is still usable after an exception.
+  EXPECT_EQ(plugin->run(Step::Version, job(), h.services()).text, "1.0");
+}
+
+TEST(MisbehavingPlugin, InvalidResultCodeIsFailed) {
+  auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
+  Harness h;
+  const StepResult r = plugin->run(Step::Version, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_EQ(r.text, "plugin returned invalid result code 42");
+}
+
+TEST(MisbehavingPlugin, UnterminatedTextIsBounded) {
+  auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
+  Harness h;
+  const StepResult r = plugin->run(Step::Download, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_EQ(r.text, std::string(1024, 'a'));
+}
+
+TEST(MisbehavingPlugin, ServiceCallsAfterTheStepReturnedAreIgnored) {
+  LogCapture log;
+  Harness h;
+  h.store.set("slot", std::string("A"));
+  {
+    auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
+    const StepResult r = plugin->run(Step::Install, job(), h.services());
+    EXPECT_EQ(r.outcome, Outcome::Ok);
+  }  // destroy joins the plugin's thread, which called the services after install returned
+  EXPECT_TRUE(log.contains("[plugin fixture-misbehaving] late calls: stop=1 set=-1 get=null"));
+  EXPECT_THAT(h.progress, ElementsAre(Pair("in time", 10)));
+  EXPECT_FALSE(h.store.get("late"));
+}
+
+TEST(MisbehavingPlugin, NegativeDelayMeansTheConfiguredInterval) {
+  auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
+  Harness h;
+  const StepResult r = plugin->run(Step::Restart, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::RetryLater);
+  EXPECT_EQ(r.text, "later");
+  EXPECT_FALSE(r.retry_after);
+}
+
+TEST(MisbehavingPlugin, OkTextIsTrimmed) {
+  auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
+  Harness h;
+  EXPECT_EQ(plugin->run(Step::Ready, job(), h.services()).text, "ready-text");
+  EXPECT_EQ(plugin->info().license, "");
+  EXPECT_EQ(plugin->info().description, "");
+}
+
+TEST(PluginRun, MissingServicesAreAHostBugNotACrash) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  StepServices none;
+  const StepResult r = plugin->run(Step::Version, job(), none);
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_THAT(r.text, HasSubstr("host bug"));
+}
+
+}  // namespace
+}  // namespace upparat::plugin
