@@ -1,0 +1,12 @@
+#include "support/binaries.hpp"
+
+#include <unistd.h>
+
+namespace upparat::test {
+
+bool is_executable(const std::filesystem::path& path) {
+  std::error_code ec;
+  return std::filesystem::is_regular_file(path, ec) && ::access(path.c_str(), X_OK) == 0;
+}
+
+}  // namespace upparat::test
