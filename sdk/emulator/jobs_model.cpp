@@ -1,0 +1,1168 @@
+#include "emulator/jobs_model.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <set>
+#include <utility>
+
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+namespace upparat::emulator {
+namespace {
+
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+using Details = std::map<std::string, std::string>;
+
+constexpr const char* kPrefix = "$aws/things/";
+constexpr const char* kPlaceholder = "${aws:iot:s3-presigned-url:";
+constexpr int kMaxStepTimeoutMinutes = 10080;
+
+std::size_t utf8_chars(const std::string& text) {
+  std::size_t n = 0;
+  for (unsigned char c : text) {
+    if ((c & 0xC0) != 0x80)
+      ++n;
+  }
+  return n;
+}
+
+bool chars_in(const std::string& text, bool allow_colon) {
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '_' || c == '-' || (allow_colon && c == ':'))
+      continue;
+    return false;
+  }
+  return true;
+}
+
+std::string percent_decode(const std::string& text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size() &&
+        std::isxdigit(static_cast<unsigned char>(text[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(text[i + 2]))) {
+      out.push_back(static_cast<char>(std::stoi(text.substr(i + 1, 2), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(text[i]);
+    }
+  }
+  return out;
+}
+
+void write_details(Writer& w, const Details& details) {
+  w.StartObject();
+  for (const auto& [k, v] : details) {
+    w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size()));
+    w.String(v);
+  }
+  w.EndObject();
+}
+
+void write_summary(Writer& w, const Execution& e) {
+  w.StartObject();
+  w.Key("jobId");
+  w.String(e.job_id);
+  w.Key("queuedAt");
+  w.Int64(e.queued_at);
+  if (e.started_at) {
+    w.Key("startedAt");
+    w.Int64(*e.started_at);
+  }
+  w.Key("lastUpdatedAt");
+  w.Int64(e.last_updated_at);
+  w.Key("versionNumber");
+  w.Int64(e.version_number);
+  w.Key("executionNumber");
+  w.Int64(e.execution_number);
+  w.EndObject();
+}
+
+void write_execution(Writer& w, const Execution& e, const std::string* document) {
+  w.StartObject();
+  w.Key("jobId");
+  w.String(e.job_id);
+  w.Key("thingName");
+  w.String(e.thing_name);
+  if (document) {
+    w.Key("jobDocument");
+    w.RawValue(document->data(), document->size(), rapidjson::kObjectType);
+  }
+  w.Key("status");
+  w.String(to_string(e.status));
+  w.Key("statusDetails");
+  write_details(w, e.status_details);
+  w.Key("queuedAt");
+  w.Int64(e.queued_at);
+  if (e.started_at) {
+    w.Key("startedAt");
+    w.Int64(*e.started_at);
+  }
+  w.Key("lastUpdatedAt");
+  w.Int64(e.last_updated_at);
+  w.Key("versionNumber");
+  w.Int64(e.version_number);
+  w.Key("executionNumber");
+  w.Int64(e.execution_number);
+  w.EndObject();
+}
+
+void write_execution_state(Writer& w, const Execution& e) {
+  w.StartObject();
+  w.Key("status");
+  w.String(to_string(e.status));
+  w.Key("statusDetails");
+  write_details(w, e.status_details);
+  w.Key("versionNumber");
+  w.Int64(e.version_number);
+  w.EndObject();
+}
+
+/// Validates statusDetails; returns an error message or "".
+std::string check_status_details(const rapidjson::Value& value, Details& out) {
+  if (!value.IsObject())
+    return "statusDetails must be an object of strings";
+  for (auto it = value.MemberBegin(); it != value.MemberEnd(); ++it) {
+    std::string key(it->name.GetString(), it->name.GetStringLength());
+    if (key.empty() || utf8_chars(key) > 128 || !chars_in(key, true)) {
+      return "statusDetails key '" + key + "' must be 1-128 characters of [a-zA-Z0-9:_-]";
+    }
+    if (!it->value.IsString())
+      return "statusDetails value of '" + key + "' must be a string";
+    std::string v(it->value.GetString(), it->value.GetStringLength());
+    if (v.empty() || utf8_chars(v) > 1024) {
+      return "statusDetails value of '" + key + "' must be 1-1024 characters";
+    }
+    for (unsigned char c : v) {
+      if (c < 0x20 || c == 0x7f) {
+        return "statusDetails value of '" + key + "' must not contain control characters";
+      }
+    }
+    out[key] = v;
+  }
+  return "";
+}
+
+std::string json_escape_url(const std::string& url) {
+  std::string out;
+  for (char c : url) {
+    if (c == '"' || c == '\\')
+      out.push_back('\\');
+    out.push_back(c);
+  }
+  return out;
+}
+
+/// Finds every placeholder URL of a document.
+std::vector<std::string> placeholder_urls(const std::string& document) {
+  std::vector<std::string> urls;
+  std::size_t pos = 0;
+  const std::string prefix = kPlaceholder;
+  while ((pos = document.find(prefix, pos)) != std::string::npos) {
+    std::size_t end = document.find('}', pos);
+    if (end == std::string::npos)
+      break;
+    urls.push_back(document.substr(pos + prefix.size(), end - pos - prefix.size()));
+    pos = end + 1;
+  }
+  return urls;
+}
+
+struct Request {
+  std::string thing;
+  std::string topic;
+  rapidjson::Document body;
+  std::optional<std::string> client_token;
+};
+
+std::string rejected_payload(const std::string& code, const std::string& message,
+                             const std::optional<std::string>& client_token, long long ts,
+                             const Execution* state) {
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  w.StartObject();
+  w.Key("code");
+  w.String(code);
+  w.Key("message");
+  w.String(message);
+  if (client_token) {
+    w.Key("clientToken");
+    w.String(*client_token);
+  }
+  w.Key("timestamp");
+  w.Int64(ts);
+  if (state) {
+    w.Key("executionState");
+    write_execution_state(w, *state);
+  }
+  w.EndObject();
+  return sb.GetString();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+const char* to_string(ExecStatus status) {
+  switch (status) {
+    case ExecStatus::Queued:
+      return "QUEUED";
+    case ExecStatus::InProgress:
+      return "IN_PROGRESS";
+    case ExecStatus::Succeeded:
+      return "SUCCEEDED";
+    case ExecStatus::Failed:
+      return "FAILED";
+    case ExecStatus::TimedOut:
+      return "TIMED_OUT";
+    case ExecStatus::Rejected:
+      return "REJECTED";
+    case ExecStatus::Removed:
+      return "REMOVED";
+    case ExecStatus::Canceled:
+      return "CANCELED";
+  }
+  return "UNKNOWN";
+}
+
+std::optional<ExecStatus> exec_status_from_string(const std::string& text) {
+  for (auto s :
+       {ExecStatus::Queued, ExecStatus::InProgress, ExecStatus::Succeeded, ExecStatus::Failed,
+        ExecStatus::TimedOut, ExecStatus::Rejected, ExecStatus::Removed, ExecStatus::Canceled}) {
+    if (text == to_string(s))
+      return s;
+  }
+  return std::nullopt;
+}
+
+bool is_terminal(ExecStatus status) {
+  return status != ExecStatus::Queued && status != ExecStatus::InProgress;
+}
+
+bool valid_job_id(const std::string& id) {
+  return !id.empty() && id.size() <= 64 && chars_in(id, false);
+}
+
+bool valid_thing_name(const std::string& name) {
+  return !name.empty() && name.size() <= 128 && chars_in(name, true);
+}
+
+Result<S3Location> parse_s3_url(const std::string& url) {
+  const std::string scheme = "https://";
+  if (url.rfind(scheme, 0) != 0)
+    return fail("S3 URL '" + url + "' must start with https://");
+  std::string rest = url.substr(scheme.size());
+  auto slash = rest.find('/');
+  if (slash == std::string::npos)
+    return fail("S3 URL '" + url + "' names no object");
+  std::string host = rest.substr(0, slash);
+  std::string path = rest.substr(slash + 1);
+  auto q = path.find_first_of("?#");
+  if (q != std::string::npos)
+    path = path.substr(0, q);
+  const std::string suffix = ".amazonaws.com";
+  if (host.size() <= suffix.size() ||
+      host.compare(host.size() - suffix.size(), suffix.size(), suffix) != 0) {
+    return fail("S3 URL '" + url + "' is not an amazonaws.com URL");
+  }
+  std::string sub = host.substr(0, host.size() - suffix.size());  // s3, s3.region, bucket.s3...
+  auto is_s3_label = [](const std::string& label) {
+    return label == "s3" || label.rfind("s3.", 0) == 0 || label.rfind("s3-", 0) == 0;
+  };
+  S3Location loc;
+  if (is_s3_label(sub)) {
+    // path style: <bucket>/<key>
+    auto sep = path.find('/');
+    if (sep == std::string::npos || sep == 0 || sep + 1 >= path.size()) {
+      return fail("S3 URL '" + url + "' must name /<bucket>/<key>");
+    }
+    loc.bucket = path.substr(0, sep);
+    loc.key = percent_decode(path.substr(sep + 1));
+  } else {
+    auto pos = sub.find(".s3");
+    if (pos == std::string::npos || pos == 0)
+      return fail("S3 URL '" + url + "' has no S3 host");
+    std::string after = sub.substr(pos + 1);
+    if (!is_s3_label(after))
+      return fail("S3 URL '" + url + "' has no S3 host");
+    loc.bucket = sub.substr(0, pos);
+    if (path.empty())
+      return fail("S3 URL '" + url + "' names no key");
+    loc.key = percent_decode(path);
+  }
+  return loc;
+}
+
+// ---------------------------------------------------------------------------------------------
+JobsModel::JobsModel(std::shared_ptr<Clock> clock, Presigner presigner, ModelOptions options)
+    : clock_(std::move(clock)), presigner_(std::move(presigner)), options_(options) {}
+
+void JobsModel::set_faults(const Faults& faults) {
+  std::lock_guard lock(mutex_);
+  faults_ = faults;
+}
+
+Faults JobsModel::faults() const {
+  std::lock_guard lock(mutex_);
+  return faults_;
+}
+
+void JobsModel::set_options(const ModelOptions& options) {
+  std::lock_guard lock(mutex_);
+  options_ = options;
+}
+
+ModelOptions JobsModel::options() const {
+  std::lock_guard lock(mutex_);
+  return options_;
+}
+
+std::vector<Outgoing> JobsModel::handle(const std::string& topic, const std::string& payload) {
+  std::lock_guard lock(mutex_);
+  std::vector<Outgoing> out;
+  expire_timers_locked(out);
+  auto responses = handle_locked(topic, payload);
+  out.insert(out.end(), responses.begin(), responses.end());
+  return apply_faults_locked(std::move(out));
+}
+
+std::vector<Outgoing> JobsModel::tick() {
+  std::lock_guard lock(mutex_);
+  std::vector<Outgoing> out;
+  expire_timers_locked(out);
+  return apply_faults_locked(std::move(out));
+}
+
+std::vector<Outgoing> JobsModel::advance_clock(long long seconds) {
+  clock_->advance(std::chrono::seconds(seconds));
+  return tick();
+}
+
+std::vector<Outgoing> JobsModel::apply_faults_locked(std::vector<Outgoing> out) {
+  std::vector<Outgoing> result;
+  for (auto& m : out) {
+    OutputFaults& f =
+        m.kind == Outgoing::Kind::Response ? faults_.responses : faults_.notifications;
+    m.delay_ms = f.delay_ms;
+    if (f.drop_next > 0) {
+      --f.drop_next;
+      continue;
+    }
+    if (f.duplicate_next > 0) {
+      --f.duplicate_next;
+      result.push_back(m);
+    }
+    result.push_back(std::move(m));
+  }
+  return result;
+}
+
+Execution* JobsModel::find_locked(const std::string& thing, const std::string& job_id) {
+  auto it = executions_.find(thing);
+  if (it == executions_.end())
+    return nullptr;
+  for (auto& e : it->second) {
+    if (e.job_id == job_id && !e.deleted)
+      return &e;
+  }
+  return nullptr;
+}
+
+std::vector<Execution*> JobsModel::pending_locked(const std::string& thing) {
+  std::vector<Execution*> result;
+  auto it = executions_.find(thing);
+  if (it == executions_.end())
+    return result;
+  for (auto& e : it->second) {
+    if (!e.deleted && e.status == ExecStatus::InProgress)
+      result.push_back(&e);
+  }
+  for (auto& e : it->second) {
+    if (!e.deleted && e.status == ExecStatus::Queued)
+      result.push_back(&e);
+  }
+  return result;
+}
+
+Execution* JobsModel::head_locked(const std::string& thing) {
+  auto pending = pending_locked(thing);
+  return pending.empty() ? nullptr : pending.front();
+}
+
+std::optional<std::string> JobsModel::head_id_locked(const std::string& thing) {
+  Execution* head = head_locked(thing);
+  if (!head)
+    return std::nullopt;
+  return head->job_id + "#" + std::to_string(head->execution_number);
+}
+
+std::string JobsModel::resolve_document_locked(const Job& job) const {
+  if (!job.url_expiry_seconds || !presigner_)
+    return job.document;
+  std::string doc;
+  const std::string& src = job.document;
+  const std::string prefix = kPlaceholder;
+  std::size_t pos = 0;
+  while (true) {
+    std::size_t start = src.find(prefix, pos);
+    std::size_t end = start == std::string::npos ? std::string::npos : src.find('}', start);
+    if (end == std::string::npos) {
+      doc += src.substr(pos);
+      break;
+    }
+    doc += src.substr(pos, start - pos);
+    std::string url = src.substr(start + prefix.size(), end - start - prefix.size());
+    auto loc = parse_s3_url(url);
+    if (loc) {
+      doc += json_escape_url(presigner_(loc->bucket, loc->key, *job.url_expiry_seconds));
+    } else {
+      doc += src.substr(start, end + 1 - start);
+    }
+    pos = end + 1;
+  }
+  return doc;
+}
+
+void JobsModel::notify_locked(const std::string& thing, std::vector<Outgoing>& out) {
+  auto pending = pending_locked(thing);
+  if (pending.size() > options_.notify_limit)
+    pending.resize(options_.notify_limit);
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  w.StartObject();
+  w.Key("timestamp");
+  w.Int64(now());
+  w.Key("jobs");
+  w.StartObject();
+  for (ExecStatus s : {ExecStatus::InProgress, ExecStatus::Queued}) {
+    bool any = std::any_of(pending.begin(), pending.end(),
+                           [s](const Execution* e) { return e->status == s; });
+    if (!any)
+      continue;
+    w.Key(to_string(s));
+    w.StartArray();
+    for (const Execution* e : pending) {
+      if (e->status == s)
+        write_summary(w, *e);
+    }
+    w.EndArray();
+  }
+  w.EndObject();
+  w.EndObject();
+  out.push_back(
+      {kPrefix + thing + "/jobs/notify", sb.GetString(), Outgoing::Kind::Notification, 0});
+}
+
+void JobsModel::notify_next_locked(const std::string& thing, std::vector<Outgoing>& out) {
+  Execution* head = head_locked(thing);
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  w.StartObject();
+  w.Key("timestamp");
+  w.Int64(now());
+  if (head) {
+    const Job& job = jobs_.at(head->job_id);
+    std::string doc = resolve_document_locked(job);
+    w.Key("execution");
+    write_execution(w, *head, &doc);
+  }
+  w.EndObject();
+  out.push_back(
+      {kPrefix + thing + "/jobs/notify-next", sb.GetString(), Outgoing::Kind::Notification, 0});
+}
+
+void JobsModel::after_change_locked(const std::string& thing,
+                                    const std::optional<std::string>& old_head, bool status_changed,
+                                    std::vector<Outgoing>& out) {
+  if (status_changed)
+    notify_locked(thing, out);
+  if (head_id_locked(thing) != old_head)
+    notify_next_locked(thing, out);
+}
+
+void JobsModel::set_status_locked(Execution& e, ExecStatus status, const std::string& cause) {
+  long long ts = now();
+  if (status == ExecStatus::InProgress && e.status == ExecStatus::Queued) {
+    e.started_at = ts;
+    const Job& job = jobs_.at(e.job_id);
+    if (job.in_progress_timeout_minutes) {
+      e.in_progress_deadline = ts + 60LL * *job.in_progress_timeout_minutes;
+    }
+  }
+  e.status = status;
+  e.last_updated_at = ts;
+  ++e.version_number;
+  if (is_terminal(status)) {
+    e.step_deadline.reset();
+    e.in_progress_deadline.reset();
+  }
+  e.history.push_back({status, e.status_details, ts, e.version_number, cause});
+}
+
+void JobsModel::update_job_status_locked(const std::string& job_id) {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || it->second.status != "IN_PROGRESS")
+    return;
+  for (const auto& thing : it->second.things) {
+    Execution* e = find_locked(thing, job_id);
+    if (e && !is_terminal(e->status))
+      return;
+  }
+  it->second.status = "COMPLETED";
+}
+
+void JobsModel::expire_timers_locked(std::vector<Outgoing>& out) {
+  long long ts = now();
+  for (auto& [thing, list] : executions_) {
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      Execution& e = list[i];
+      if (e.deleted || e.status != ExecStatus::InProgress)
+        continue;
+      bool step = e.step_deadline && *e.step_deadline <= ts;
+      bool in_progress = e.in_progress_deadline && *e.in_progress_deadline <= ts;
+      if (!step && !in_progress)
+        continue;
+      auto old_head = head_id_locked(thing);
+      set_status_locked(e, ExecStatus::TimedOut, step ? "step-timeout" : "in-progress-timeout");
+      std::string job_id = e.job_id;
+      after_change_locked(thing, old_head, true, out);
+      update_job_status_locked(job_id);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
+                                               const std::string& payload) {
+  std::vector<Outgoing> out;
+  const std::string prefix = kPrefix;
+  if (topic.rfind(prefix, 0) != 0)
+    return out;
+  auto thing_end = topic.find('/', prefix.size());
+  if (thing_end == std::string::npos)
+    return out;
+  std::string thing = topic.substr(prefix.size(), thing_end - prefix.size());
+  const std::string jobs = "/jobs/";
+  if (topic.compare(thing_end, jobs.size(), jobs) != 0)
+    return out;
+  std::string rest = topic.substr(thing_end + jobs.size());
+  std::vector<std::string> segs;
+  {
+    std::size_t p = 0;
+    while (true) {
+      auto n = rest.find('/', p);
+      segs.push_back(rest.substr(p, n == std::string::npos ? std::string::npos : n - p));
+      if (n == std::string::npos)
+        break;
+      p = n + 1;
+    }
+  }
+  // Our own publications come back through the broker: ignore them.
+  if (segs.back() == "accepted" || segs.back() == "rejected")
+    return out;
+  if (rest == "notify" || rest == "notify-next")
+    return out;
+
+  long long ts = now();
+  std::optional<std::string> token;
+  auto reject = [&](const std::string& code, const std::string& message,
+                    const Execution* state = nullptr) {
+    out.push_back({topic + "/rejected", rejected_payload(code, message, token, ts, state),
+                   Outgoing::Kind::Response, 0});
+    return out;
+  };
+
+  enum class Op { Get, StartNext, Describe, Update } op;
+  std::string job_id;
+  if (segs.size() == 1 && segs[0] == "get") {
+    op = Op::Get;
+  } else if (segs.size() == 1 && segs[0] == "start-next") {
+    op = Op::StartNext;
+  } else if (segs.size() == 2 && segs[1] == "get") {
+    op = Op::Describe;
+    job_id = segs[0];
+  } else if (segs.size() == 2 && segs[1] == "update") {
+    op = Op::Update;
+    job_id = segs[0];
+  } else {
+    return reject("InvalidTopic", "Unknown topic " + topic);
+  }
+
+  rapidjson::Document body;
+  if (payload.empty()) {
+    body.SetObject();
+  } else {
+    body.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(
+        payload.data(), payload.size());
+    if (body.HasParseError()) {
+      return reject("InvalidJson", std::string("Could not parse the request as JSON: ") +
+                                       rapidjson::GetParseError_En(body.GetParseError()));
+    }
+    if (!body.IsObject())
+      return reject("InvalidJson", "The request must be a JSON object");
+  }
+  if (body.HasMember("clientToken")) {
+    if (!body["clientToken"].IsString())
+      return reject("InvalidRequest", "clientToken must be a string");
+    token = std::string(body["clientToken"].GetString(), body["clientToken"].GetStringLength());
+  }
+  if (!valid_thing_name(thing)) {
+    return reject("InvalidRequest",
+                  "Thing name '" + thing + "' must be 1-128 characters of [a-zA-Z0-9:_-]");
+  }
+  if ((op == Op::Describe && job_id != "$next" && !valid_job_id(job_id)) ||
+      (op == Op::Update && !valid_job_id(job_id))) {
+    return reject("InvalidRequest",
+                  "Job id '" + job_id + "' must be 1-64 characters of [a-zA-Z0-9_-]");
+  }
+  auto get_bool = [&](const char* name, bool fallback, std::string& error) {
+    if (!body.HasMember(name))
+      return fallback;
+    if (!body[name].IsBool()) {
+      error = std::string(name) + " must be a boolean";
+      return fallback;
+    }
+    return body[name].GetBool();
+  };
+  auto get_int = [&](const char* name, std::optional<long long>& value) -> std::string {
+    if (!body.HasMember(name))
+      return "";
+    if (!body[name].IsInt64())
+      return std::string(name) + " must be an integer";
+    value = body[name].GetInt64();
+    return "";
+  };
+
+  auto accepted = [&](const std::function<void(Writer&)>& fill) {
+    rapidjson::StringBuffer sb;
+    Writer w(sb);
+    w.StartObject();
+    fill(w);
+    w.Key("timestamp");
+    w.Int64(ts);
+    if (token) {
+      w.Key("clientToken");
+      w.String(*token);
+    }
+    w.EndObject();
+    out.push_back({topic + "/accepted", sb.GetString(), Outgoing::Kind::Response, 0});
+  };
+
+  switch (op) {
+    case Op::Get: {
+      auto pending = pending_locked(thing);
+      accepted([&](Writer& w) {
+        for (ExecStatus s : {ExecStatus::InProgress, ExecStatus::Queued}) {
+          w.Key(s == ExecStatus::InProgress ? "inProgressJobs" : "queuedJobs");
+          w.StartArray();
+          for (const Execution* e : pending) {
+            if (e->status == s)
+              write_summary(w, *e);
+          }
+          w.EndArray();
+        }
+      });
+      return out;
+    }
+    case Op::StartNext: {
+      Details details;
+      bool has_details = body.HasMember("statusDetails");
+      if (has_details) {
+        std::string error = check_status_details(body["statusDetails"], details);
+        if (!error.empty())
+          return reject("InvalidRequest", error);
+      }
+      std::optional<long long> step;
+      if (auto error = get_int("stepTimeoutInMinutes", step); !error.empty())
+        return reject("InvalidRequest", error);
+      if (step && (*step < 1 || *step > kMaxStepTimeoutMinutes)) {
+        return reject("InvalidRequest", "stepTimeoutInMinutes must be 1-10080");
+      }
+      Execution* head = head_locked(thing);
+      if (!head) {
+        accepted([](Writer&) {});
+        return out;
+      }
+      std::vector<Outgoing> notes;
+      if (head->status == ExecStatus::Queued) {
+        auto old_head = head_id_locked(thing);
+        if (has_details)
+          head->status_details = details;
+        set_status_locked(*head, ExecStatus::InProgress, "start-next");
+        if (step)
+          head->step_deadline = ts + 60 * *step;
+        after_change_locked(thing, old_head, true, notes);
+      }
+      const Job& job = jobs_.at(head->job_id);
+      std::string doc = resolve_document_locked(job);
+      accepted([&](Writer& w) {
+        w.Key("execution");
+        write_execution(w, *head, &doc);
+      });
+      out.insert(out.end(), notes.begin(), notes.end());
+      return out;
+    }
+    case Op::Describe: {
+      std::string error;
+      bool include_doc = get_bool("includeJobDocument", true, error);
+      if (!error.empty())
+        return reject("InvalidRequest", error);
+      std::optional<long long> number;
+      if (auto e = get_int("executionNumber", number); !e.empty())
+        return reject("InvalidRequest", e);
+      Execution* e = job_id == "$next" ? head_locked(thing) : find_locked(thing, job_id);
+      if (job_id == "$next" && !e) {
+        accepted([](Writer&) {});
+        return out;
+      }
+      if (!e || (number && *number != e->execution_number)) {
+        return reject("ResourceNotFound", "No job execution of " + job_id + " for thing " + thing);
+      }
+      if (is_terminal(e->status) && options_.terminal_state_reached_on_describe) {
+        return reject("TerminalStateReached", "The job execution is in a terminal state");
+      }
+      std::string doc = include_doc ? resolve_document_locked(jobs_.at(e->job_id)) : "";
+      accepted([&](Writer& w) {
+        w.Key("execution");
+        write_execution(w, *e, include_doc ? &doc : nullptr);
+      });
+      return out;
+    }
+    case Op::Update: {
+      if (faults_.reject_updates_next > 0) {
+        --faults_.reject_updates_next;
+        return reject(faults_.reject_updates_code, faults_.reject_updates_code == "RequestThrottled"
+                                                       ? "Rate exceeded"
+                                                       : "Internal error");
+      }
+      if (!body.HasMember("status") || !body["status"].IsString()) {
+        return reject("InvalidRequest", "status is required and must be a string");
+      }
+      auto status = exec_status_from_string(body["status"].GetString());
+      if (!status || !(status == ExecStatus::InProgress || status == ExecStatus::Failed ||
+                       status == ExecStatus::Succeeded || status == ExecStatus::Rejected)) {
+        return reject(
+            "InvalidRequest",
+            std::string("status must be IN_PROGRESS, FAILED, SUCCEEDED or REJECTED, not ") +
+                body["status"].GetString());
+      }
+      Details details;
+      bool has_details = body.HasMember("statusDetails");
+      if (has_details) {
+        std::string error = check_status_details(body["statusDetails"], details);
+        if (!error.empty())
+          return reject("InvalidRequest", error);
+      }
+      std::optional<long long> expected, number, step;
+      for (auto [name, slot] :
+           {std::pair{"expectedVersion", &expected}, std::pair{"executionNumber", &number},
+            std::pair{"stepTimeoutInMinutes", &step}}) {
+        if (auto error = get_int(name, *slot); !error.empty())
+          return reject("InvalidRequest", error);
+      }
+      if (step && *step != -1 && (*step < 1 || *step > kMaxStepTimeoutMinutes)) {
+        return reject("InvalidRequest",
+                      "stepTimeoutInMinutes must be 1-10080, or -1 to clear the step timer");
+      }
+      std::string error;
+      bool include_state = get_bool("includeJobExecutionState", false, error);
+      bool include_doc = get_bool("includeJobDocument", false, error);
+      if (!error.empty())
+        return reject("InvalidRequest", error);
+
+      Execution* e = find_locked(thing, job_id);
+      if (!e || (number && *number != e->execution_number)) {
+        return reject("ResourceNotFound", "No job execution of " + job_id + " for thing " + thing);
+      }
+      if (is_terminal(e->status)) {
+        return reject(
+            "InvalidStateTransition",
+            std::string("The job execution is ") + to_string(e->status) + ", a terminal state", e);
+      }
+      if (expected && *expected != e->version_number) {
+        return reject("VersionMismatch",
+                      "expectedVersion " + std::to_string(*expected) + " does not match version " +
+                          std::to_string(e->version_number),
+                      e);
+      }
+      auto old_head = head_id_locked(thing);
+      bool changed = e->status != *status;
+      if (has_details)
+        e->status_details = details;
+      set_status_locked(*e, *status, "update");
+      if (*status == ExecStatus::InProgress && step) {
+        if (*step == -1) {
+          e->step_deadline.reset();
+        } else {
+          e->step_deadline = ts + 60 * *step;
+        }
+      }
+      std::string doc = include_doc ? resolve_document_locked(jobs_.at(job_id)) : "";
+      accepted([&](Writer& w) {
+        if (include_state) {
+          w.Key("executionState");
+          write_execution_state(w, *e);
+        }
+        if (include_doc) {
+          w.Key("jobDocument");
+          w.RawValue(doc.data(), doc.size(), rapidjson::kObjectType);
+        }
+      });
+      after_change_locked(thing, old_head, changed, out);
+      update_job_status_locked(job_id);
+      return out;
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+Result<std::vector<Outgoing>> JobsModel::create_job(const JobSpec& spec) {
+  if (!valid_job_id(spec.job_id)) {
+    return fail("InvalidRequest: job id '" + spec.job_id +
+                "' must be 1-64 characters of [a-zA-Z0-9_-]");
+  }
+  if (utf8_chars(spec.document) > kMaxJobDocumentChars) {
+    return fail("InvalidRequest: the job document has more than 32768 characters");
+  }
+  rapidjson::Document doc;
+  doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(
+      spec.document.data(), spec.document.size());
+  if (doc.HasParseError() || !doc.IsObject()) {
+    return fail("InvalidRequest: the job document must be a JSON object");
+  }
+  if (spec.things.empty())
+    return fail("InvalidRequest: a job needs at least one thing");
+  for (const auto& t : spec.things) {
+    if (!valid_thing_name(t)) {
+      return fail("InvalidRequest: thing name '" + t +
+                  "' must be 1-128 characters of [a-zA-Z0-9:_-]");
+    }
+  }
+  if (spec.in_progress_timeout_minutes &&
+      (*spec.in_progress_timeout_minutes < 1 ||
+       *spec.in_progress_timeout_minutes > kMaxStepTimeoutMinutes)) {
+    return fail("InvalidRequest: the in-progress timeout must be 1-10080 minutes");
+  }
+  if (spec.url_expiry_seconds &&
+      (*spec.url_expiry_seconds < 60 || *spec.url_expiry_seconds > 3600)) {
+    return fail("InvalidRequest: the pre-signed URL expiry must be 60-3600 seconds");
+  }
+  if (spec.presign) {
+    for (const auto& url : placeholder_urls(spec.document)) {
+      if (auto loc = parse_s3_url(url); !loc)
+        return fail(loc.error().context("InvalidRequest"));
+    }
+  }
+  std::lock_guard lock(mutex_);
+  std::vector<Outgoing> out;
+  expire_timers_locked(out);
+  if (jobs_.count(spec.job_id))
+    return fail("ResourceAlreadyExists: job " + spec.job_id + " already exists");
+  Job job;
+  job.job_id = spec.job_id;
+  job.document = spec.document;
+  for (const auto& t : spec.things) {
+    if (std::find(job.things.begin(), job.things.end(), t) == job.things.end())
+      job.things.push_back(t);
+  }
+  job.in_progress_timeout_minutes = spec.in_progress_timeout_minutes;
+  if (spec.presign)
+    job.url_expiry_seconds = spec.url_expiry_seconds.value_or(options_.url_expiry_seconds);
+  long long ts = now();
+  job.created_at = ts;
+  job.seq = ++seq_;
+  jobs_[job.job_id] = job;
+  for (const auto& thing : job.things) {
+    auto old_head = head_id_locked(thing);
+    Execution e;
+    e.job_id = job.job_id;
+    e.thing_name = thing;
+    e.queued_at = e.last_updated_at = ts;
+    e.seq = ++seq_;
+    e.history.push_back({ExecStatus::Queued, {}, ts, 1, "created"});
+    executions_[thing].push_back(std::move(e));
+    after_change_locked(thing, old_head, true, out);
+  }
+  return apply_faults_locked(std::move(out));
+}
+
+Result<std::vector<Outgoing>> JobsModel::cancel_job(const std::string& job_id, bool force) {
+  std::lock_guard lock(mutex_);
+  std::vector<Outgoing> out;
+  expire_timers_locked(out);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end())
+    return fail("ResourceNotFound: no job " + job_id);
+  if (it->second.status == "COMPLETED")
+    return fail("InvalidRequest: job " + job_id + " is already completed");
+  it->second.status = "CANCELED";
+  it->second.force_canceled = it->second.force_canceled || force;
+  for (const auto& thing : it->second.things) {
+    Execution* e = find_locked(thing, job_id);
+    if (!e)
+      continue;
+    if (e->status == ExecStatus::Queued || (force && e->status == ExecStatus::InProgress)) {
+      auto old_head = head_id_locked(thing);
+      set_status_locked(*e, ExecStatus::Canceled, force ? "cancel --force" : "cancel");
+      after_change_locked(thing, old_head, true, out);
+    }
+  }
+  return apply_faults_locked(std::move(out));
+}
+
+Result<std::vector<Outgoing>> JobsModel::delete_execution(const std::string& thing,
+                                                          const std::string& job_id, bool force) {
+  std::lock_guard lock(mutex_);
+  std::vector<Outgoing> out;
+  expire_timers_locked(out);
+  Execution* e = find_locked(thing, job_id);
+  if (!e)
+    return fail("ResourceNotFound: no execution of job " + job_id + " on thing " + thing);
+  if (!is_terminal(e->status) && !force) {
+    return fail(std::string("InvalidRequest: the execution is ") + to_string(e->status) +
+                "; only a terminal execution can be deleted without force");
+  }
+  bool was_pending = !is_terminal(e->status);
+  auto old_head = head_id_locked(thing);
+  e->deleted = true;
+  e->step_deadline.reset();
+  e->in_progress_deadline.reset();
+  e->history.push_back({e->status, e->status_details, now(), e->version_number, "deleted"});
+  if (was_pending)
+    after_change_locked(thing, old_head, true, out);
+  update_job_status_locked(job_id);
+  return apply_faults_locked(std::move(out));
+}
+
+std::vector<Job> JobsModel::jobs() const {
+  std::lock_guard lock(mutex_);
+  std::vector<Job> result;
+  for (const auto& [id, job] : jobs_)
+    result.push_back(job);
+  std::sort(result.begin(), result.end(), [](const Job& a, const Job& b) { return a.seq < b.seq; });
+  return result;
+}
+
+std::optional<Job> JobsModel::job(const std::string& job_id) const {
+  std::lock_guard lock(mutex_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end())
+    return std::nullopt;
+  return it->second;
+}
+
+std::vector<Execution> JobsModel::executions(const std::string& thing,
+                                             const std::string& job_id) const {
+  std::lock_guard lock(mutex_);
+  std::vector<Execution> result;
+  for (const auto& [name, list] : executions_) {
+    if (!thing.empty() && name != thing)
+      continue;
+    for (const auto& e : list) {
+      if (job_id.empty() || e.job_id == job_id)
+        result.push_back(e);
+    }
+  }
+  std::sort(result.begin(), result.end(),
+            [](const Execution& a, const Execution& b) { return a.seq < b.seq; });
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+std::string JobsModel::save() const {
+  std::lock_guard lock(mutex_);
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  auto opt = [&w](const char* key, const auto& value) {
+    if (value) {
+      w.Key(key);
+      w.Int64(*value);
+    }
+  };
+  w.StartObject();
+  w.Key("seq");
+  w.Int64(seq_);
+  w.Key("jobs");
+  w.StartArray();
+  for (const auto& [id, j] : jobs_) {
+    w.StartObject();
+    w.Key("jobId");
+    w.String(j.job_id);
+    w.Key("document");
+    w.String(j.document);
+    w.Key("things");
+    w.StartArray();
+    for (const auto& t : j.things)
+      w.String(t);
+    w.EndArray();
+    opt("inProgressTimeoutMinutes", j.in_progress_timeout_minutes);
+    opt("urlExpirySeconds", j.url_expiry_seconds);
+    w.Key("status");
+    w.String(j.status);
+    w.Key("forceCanceled");
+    w.Bool(j.force_canceled);
+    w.Key("createdAt");
+    w.Int64(j.created_at);
+    w.Key("seq");
+    w.Int64(j.seq);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("executions");
+  w.StartArray();
+  for (const auto& [thing, list] : executions_) {
+    for (const auto& e : list) {
+      w.StartObject();
+      w.Key("jobId");
+      w.String(e.job_id);
+      w.Key("thingName");
+      w.String(e.thing_name);
+      w.Key("status");
+      w.String(to_string(e.status));
+      w.Key("statusDetails");
+      write_details(w, e.status_details);
+      w.Key("queuedAt");
+      w.Int64(e.queued_at);
+      opt("startedAt", e.started_at);
+      w.Key("lastUpdatedAt");
+      w.Int64(e.last_updated_at);
+      w.Key("versionNumber");
+      w.Int64(e.version_number);
+      w.Key("executionNumber");
+      w.Int64(e.execution_number);
+      w.Key("seq");
+      w.Int64(e.seq);
+      opt("stepDeadline", e.step_deadline);
+      opt("inProgressDeadline", e.in_progress_deadline);
+      w.Key("deleted");
+      w.Bool(e.deleted);
+      w.Key("history");
+      w.StartArray();
+      for (const auto& h : e.history) {
+        w.StartObject();
+        w.Key("status");
+        w.String(to_string(h.status));
+        w.Key("statusDetails");
+        write_details(w, h.status_details);
+        w.Key("at");
+        w.Int64(h.at);
+        w.Key("versionNumber");
+        w.Int64(h.version_number);
+        w.Key("cause");
+        w.String(h.cause);
+        w.EndObject();
+      }
+      w.EndArray();
+      w.EndObject();
+    }
+  }
+  w.EndArray();
+  w.EndObject();
+  return sb.GetString();
+}
+
+Status JobsModel::load(const std::string& json) {
+  rapidjson::Document d;
+  d.Parse<rapidjson::kParseIterativeFlag>(json.data(), json.size());
+  if (d.HasParseError() || !d.IsObject())
+    return fail("emulator state is not a JSON object");
+  auto str = [](const rapidjson::Value& v, const char* k) -> std::string {
+    return v.HasMember(k) && v[k].IsString() ? v[k].GetString() : "";
+  };
+  auto num = [](const rapidjson::Value& v, const char* k) -> std::optional<long long> {
+    if (v.HasMember(k) && v[k].IsInt64())
+      return v[k].GetInt64();
+    return std::nullopt;
+  };
+  auto details = [](const rapidjson::Value& v) {
+    Details out;
+    if (v.HasMember("statusDetails") && v["statusDetails"].IsObject()) {
+      for (auto it = v["statusDetails"].MemberBegin(); it != v["statusDetails"].MemberEnd(); ++it) {
+        if (it->value.IsString())
+          out[it->name.GetString()] = it->value.GetString();
+      }
+    }
+    return out;
+  };
+  std::map<std::string, Job> jobs;
+  std::map<std::string, std::vector<Execution>> executions;
+  if (!d.HasMember("jobs") || !d["jobs"].IsArray() || !d.HasMember("executions") ||
+      !d["executions"].IsArray()) {
+    return fail("emulator state lacks jobs or executions");
+  }
+  for (const auto& v : d["jobs"].GetArray()) {
+    if (!v.IsObject())
+      return fail("emulator state: a job is not an object");
+    Job j;
+    j.job_id = str(v, "jobId");
+    j.document = str(v, "document");
+    if (v.HasMember("things") && v["things"].IsArray()) {
+      for (const auto& t : v["things"].GetArray()) {
+        if (t.IsString())
+          j.things.push_back(t.GetString());
+      }
+    }
+    if (auto n = num(v, "inProgressTimeoutMinutes"))
+      j.in_progress_timeout_minutes = static_cast<int>(*n);
+    if (auto n = num(v, "urlExpirySeconds"))
+      j.url_expiry_seconds = static_cast<int>(*n);
+    j.status = str(v, "status");
+    j.force_canceled =
+        v.HasMember("forceCanceled") && v["forceCanceled"].IsBool() && v["forceCanceled"].GetBool();
+    j.created_at = num(v, "createdAt").value_or(0);
+    j.seq = num(v, "seq").value_or(0);
+    if (!valid_job_id(j.job_id))
+      return fail("emulator state: invalid job id '" + j.job_id + "'");
+    jobs[j.job_id] = j;
+  }
+  for (const auto& v : d["executions"].GetArray()) {
+    if (!v.IsObject())
+      return fail("emulator state: an execution is not an object");
+    Execution e;
+    e.job_id = str(v, "jobId");
+    e.thing_name = str(v, "thingName");
+    auto status = exec_status_from_string(str(v, "status"));
+    if (!status || !jobs.count(e.job_id) || !valid_thing_name(e.thing_name)) {
+      return fail("emulator state: invalid execution of job '" + e.job_id + "'");
+    }
+    e.status = *status;
+    e.status_details = details(v);
+    e.queued_at = num(v, "queuedAt").value_or(0);
+    e.started_at = num(v, "startedAt");
+    e.last_updated_at = num(v, "lastUpdatedAt").value_or(0);
+    e.version_number = num(v, "versionNumber").value_or(1);
+    e.execution_number = num(v, "executionNumber").value_or(1);
+    e.seq = num(v, "seq").value_or(0);
+    e.step_deadline = num(v, "stepDeadline");
+    e.in_progress_deadline = num(v, "inProgressDeadline");
+    e.deleted = v.HasMember("deleted") && v["deleted"].IsBool() && v["deleted"].GetBool();
+    if (v.HasMember("history") && v["history"].IsArray()) {
+      for (const auto& h : v["history"].GetArray()) {
+        if (!h.IsObject())
+          continue;
+        StatusChange c;
+        c.status = exec_status_from_string(str(h, "status")).value_or(ExecStatus::Queued);
+        c.status_details = details(h);
+        c.at = num(h, "at").value_or(0);
+        c.version_number = num(h, "versionNumber").value_or(0);
+        c.cause = str(h, "cause");
+        e.history.push_back(c);
+      }
+    }
+    executions[e.thing_name].push_back(e);
+  }
+  for (auto& [thing, list] : executions) {
+    std::sort(list.begin(), list.end(),
+              [](const Execution& a, const Execution& b) { return a.seq < b.seq; });
+  }
+  std::lock_guard lock(mutex_);
+  jobs_ = std::move(jobs);
+  executions_ = std::move(executions);
+  seq_ = num(d, "seq").value_or(0);
+  return {};
+}
+
+}  // namespace upparat::emulator
