@@ -38,21 +38,6 @@ bool chars_in(const std::string& text, bool allow_colon) {
   return true;
 }
 
-std::string percent_decode(const std::string& text) {
-  std::string out;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '%' && i + 2 < text.size() &&
-        std::isxdigit(static_cast<unsigned char>(text[i + 1])) &&
-        std::isxdigit(static_cast<unsigned char>(text[i + 2]))) {
-      out.push_back(static_cast<char>(std::stoi(text.substr(i + 1, 2), nullptr, 16)));
-      i += 2;
-    } else {
-      out.push_back(text[i]);
-    }
-  }
-  return out;
-}
-
 void write_details(Writer& w, const Details& details) {
   w.StartObject();
   for (const auto& [k, v] : details) {
@@ -250,49 +235,15 @@ bool valid_thing_name(const std::string& name) {
 }
 
 Result<S3Location> parse_s3_url(const std::string& url) {
-  const std::string scheme = "https://";
-  if (url.rfind(scheme, 0) != 0)
+  // A placeholder holds an https S3 object URL; the S3 side knows how to read its forms.
+  if (url.rfind("https://", 0) != 0) {
     return fail("S3 URL '" + url + "' must start with https://");
-  std::string rest = url.substr(scheme.size());
-  auto slash = rest.find('/');
-  if (slash == std::string::npos)
-    return fail("S3 URL '" + url + "' names no object");
-  std::string host = rest.substr(0, slash);
-  std::string path = rest.substr(slash + 1);
-  auto q = path.find_first_of("?#");
-  if (q != std::string::npos)
-    path = path.substr(0, q);
-  const std::string suffix = ".amazonaws.com";
-  if (host.size() <= suffix.size() ||
-      host.compare(host.size() - suffix.size(), suffix.size(), suffix) != 0) {
-    return fail("S3 URL '" + url + "' is not an amazonaws.com URL");
   }
-  std::string sub = host.substr(0, host.size() - suffix.size());  // s3, s3.region, bucket.s3...
-  auto is_s3_label = [](const std::string& label) {
-    return label == "s3" || label.rfind("s3.", 0) == 0 || label.rfind("s3-", 0) == 0;
-  };
-  S3Location loc;
-  if (is_s3_label(sub)) {
-    // path style: <bucket>/<key>
-    auto sep = path.find('/');
-    if (sep == std::string::npos || sep == 0 || sep + 1 >= path.size()) {
-      return fail("S3 URL '" + url + "' must name /<bucket>/<key>");
-    }
-    loc.bucket = path.substr(0, sep);
-    loc.key = percent_decode(path.substr(sep + 1));
-  } else {
-    auto pos = sub.find(".s3");
-    if (pos == std::string::npos || pos == 0)
-      return fail("S3 URL '" + url + "' has no S3 host");
-    std::string after = sub.substr(pos + 1);
-    if (!is_s3_label(after))
-      return fail("S3 URL '" + url + "' has no S3 host");
-    loc.bucket = sub.substr(0, pos);
-    if (path.empty())
-      return fail("S3 URL '" + url + "' names no key");
-    loc.key = percent_decode(path);
+  auto ref = parse_s3_object_url(url);
+  if (!ref) {
+    return fail(ref.error().context("S3 URL '" + url + "'"));
   }
-  return loc;
+  return *ref;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 
 #include "common/error.hpp"
 #include "emulator/clock.hpp"
+#include "emulator/s3/s3_server.hpp"
 
 namespace upparat::emulator {
 
@@ -28,12 +29,8 @@ struct Outgoing {
 using Presigner =
     std::function<std::string(const std::string& bucket, const std::string& key, int expiry)>;
 
-/// An S3 object named by one of the URL forms AWS accepts in a
-/// `${aws:iot:s3-presigned-url:URL}` placeholder.
-struct S3Location {
-  std::string bucket;
-  std::string key;
-};
+/// An S3 object named by a `${aws:iot:s3-presigned-url:URL}` placeholder.
+using S3Location = S3ObjectRef;
 
 /// Parses `https://s3.<region>.amazonaws.com/<bucket>/<key>`,
 /// `https://s3.amazonaws.com/<bucket>/<key>` and
