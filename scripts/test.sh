@@ -27,6 +27,6 @@ if [ "${UPPARAT_SKIP_ASAN:-0}" != 1 ]; then
 fi
 
 echo "== pass 2: normal build, every test"
-configure "$build/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+configure "$build/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DUPPARAT_BUILD_BENCH=ON
 cmake --build "$build/release" -j "$(nproc)"
 ctest --test-dir "$build/release" -j 2 --timeout 300

@@ -1,0 +1,145 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/error.hpp"
+#include "common/stop_signal.hpp"
+
+namespace upparat::download {
+
+class FileSystem;  // download/file_system.hpp: the seam for disk writes (tests inject ENOSPC)
+
+/// How downloads are made. The defaults suit a device in the field.
+struct Settings {
+  /// Where `<jobId>.part` and the finished `<jobId>` live. Not /tmp: it may be RAM, or
+  /// private to the daemon's unit and unreadable by the installer's service.
+  std::filesystem::path directory = "/var/lib/upparat/downloads";
+  /// CA bundle for HTTPS verification ("" = libcurl's default store). Verification is
+  /// always on.
+  std::string ca_file;
+  /// Proxy URL ("" = libcurl's default: the https_proxy/http_proxy/no_proxy environment).
+  std::string proxy;
+  /// Also accept plain http URLs (an imported Python INI configuration allows it).
+  bool allow_http = false;
+  /// Bandwidth limit in bytes per second, 0 = none.
+  std::uint64_t max_bytes_per_second = 0;
+  std::chrono::seconds connect_timeout{30};
+  /// A transfer slower than low_speed_limit bytes/s for low_speed_time is abandoned (retried).
+  std::chrono::seconds low_speed_time{60};
+  std::uint64_t low_speed_limit = 1;
+  /// Flush and fsync the partial file after this many bytes or this much time, whichever
+  /// comes first (and always at the end). Each fsync yields a new ResumeState.
+  std::uint64_t fsync_every_bytes = 16 * 1024 * 1024;
+  std::chrono::milliseconds fsync_every{5000};
+  /// Retry delays: full jitter, uniformly random in [0, min(cap, base * 2^attempt)].
+  std::chrono::milliseconds backoff_base{1000};
+  std::chrono::milliseconds backoff_cap{64000};
+  /// Attempts per run() before giving up with Failed; 0 = until stopped.
+  int max_attempts = 0;
+  /// Minimum time between two progress callbacks (the last one is always delivered).
+  std::chrono::milliseconds progress_interval{200};
+  /// Permissions of the download directory and files; `group` (if set) owns both, so an
+  /// installer running as another user of that group can read them (use 0750 / 0640 then).
+  mode_t directory_mode = 0700;
+  mode_t file_mode = 0600;
+  std::optional<gid_t> group;
+  std::string user_agent = "upparat";
+};
+
+struct Request {
+  /// Becomes the file name: must match [A-Za-z0-9_-]{1,64} (AWS IoT job id rules).
+  std::string job_id;
+  std::string url;
+  /// Expected SHA-256 (64 hex digits, any case) and size from the job document, if given.
+  std::optional<std::string> sha256;
+  std::optional<std::uint64_t> size;
+};
+
+struct Progress {
+  std::uint64_t bytes = 0;             ///< bytes of the file on disk so far
+  std::optional<std::uint64_t> total;  ///< file size once known
+  [[nodiscard]] std::optional<int> percent() const {
+    if (!total || *total == 0)
+      return std::nullopt;
+    return static_cast<int>(bytes * 100 / *total);
+  }
+};
+
+/// What the daemon saves with its job state so that a restart resumes the download: the
+/// length of the partial file that is known to be on disk (fsynced) and the ETag it came
+/// with. Pass a default-constructed one for a new job.
+struct ResumeState {
+  std::uint64_t synced_bytes = 0;
+  std::string etag;
+  bool operator==(const ResumeState& o) const {
+    return synced_bytes == o.synced_bytes && etag == o.etag;
+  }
+};
+
+enum class Outcome {
+  Complete,    ///< `file` holds the verified download
+  UrlExpired,  ///< HTTP 403 (or S3 ExpiredToken): get a fresh URL and call run() again
+  Cancelled,   ///< the stop signal was raised; the partial file is kept
+  Failed,      ///< give up on the job: `reason` says why (partial file removed if useless)
+};
+
+[[nodiscard]] const char* to_string(Outcome outcome);
+
+struct DownloadResult {
+  Outcome outcome = Outcome::Failed;
+  std::filesystem::path file;           ///< the final file (Complete only)
+  std::string reason;                   ///< for humans; URLs in it are redacted
+  std::uint64_t bytes_transferred = 0;  ///< body bytes received from the network in this run
+};
+
+/// Downloads one job's file at a time (not thread-safe; one run() at a time).
+class Downloader {
+ public:
+  explicit Downloader(Settings settings);
+  /// For tests: route the disk writes through `fs` (e.g. to inject ENOSPC).
+  Downloader(Settings settings, std::shared_ptr<FileSystem> fs);
+  ~Downloader();
+  Downloader(const Downloader&) = delete;
+  Downloader& operator=(const Downloader&) = delete;
+
+  /// Downloads `request.url` to final_path(request.job_id), resuming from `resume` (the
+  /// partial file is first cut to resume.synced_bytes). Retries transient failures with
+  /// back-off until done, stopped, or Settings::max_attempts. Returns within about a second
+  /// of `stop` being raised. Both callbacks are called from this thread:
+  /// `on_progress` at most every Settings::progress_interval, `on_resume_state` after each
+  /// fsync (and `resume` is updated alike) so the daemon can persist it.
+  DownloadResult run(const Request& request, ResumeState& resume, const StopSignal& stop,
+                     const std::function<void(const Progress&)>& on_progress = {},
+                     const std::function<void(const ResumeState&)>& on_resume_state = {});
+
+  /// Removes every file in the download directory that does not belong to `keep_job_id`
+  /// (empty = remove all). Call at start with the recorded job.
+  Status clean(const std::string& keep_job_id);
+  /// Removes the job's partial and final file (after install, cancel, or any terminal state).
+  Status remove(const std::string& job_id);
+
+  /// `<directory>/<jobId>`: where a complete download is.
+  [[nodiscard]] std::filesystem::path final_path(const std::string& job_id) const;
+  /// `<directory>/<jobId>.part`
+  [[nodiscard]] std::filesystem::path part_path(const std::string& job_id) const;
+
+  [[nodiscard]] const Settings& settings() const;
+
+  struct Impl;  // implementation detail
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+/// True when `job_id` may become a file name: [A-Za-z0-9_-]{1,64}.
+[[nodiscard]] bool valid_job_id(const std::string& job_id);
+
+}  // namespace upparat::download

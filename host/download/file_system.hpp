@@ -1,0 +1,35 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+
+#include "common/error.hpp"
+
+namespace upparat::download {
+
+/// The disk operations of the downloader, behind a narrow seam so unit tests can make any of
+/// them fail (ENOSPC after N bytes, a failing fsync) without a full disk. The default
+/// implementation is plain POSIX; each error message carries strerror(errno).
+class FileSystem {
+ public:
+  virtual ~FileSystem() = default;
+
+  /// open(2) with O_CLOEXEC added; returns the descriptor.
+  virtual Result<int> open(const std::filesystem::path& path, int flags, mode_t mode);
+  virtual void close(int fd);
+  /// Writes all of `data` (retrying short writes and EINTR).
+  virtual Status write_all(int fd, const char* data, std::size_t size);
+  virtual Status sync(int fd);
+  virtual Status truncate(int fd, std::uint64_t length);
+  virtual Result<std::uint64_t> size(int fd);
+  virtual Status rename(const std::filesystem::path& from, const std::filesystem::path& to);
+  /// fsyncs a directory so a rename or a new file in it survives a power cut.
+  virtual Status sync_directory(const std::filesystem::path& directory);
+  /// Bytes an unprivileged writer may still use on the file system holding `directory`.
+  virtual Result<std::uint64_t> available_bytes(const std::filesystem::path& directory);
+};
+
+}  // namespace upparat::download
