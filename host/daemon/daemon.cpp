@@ -1,0 +1,564 @@
+#include "daemon/daemon.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+
+#include "download/downloader.hpp"
+#include "jobs/topics.hpp"
+#include "mqtt/session.hpp"
+#include "plugin/plugin.hpp"
+#include "state/lock_file.hpp"
+#include "state/machine.hpp"
+#include "state/state_store.hpp"
+
+namespace upparat::daemon {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+/// `<N>` syslog priority prefix for journald (sd-daemon(3)).
+class PriorityFlag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
+    static const char* const kPrefix[] = {"<7>", "<7>", "<6>", "<4>", "<3>", "<2>", "<6>"};
+    const char* p = kPrefix[static_cast<int>(msg.level) % 7];
+    dest.append(p, p + 3);
+  }
+  [[nodiscard]] std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<PriorityFlag>();
+  }
+};
+
+/// True when stderr is connected to the journal (systemd sets JOURNAL_STREAM=dev:ino).
+bool stderr_is_journal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  if (!stream)
+    return false;
+  struct stat st {};
+  if (::fstat(STDERR_FILENO, &st) != 0)
+    return false;
+  std::string expected = std::to_string(static_cast<unsigned long long>(st.st_dev)) + ":" +
+                         std::to_string(static_cast<unsigned long long>(st.st_ino));
+  return expected == stream;
+}
+
+/// The configured plugin of each step (nullptr: none).
+using StepPlugins = std::array<plugin::LoadedPlugin*, 5>;
+
+Result<std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>> load_plugins(
+    const config::Config& config) {
+  std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>> plugins;
+  for (const auto& [name, p] : config.plugins) {
+    auto loaded = plugin::LoadedPlugin::load(p.path, p.settings);
+    if (!loaded)
+      return fail(loaded.error().context(config.file.string() + ": [plugins." + name + "]"));
+    const auto& info = (*loaded)->info();
+    spdlog::info("plugin {}: {} {} ({}) from {}", name, info.name, info.version, info.license,
+                 p.path.string());
+    plugins[name] = std::move(*loaded);
+  }
+  return plugins;
+}
+
+int step_index(plugin::Step step) {
+  return static_cast<int>(step);
+}
+
+}  // namespace
+
+void setup_logging(const std::string& level) {
+  auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>(spdlog::color_mode::automatic);
+  auto logger = std::make_shared<spdlog::logger>("upparat", sink);
+  auto formatter = std::make_unique<spdlog::pattern_formatter>();
+  if (stderr_is_journal()) {
+    // journald adds time, host and unit; the priority prefix sets the entry's PRIORITY.
+    formatter->add_flag<PriorityFlag>('*').set_pattern("%*%v");
+  } else {
+    formatter->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %v");
+  }
+  logger->set_formatter(std::move(formatter));
+  logger->set_level(spdlog::level::from_str(level));
+  logger->flush_on(spdlog::level::trace);
+  spdlog::set_default_logger(logger);
+}
+
+namespace {
+
+/// A plugin asked to stream must be able to install from a URL.
+Status check_streaming(
+    const config::Config& config,
+    const std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>& plugins) {
+  auto install = config.steps.find("install");
+  if (install == config.steps.end())
+    return {};
+  const auto& p = config.plugins.at(install->second);
+  auto stream = p.settings.find("stream");
+  if (stream != p.settings.end() && stream->second == "true" &&
+      !plugins.at(install->second)->has_capability(plugin::kCapInstallFromUrl))
+    return fail(config.file.string() + ": [plugins." + install->second +
+                "] stream: the plugin cannot install from a URL (no INSTALL_FROM_URL)");
+  return {};
+}
+
+}  // namespace
+
+Status check_plugins(const config::Config& config) {
+  auto plugins = load_plugins(config);
+  if (!plugins)
+    return fail(plugins.error());
+  return check_streaming(config, *plugins);
+}
+
+struct Daemon::Impl {
+  config::Config config;
+  std::optional<state::LockFile> lock;
+  // Plugins outlive everything that may call them; destroyed last (see ~Impl).
+  std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>> plugins;
+  StepPlugins step_plugins{};
+  std::unique_ptr<download::Downloader> downloader;
+  std::unique_ptr<state::FileStateStore> store;
+  state::SteadyClock clock;
+  std::unique_ptr<state::Machine> machine;
+  std::unique_ptr<mqtt::Session> session;
+
+  // The event queue of the loop.
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<state::Event> events;
+
+  // Timers (loop thread only).
+  std::map<std::uint64_t, Clock::time_point> timers;
+
+  // The worker thread and the stop signals of running work.
+  std::mutex worker_mutex;
+  std::condition_variable worker_wake;
+  std::deque<std::function<void()>> worker_tasks;
+  bool worker_busy = false;
+  bool worker_quit = false;
+  std::thread worker;
+  struct Work {
+    std::shared_ptr<StopSignal> stop;
+    bool not_interruptible = false;
+    /// The restart step: a SIGTERM then means the reboot is under way; let it be.
+    bool keep_on_shutdown = false;
+  };
+  std::map<std::uint64_t, Work> work;  // guarded by worker_mutex
+
+  std::thread signal_thread;
+  std::atomic<int> signals_received{0};
+  bool ready_sent = false;
+  bool exit_requested = false;
+  std::optional<Clock::time_point> shutdown_deadline;
+  milliseconds watchdog_interval{0};
+  Clock::time_point next_watchdog{};
+
+  ~Impl() {
+    // Order matters: nothing may call a plugin once it is destroyed.
+    session.reset();
+    stop_worker(seconds(0));
+    machine.reset();
+    downloader.reset();
+    plugins.clear();
+  }
+
+  void post(state::Event event) {
+    {
+      std::lock_guard lock_guard(mutex);
+      events.push_back(std::move(event));
+    }
+    wake.notify_one();
+  }
+
+  // ---- worker ----
+
+  void worker_run() {
+    std::unique_lock guard(worker_mutex);
+    while (true) {
+      worker_wake.wait(guard, [&] { return worker_quit || !worker_tasks.empty(); });
+      if (worker_tasks.empty())
+        return;
+      auto task = std::move(worker_tasks.front());
+      worker_tasks.pop_front();
+      worker_busy = true;
+      guard.unlock();
+      task();
+      guard.lock();
+      worker_busy = false;
+      worker_wake.notify_all();
+    }
+  }
+
+  std::shared_ptr<StopSignal> add_work(std::uint64_t id, bool not_interruptible,
+                                       bool keep_on_shutdown = false) {
+    auto stop = std::make_shared<StopSignal>();
+    std::lock_guard guard(worker_mutex);
+    work[id] = Work{stop, not_interruptible, keep_on_shutdown};
+    return stop;
+  }
+
+  void finish_work(std::uint64_t id) {
+    std::lock_guard guard(worker_mutex);
+    work.erase(id);
+  }
+
+  void submit(std::function<void()> task) {
+    {
+      std::lock_guard guard(worker_mutex);
+      worker_tasks.push_back(std::move(task));
+    }
+    worker_wake.notify_all();
+  }
+
+  /// Stops every running work and waits up to `grace` for the worker to become idle. False
+  /// when it is still busy (a step that does not stop).
+  bool stop_worker(milliseconds grace) {
+    std::unique_lock guard(worker_mutex);
+    for (auto& [id, w] : work)
+      if (!w.not_interruptible && !w.keep_on_shutdown)
+        w.stop->request();
+    worker_tasks.clear();
+    bool idle =
+        worker_wake.wait_for(guard, grace, [&] { return !worker_busy && worker_tasks.empty(); });
+    if (!idle)
+      return false;
+    worker_quit = true;
+    guard.unlock();
+    worker_wake.notify_all();
+    if (worker.joinable())
+      worker.join();
+    return true;
+  }
+
+  // ---- actions ----
+
+  void execute(const state::Action& action) {
+    std::visit([this](const auto& a) { do_action(a); }, action);
+  }
+
+  void do_action(const state::Publish& a) {
+    spdlog::debug("publish {}: {}", a.topic, a.payload);
+    session->publish(a.topic, a.payload);
+  }
+
+  void do_action(const state::RunStep& a) {
+    plugin::LoadedPlugin* p = step_plugins[step_index(a.step)];
+    bool not_interruptible = a.step == plugin::Step::Install && p &&
+                             p->has_capability(plugin::kCapInstallNotInterruptible);
+    auto stop = add_work(a.work, not_interruptible, a.step == plugin::Step::Restart);
+    spdlog::info("job {}: {} step{}", a.job.job_id, plugin::step_name(a.step),
+                 a.job.retry_count > 0 ? " (retry " + std::to_string(a.job.retry_count) + ")"
+                                       : std::string());
+    submit([this, a, p, stop] {
+      plugin::StepResult result;
+      if (!p) {
+        result.outcome = plugin::Outcome::NotSupported;
+      } else {
+        plugin::StepServices services;
+        services.stop = stop.get();
+        services.store = a.store.get();
+        std::uint64_t id = a.work;
+        services.progress = [this, id](std::string_view line, int percent) {
+          post(state::StepProgress{id, std::string(line), percent});
+        };
+        result = p->run(a.step, a.job, services);
+      }
+      finish_work(a.work);
+      post(state::StepFinished{a.work, a.step, std::move(result)});
+    });
+  }
+
+  void do_action(const state::RunDownload& a) {
+    auto stop = add_work(a.work, false);
+    spdlog::info("job {}: downloading", a.request.job_id);
+    submit([this, a, stop] {
+      download::ResumeState resume = a.resume;
+      std::uint64_t id = a.work;
+      auto result = downloader->run(
+          a.request, resume, *stop,
+          [this, id](const download::Progress& progress) {
+            post(state::DownloadProgress{id, progress});
+          },
+          [this, id](const download::ResumeState& r) {
+            post(state::DownloadResumeState{id, r});
+          });
+      finish_work(a.work);
+      post(state::DownloadFinished{a.work, std::move(result)});
+    });
+  }
+
+  void do_action(const state::StopWork& a) {
+    std::lock_guard guard(worker_mutex);
+    auto it = work.find(a.work);
+    if (it == work.end())
+      return;
+    if (it->second.not_interruptible) {
+      spdlog::info("the install step cannot be interrupted: waiting for it to end");
+      return;
+    }
+    it->second.stop->request();
+  }
+
+  void do_action(const state::SetTimer& a) { timers[a.id] = Clock::now() + a.delay; }
+  void do_action(const state::CancelTimer& a) { timers.erase(a.id); }
+
+  void do_action(const state::CleanDownloads& a) {
+    if (auto ok = downloader->clean(a.keep_job_id); !ok)
+      spdlog::warn("cleaning the download directory: {}", ok.error().message());
+  }
+
+  void do_action(const state::RemoveDownload& a) {
+    if (auto ok = downloader->remove(a.job_id); !ok)
+      spdlog::warn("removing the download of {}: {}", a.job_id, ok.error().message());
+  }
+
+  void do_action(const state::SystemdStatus& a) {
+    spdlog::debug("status: {}", a.text);
+    sd_notifyf(0, "STATUS=%s", a.text.c_str());
+  }
+
+  void do_action(const state::Exit&) { exit_requested = true; }
+
+  void handle(const state::Event& event) {
+    if (std::holds_alternative<state::Connected>(event) && !ready_sent) {
+      ready_sent = true;
+      sd_notify(0, "READY=1");
+      spdlog::info("ready: subscribed as thing {}", config.broker.thing_name);
+    }
+    if (std::holds_alternative<state::ShutdownRequested>(event)) {
+      if (shutdown_deadline)
+        return;
+      sd_notify(0, "STOPPING=1");
+      spdlog::info("stopping (signal received)");
+      shutdown_deadline = Clock::now() + seconds(20);
+    }
+    for (const auto& action : machine->handle(event))
+      execute(action);
+  }
+
+  // ---- signals ----
+
+  void signal_run() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR2);  // our own "quit" for this thread
+    while (true) {
+      int sig = 0;
+      if (sigwait(&set, &sig) != 0)
+        continue;
+      if (sig == SIGUSR2)
+        return;
+      int n = ++signals_received;
+      spdlog::info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      if (n >= 3) {
+        spdlog::warn("third signal: exiting at once");
+        std::_Exit(kExitFailure);
+      }
+      post(state::ShutdownRequested{});
+    }
+  }
+
+  // ---- the loop ----
+
+  int loop() {
+    uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+      watchdog_interval = milliseconds(usec / 2000);
+      next_watchdog = Clock::now();
+    }
+    handle(state::Started{});
+    if (auto ok = session->start(); !ok) {
+      spdlog::error("{}", ok.error().message());
+      return kExitConfig;
+    }
+    while (!exit_requested) {
+      auto now = Clock::now();
+      auto next = now + seconds(60);
+      for (const auto& [id, when] : timers)
+        next = std::min(next, when);
+      if (watchdog_interval.count() > 0)
+        next = std::min(next, next_watchdog);
+      if (shutdown_deadline)
+        next = std::min(next, *shutdown_deadline);
+
+      std::deque<state::Event> batch;
+      {
+        std::unique_lock guard(mutex);
+        wake.wait_until(guard, next, [&] { return !events.empty(); });
+        batch.swap(events);
+      }
+      for (auto& event : batch) {
+        handle(event);
+        if (exit_requested)
+          break;
+      }
+      now = Clock::now();
+      while (!exit_requested) {
+        auto due = std::find_if(timers.begin(), timers.end(),
+                                [&](const auto& t) { return t.second <= now; });
+        if (due == timers.end())
+          break;
+        auto id = due->first;
+        timers.erase(due);
+        handle(state::TimerFired{id});
+      }
+      if (watchdog_interval.count() > 0 && now >= next_watchdog) {
+        sd_notify(0, "WATCHDOG=1");
+        next_watchdog = now + watchdog_interval;
+      }
+      if (shutdown_deadline && now >= *shutdown_deadline && !exit_requested) {
+        spdlog::warn("the job did not come to a stop in time: exiting anyway");
+        break;
+      }
+    }
+    return kExitOk;
+  }
+};
+
+Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Daemon::~Daemon() = default;
+
+Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  const auto& state_dir = config.service.state_directory;
+  std::error_code ec;
+  fs::create_directories(state_dir, ec);
+  if (ec)
+    return fail("cannot create the state directory " + state_dir.string() + ": " + ec.message());
+  auto lock = state::LockFile::acquire(state_dir / "upparat.lock");
+  if (!lock)
+    return fail(lock.error());
+  impl->lock.emplace(std::move(*lock));
+
+  auto plugins = load_plugins(config);
+  if (!plugins)
+    return fail(plugins.error());
+  if (auto ok = check_streaming(config, *plugins); !ok)
+    return fail(ok.error());
+  impl->plugins = std::move(*plugins);
+  for (int i = 0; i < 5; ++i) {
+    auto it = config.steps.find(config::kStepNames[i]);
+    impl->step_plugins[i] = it == config.steps.end() ? nullptr : impl->plugins.at(it->second).get();
+  }
+
+  download::Settings ds;
+  ds.directory = config.download.directory;
+  ds.ca_file = config.download.ca_file.string();
+  ds.proxy = config.download.proxy;
+  ds.allow_http = config.download.allow_http;
+  ds.max_bytes_per_second = config.download.max_bytes_per_second;
+  ds.fsync_every = config.download.fsync_interval;
+  ds.backoff_cap = config.download.backoff_cap;
+  if (config.download.group_readable) {
+    ds.directory_mode = 0750;
+    ds.file_mode = 0640;
+  }
+  impl->downloader = std::make_unique<download::Downloader>(ds);
+
+  state::MachineSettings ms;
+  ms.thing_name = config.broker.thing_name;
+  ms.job_prefix = config.jobs.prefix;
+  ms.allow_http = config.download.allow_http;
+  ms.retry_interval = config.retry.retry_interval;
+  ms.max_retries = config.retry.max_retries;
+  for (int i = 0; i < 5; ++i)
+    ms.step_deadline[i] = config.jobs.deadlines.at(config::kStepNames[i]);
+  ms.step_timeout_margin =
+      std::chrono::minutes((config.jobs.step_timeout_margin.count() + 59) / 60);
+  ms.progress_percent = config.jobs.progress_percent;
+  ms.progress_interval = config.jobs.progress_interval;
+  ms.update_resend = config.jobs.update_timeout;
+  ms.request_resend = config.jobs.update_timeout;
+  if (auto install = impl->step_plugins[step_index(plugin::Step::Install)]) {
+    const auto& p = config.plugins.at(config.steps.at("install"));
+    auto stream = p.settings.find("stream");
+    ms.install_from_url = install->has_capability(plugin::kCapInstallFromUrl) &&
+                          stream != p.settings.end() && stream->second == "true";
+  }
+  impl->store = std::make_unique<state::FileStateStore>(state_dir);
+  impl->machine = std::make_unique<state::Machine>(ms, *impl->store, impl->clock);
+
+  mqtt::Settings mq;
+  mq.host = config.broker.host;
+  mq.port = config.broker.port;
+  mq.client_id = config.broker.client_id;
+  mq.cafile = config.broker.cafile.string();
+  mq.certfile = config.broker.certfile.string();
+  mq.keyfile = config.broker.keyfile.string();
+  mq.alpn = config.broker.alpn;
+  mq.plain_tcp = config.broker.plain_tcp;
+  mq.keep_alive = config.broker.keep_alive;
+  mq.reconnect_min = config.broker.reconnect_min;
+  mq.reconnect_max = config.broker.reconnect_max;
+  mq.subscriptions = jobs::subscription_topics(config.broker.thing_name);
+  Impl* raw = impl.get();
+  mqtt::Callbacks callbacks;
+  callbacks.on_message = [raw](std::string topic, std::string payload) {
+    // Never log a payload here: describe answers hold pre-signed URLs.
+    spdlog::debug("message on {} ({} bytes)", topic, payload.size());
+    raw->post(state::MqttMessage{std::move(topic), std::move(payload)});
+  };
+  callbacks.on_subscribed = [raw] { raw->post(state::Connected{}); };
+  callbacks.on_disconnected = [raw](std::string) { raw->post(state::Disconnected{}); };
+  impl->session = std::make_unique<mqtt::Session>(mq, std::move(callbacks));
+  return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
+}
+
+int Daemon::run() {
+  auto& impl = *impl_;
+  // SIGTERM/SIGINT are blocked in every thread (main() blocks them before any thread starts)
+  // and taken by sigwait() on the signal thread.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGUSR2);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  impl.signal_thread = std::thread([&impl] { impl.signal_run(); });
+  impl.worker = std::thread([&impl] { impl.worker_run(); });
+
+  int code = impl.loop();
+
+  spdlog::info("disconnecting");
+  impl.session->stop(milliseconds(3000));
+  if (!impl.stop_worker(milliseconds(10000))) {
+    // A step that ignores the stop (or the restart step rebooting the machine): its plugin
+    // cannot be destroyed while it runs.
+    spdlog::error("a step is still running after the stop: exiting without unloading plugins");
+    spdlog::default_logger()->flush();
+    std::_Exit(code);
+  }
+  pthread_kill(impl.signal_thread.native_handle(), SIGUSR2);
+  impl.signal_thread.join();
+  impl.session.reset();
+  impl.machine.reset();
+  impl.downloader.reset();
+  impl.plugins.clear();
+  spdlog::info("stopped");
+  return code;
+}
+
+}  // namespace upparat::daemon

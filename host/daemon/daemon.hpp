@@ -1,0 +1,48 @@
+#pragma once
+
+// The runtime around the state machine (host/state/machine.hpp): one event-loop thread owns the
+// Machine; Paho callbacks, the worker thread (plugin steps, downloads), timers and signals post
+// events to it; the loop executes the machine's actions. systemd: READY=1 once subscribed,
+// STATUS= the current step, WATCHDOG=1 from the loop.
+
+#include <memory>
+#include <string>
+
+#include "common/error.hpp"
+#include "config/config.hpp"
+
+namespace upparat::daemon {
+
+/// Exit codes of `upparat`.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+inline constexpr int kExitConfig = 78;  ///< EX_CONFIG: systemd's unit does not restart on it
+
+/// Sets up spdlog on stderr: colours only on a terminal, a `<N>` syslog priority prefix and no
+/// time stamp when stderr is the journal (JOURNAL_STREAM), `level` as in the configuration.
+void setup_logging(const std::string& level);
+
+/// Loads every configured plugin (creating its instance, which validates its own settings,
+/// e.g. that hooks are executable), then destroys them. For --check-config.
+[[nodiscard]] Status check_plugins(const config::Config& config);
+
+class Daemon {
+ public:
+  /// Takes the lock file in the state directory (a second instance fails here, naming the
+  /// holder's PID) and loads the plugins. Nothing connects yet.
+  [[nodiscard]] static Result<std::unique_ptr<Daemon>> create(const config::Config& config);
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  /// Runs until SIGTERM/SIGINT (and the machine's orderly Exit). Returns the exit code.
+  int run();
+
+ private:
+  struct Impl;
+  explicit Daemon(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace upparat::daemon

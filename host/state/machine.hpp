@@ -1,0 +1,244 @@
+#pragma once
+
+// The update state machine: a pure, single-threaded functional core. It does no I/O of its own
+// except through StateStore (durable state) and reads time only through MonotonicClock.
+//
+// HOW THE RUNTIME DRIVES IT (the contract with host/daemon):
+//  - One event-loop thread owns the Machine and is the only caller of handle(). Everything
+//    else (Paho callbacks, the worker thread, timers, signals) posts Events to that loop.
+//  - Fill MachineSettings from the configuration (step_configured: which steps have a
+//    plugin; install_from_url: the install plugin streams). Create the Machine with a
+//    FileStateStore on the state directory (after taking its LockFile) and a SteadyClock.
+//  - Call handle(Started{}) once, before connecting. It loads the durable state.
+//  - Subscribe to jobs::subscription_topics(thing) (QoS 1) in EVERY connected handler; once
+//    the subscriptions are acknowledged post Connected{}. Post Disconnected{} on connection
+//    loss. Post every message on those topics as MqttMessage{topic, payload}.
+//  - Execute the returned actions IN ORDER:
+//      Publish          -> publish QoS 1 (Paho buffers while offline; never block on a token).
+//      RunStep          -> on the worker thread, run the plugin configured for `step` with a
+//                          fresh StopSignal and services.store = action.store.get(); post
+//                          StepProgress for each progress callback, then StepFinished. A step
+//                          with no plugin configured finishes at once with NotSupported.
+//      RunDownload      -> on the worker thread, Downloader::run(request, resume, stop, ...)
+//                          posting DownloadProgress / DownloadResumeState, then DownloadFinished.
+//      StopWork         -> raise the StopSignal of the work with that id (if still running).
+//                          INSTALL_NOT_INTERRUPTIBLE: do not raise it for such an install; the
+//                          machine simply waits for its StepFinished.
+//                          The machine never starts new work before the stopped work's
+//                          *Finished event arrived, so one worker thread is enough.
+//      SetTimer         -> after `delay` post TimerFired{id}. Ids are never reused.
+//      CancelTimer      -> forget the timer (a TimerFired that raced with it is ignored).
+//      CleanDownloads   -> Downloader::clean(keep_job_id).
+//      RemoveDownload   -> Downloader::remove(job_id).
+//      SystemdStatus    -> sd_notify("STATUS=...").
+//      Exit             -> after ShutdownRequested: nothing is running and no update is
+//                          pending any more; disconnect and exit. (The runtime bounds the
+//                          flush with its own timeout too.)
+//  - Every *Finished / *Progress event echoes the `work` id of its action; the machine ignores
+//    events of work it no longer waits for.
+//  - On SIGTERM/SIGINT post ShutdownRequested{}. During `restart` the machine stops nothing
+//    and reports nothing (SIGTERM then means the reboot is under way).
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "download/downloader.hpp"
+#include "plugin/plugin.hpp"
+#include "state/state_store.hpp"
+
+namespace upparat::state {
+
+using TimePoint = std::chrono::steady_clock::time_point;
+
+/// The monotonic "now" of the machine (tests advance a fake one).
+class MonotonicClock {
+ public:
+  virtual ~MonotonicClock() = default;
+  [[nodiscard]] virtual TimePoint now() const = 0;
+};
+
+/// std::chrono::steady_clock.
+class SteadyClock final : public MonotonicClock {
+ public:
+  [[nodiscard]] TimePoint now() const override { return std::chrono::steady_clock::now(); }
+};
+
+/// Settings of the machine, filled by the runtime from the configuration.
+struct MachineSettings {
+  std::string thing_name;
+  /// Only jobs whose id starts with this are handled.
+  std::string job_prefix = "upparat_";
+  /// The install plugin streams from the URL (INSTALL_FROM_URL configured): no download step,
+  /// the job is described again right before install, JobContext::file_path stays empty.
+  bool install_from_url = false;
+  /// Which steps have a plugin (a hook) configured, indexed by plugin::Step. A step without
+  /// one is not run and behaves as NOT_SUPPORTED (the classic "missing hook"), so that no
+  /// installation_start / reboot_start is sent for a step that does not exist. A configured
+  /// plugin may still answer NOT_SUPPORTED at run time.
+  std::array<bool, 5> step_configured{true, true, true, true, true};
+  /// Also accept plain http URLs in job documents.
+  bool allow_http = false;
+  /// RETRY_LATER without a delay of the plugin's own waits this long; after max_retries
+  /// retries the step fails ("timed out").
+  std::chrono::seconds retry_interval{60};
+  int max_retries = 60;
+  /// Local deadline of each step, retries included, indexed by plugin::Step. When it passes
+  /// the step is stopped and the job FAILS `<step>_hook_failed` "timed out after N s".
+  /// Defaults: version 10 min, download 24 h, install 2 h, restart 30 min, ready 30 min.
+  std::array<std::chrono::seconds, 5> step_deadline{
+      std::chrono::seconds(600), std::chrono::seconds(86400), std::chrono::seconds(7200),
+      std::chrono::seconds(1800), std::chrono::seconds(1800)};
+  /// stepTimeoutInMinutes sent at each step start = deadline + this margin (restart: restart +
+  /// version + ready deadlines + margin). Clamped to AWS's 1..10080.
+  std::chrono::minutes step_timeout_margin{10};
+  /// Progress budget: download_progress when the percentage advanced by progress_percent
+  /// (size known) or else every progress_interval; installation_progress at most every
+  /// progress_interval (the latest line wins). Default: at most ~25 messages per download.
+  int progress_percent = 4;
+  std::chrono::seconds progress_interval{30};
+  /// An update without answer is sent again (same clientToken) after this long.
+  std::chrono::seconds update_resend{30};
+  /// Back-off of RequestThrottled / InternalError rejections: base * 2^n, capped.
+  std::chrono::milliseconds update_backoff_base{1000};
+  std::chrono::milliseconds update_backoff_cap{60000};
+  /// A get / describe without answer is sent again after this long.
+  std::chrono::seconds request_resend{30};
+  /// A step whose attempt was started this many times without finishing fails the job
+  /// ("daemon died N times during <step>"); restart excepted.
+  int max_unfinished_starts = 3;
+};
+
+// ---- Events (runtime -> machine) ----
+
+struct Started {};
+struct Connected {};
+struct Disconnected {};
+struct MqttMessage {
+  std::string topic;
+  std::string payload;
+};
+struct StepFinished {
+  std::uint64_t work = 0;
+  plugin::Step step = plugin::Step::Version;
+  plugin::StepResult result;
+};
+struct StepProgress {
+  std::uint64_t work = 0;
+  std::string line;
+  int percent = -1;  ///< -1 = unknown
+};
+struct DownloadFinished {
+  std::uint64_t work = 0;
+  download::DownloadResult result;
+};
+struct DownloadProgress {
+  std::uint64_t work = 0;
+  download::Progress progress;
+};
+struct DownloadResumeState {
+  std::uint64_t work = 0;
+  download::ResumeState resume;
+};
+struct TimerFired {
+  std::uint64_t id = 0;
+};
+struct ShutdownRequested {};
+
+using Event = std::variant<Started, Connected, Disconnected, MqttMessage, StepFinished,
+                           StepProgress, DownloadFinished, DownloadProgress, DownloadResumeState,
+                           TimerFired, ShutdownRequested>;
+
+// ---- Actions (machine -> runtime) ----
+
+struct Publish {
+  std::string topic;
+  std::string payload;
+  int qos = 1;
+};
+struct RunStep {
+  std::uint64_t work = 0;
+  plugin::Step step = plugin::Step::Version;
+  plugin::JobContext job;
+  /// The job's key/value store; pass it as StepServices::store. Thread-safe.
+  std::shared_ptr<plugin::KeyValueStore> store;
+};
+struct RunDownload {
+  std::uint64_t work = 0;
+  download::Request request;
+  download::ResumeState resume;
+};
+struct StopWork {
+  std::uint64_t work = 0;
+};
+struct SetTimer {
+  std::uint64_t id = 0;
+  std::chrono::milliseconds delay{0};
+};
+struct CancelTimer {
+  std::uint64_t id = 0;
+};
+struct CleanDownloads {
+  std::string keep_job_id;  ///< "" = remove everything
+};
+struct RemoveDownload {
+  std::string job_id;
+};
+struct SystemdStatus {
+  std::string text;
+};
+struct Exit {};
+
+using Action = std::variant<Publish, RunStep, RunDownload, StopWork, SetTimer, CancelTimer,
+                            CleanDownloads, RemoveDownload, SystemdStatus, Exit>;
+
+/// Where the machine is (the states of the Python version, plus the waits between them).
+enum class Phase {
+  Idle,                ///< before Started / while disconnected at start
+  FetchJobs,           ///< `get` sent, waiting for its answer
+  Monitor,             ///< nothing pending: waiting for notify
+  DescribeJob,         ///< `{jobId}/get` of the selected job sent
+  VerifyJob,           ///< version step of a QUEUED job
+  DownloadGate,        ///< download step (the plugin says whether downloading is allowed now)
+  Download,            ///< downloading
+  DescribeForInstall,  ///< INSTALL_FROM_URL: describing again for a fresh URL
+  Install,             ///< install step
+  RebootAck,           ///< reboot_start saved, waiting for the cloud to accept it
+  Restart,             ///< restart step
+  VerifyInstallation,  ///< version step after the reboot
+  Ready,               ///< ready step
+  Finishing,           ///< terminal update sent, waiting for its answer
+  Stopping,            ///< cancelled: waiting for the running work to end
+  ShuttingDown,        ///< ShutdownRequested: flushing
+};
+
+[[nodiscard]] const char* to_string(Phase phase);
+
+class Machine {
+ public:
+  /// `store` and `clock` must outlive the machine.
+  Machine(MachineSettings settings, StateStore& store, const MonotonicClock& clock);
+  ~Machine();
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+
+  /// Handles one event; returns what the runtime must do, in order. Never throws for bad
+  /// input (malformed messages are logged and ignored).
+  std::vector<Action> handle(const Event& event);
+
+  [[nodiscard]] Phase phase() const;
+  /// The job being worked on ("" when none).
+  [[nodiscard]] std::string current_job() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace upparat::state

@@ -1,0 +1,578 @@
+// End to end: the real `upparat` binary with the real script plugin and hook scripts, against
+// a real mosquitto and the Jobs + S3 emulator. Each test checks the cloud's view (the
+// emulator's execution and its status history), as an operator would see it.
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <rapidjson/document.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/binaries.hpp"
+#include "support/emulator_fixture.hpp"
+#include "support/mosquitto.hpp"
+#include "support/process.hpp"
+#include "support/temp_dir.hpp"
+
+namespace upparat::test {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+constexpr const char* kThing = "thing-e2e";
+constexpr const char* kBucket = "demo-bucket";
+constexpr const char* kKey = "fw.bin";
+
+/// One execution's cloud view: final status, state, and the states reported on the way.
+struct CloudView {
+  std::string status;
+  std::string state;
+  std::string message;
+  std::vector<std::string> states;  ///< statusDetails.state of each history entry, in order
+};
+
+std::optional<CloudView> parse_execution(const std::string& json) {
+  rapidjson::Document d;
+  d.Parse(json.c_str());
+  if (d.HasParseError() || !d.IsObject() || !d.HasMember("executions") ||
+      !d["executions"].IsArray() || d["executions"].Empty())
+    return std::nullopt;
+  const auto& e = d["executions"][0];
+  CloudView view;
+  view.status = e["status"].GetString();
+  if (e.HasMember("statusDetails") && e["statusDetails"].IsObject()) {
+    const auto& sd = e["statusDetails"];
+    if (sd.HasMember("state") && sd["state"].IsString())
+      view.state = sd["state"].GetString();
+    if (sd.HasMember("message") && sd["message"].IsString())
+      view.message = sd["message"].GetString();
+  }
+  if (e.HasMember("history") && e["history"].IsArray()) {
+    for (const auto& h : e["history"].GetArray()) {
+      if (h.HasMember("statusDetails") && h["statusDetails"].IsObject() &&
+          h["statusDetails"].HasMember("state") && h["statusDetails"]["state"].IsString())
+        view.states.push_back(h["statusDetails"]["state"].GetString());
+    }
+  }
+  return view;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& i : items)
+    out += (out.empty() ? "" : ", ") + i;
+  return out;
+}
+
+bool contains(const std::vector<std::string>& items, const std::string& item) {
+  return std::find(items.begin(), items.end(), item) != items.end();
+}
+
+class E2eDaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    UPPARAT_SKIP_UNLESS_EXECUTABLE(kMosquittoPath);
+    UPPARAT_SKIP_UNLESS_EXECUTABLE(UPPARAT_DAEMON_BIN);
+    UPPARAT_SKIP_UNLESS_EXECUTABLE(UPPARAT_EMULATOR_BIN);
+    // The fixture finds the emulator in $PATH when the support library was built without
+    // its path.
+    std::string path = fs::path(UPPARAT_EMULATOR_BIN).parent_path().string() + ":" +
+                       (std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin");
+    ::setenv("PATH", path.c_str(), 1);
+
+    auto dir = TempDir::create("e2e-daemon");
+    ASSERT_TRUE(dir) << dir.error().message();
+    dir_.emplace(std::move(*dir));
+    auto broker = Mosquitto::start();
+    ASSERT_TRUE(broker) << broker.error().message();
+    broker_.emplace(std::move(*broker));
+    EmulatorOptions options;
+    options.broker_uri = broker_->uri();
+    auto emulator = EmulatorFixture::start(options);
+    ASSERT_TRUE(emulator) << emulator.error().message();
+    emulator_.emplace(std::move(*emulator));
+    firmware_ = std::string(300 * 1024, 'x');
+    for (std::size_t i = 0; i < firmware_.size(); i += 7)
+      firmware_[i] = static_cast<char>('a' + i % 26);
+    auto put = emulator_->put_object(kBucket, kKey, firmware_);
+    ASSERT_TRUE(put) << put.error().message();
+    write_version("1.0.0");
+  }
+
+  void TearDown() override {
+    // Nothing the daemon logged may hold a pre-signed URL's signature.
+    for (const auto& log : logs_) {
+      std::ifstream in(log);
+      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      EXPECT_EQ(text.find("X-Amz-Signature"), std::string::npos) << "in " << log;
+    }
+  }
+
+  fs::path path(const std::string& name) const { return dir_->path() / name; }
+
+  void write_version(const std::string& version) {
+    std::ofstream(path("installed_version")) << version << "\n";
+  }
+  std::string installed_version() const {
+    std::ifstream in(path("installed_version"));
+    std::string v;
+    std::getline(in, v);
+    return v;
+  }
+
+  fs::path hook(const std::string& name, const std::string& body) {
+    auto p = path("hooks/" + name + ".sh");
+    fs::create_directories(p.parent_path());
+    std::ofstream(p) << "#!/bin/sh\n" << body << "\n";
+    fs::permissions(p, fs::perms::owner_all);
+    return p;
+  }
+
+  /// The classic example hooks: version prints the installed version, install "installs"
+  /// by copying the file and recording the job's meta as the new version.
+  void default_hooks() {
+    const std::string d = dir_->path().string();
+    hooks_["version"] = hook("version", "cat '" + d + "/installed_version'");
+    hooks_["install"] = hook("install", "echo \"installing $4\"\ncp \"$4\" '" + d +
+                                            "/installed.bin' || exit 1\n"
+                                            "echo \"$3\" > '" +
+                                            d +
+                                            "/installed_version'\n"
+                                            "echo done");
+    hooks_["ready"] = hook("ready", "exit 0");
+  }
+
+  /// A restart hook that, like a reboot, stops the daemon (SIGTERM) and never returns in time.
+  void rebooting_restart_hook() {
+    hooks_["restart"] =
+        hook("restart", "echo reboot >> '" + path("reboots").string() + "'\nkill -TERM $(cat '" +
+                            path("daemon.pid").string() + "')\nsleep 2\nexit 0");
+  }
+
+  fs::path write_config(const fs::path& state_dir, const std::string& extra = "") {
+    std::string plugin = "[plugins.script]\npath = \"" + std::string(UPPARAT_SCRIPT_PLUGIN) +
+                         "\"\nkill_grace_seconds = 2\n";
+    for (const auto& [step, p] : hooks_)
+      plugin += step + " = \"" + p.string() + "\"\n";
+    std::string text = "[service]\nstate_directory = \"" + state_dir.string() +
+                       "\"\n"
+                       "[broker]\nhost = \"127.0.0.1\"\nport = " +
+                       std::to_string(broker_->port()) + "\nplain_tcp = true\nthing_name = \"" +
+                       kThing +
+                       "\"\nreconnect_min = 1\nreconnect_max = 2\n"
+                       "[jobs]\nupdate_timeout = 5\n[download]\nallow_http = true\n"
+                       "[retry]\nretry_interval = 1\nmax_retries = 3\n" +
+                       extra + plugin;
+    auto file = path("upparat.toml");
+    std::ofstream(file) << text;
+    return file;
+  }
+
+  ServiceProcess start_daemon(const fs::path& config, const std::string& name = "upparat") {
+    ProcessOptions o;
+    o.argv = {UPPARAT_DAEMON_BIN, "-c", config.string(), "-v"};
+    o.name = name;
+    o.log_path = path(name + "-" + std::to_string(logs_.size()) + ".log");
+    o.stop_grace = 15s;
+    logs_.push_back(o.log_path);
+    auto p = ServiceProcess::start(o);
+    EXPECT_TRUE(p) << p.error().message();
+    std::ofstream(path("daemon.pid")) << p->pid() << "\n";
+    return std::move(*p);
+  }
+
+  std::string document(const std::string& version, const std::string& meta,
+                       bool force = false) const {
+    return std::string("{\"action\":\"update\",\"version\":\"") + version + "\",\"file\":\"" +
+           "${aws:iot:s3-presigned-url:https://" + kBucket + ".s3.amazonaws.com/" + kKey + "}" +
+           "\",\"force\":" + (force ? "true" : "false") + ",\"meta\":\"" + meta + "\"}";
+  }
+
+  void create_job(const std::string& job_id, const std::string& doc) {
+    auto r = emulator_->create_job(job_id, doc, {kThing});
+    ASSERT_TRUE(r) << r.error().message();
+  }
+
+  /// Polls the emulator until the execution has `status` (generous bound).
+  CloudView wait_status(const std::string& job_id, const std::string& status,
+                        std::chrono::seconds timeout = 60s) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    CloudView last;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto json = emulator_->describe(kThing, job_id);
+      if (json) {
+        if (auto view = parse_execution(*json)) {
+          last = *view;
+          if (view->status == status)
+            return *view;
+        }
+      }
+      std::this_thread::sleep_for(200ms);
+    }
+    ADD_FAILURE() << job_id << " did not reach " << status << " within " << timeout.count()
+                  << " s; last: " << last.status << " " << last.state << " (" << last.message
+                  << ") history: " << join(last.states);
+    return last;
+  }
+
+  std::optional<TempDir> dir_;
+  std::optional<Mosquitto> broker_;
+  std::optional<EmulatorFixture> emulator_;
+  std::string firmware_;
+  std::map<std::string, fs::path> hooks_;
+  std::vector<fs::path> logs_;
+};
+
+TEST_F(E2eDaemonTest, SoftRestartCompletesWithEveryStatusReported) {
+  default_hooks();
+  hooks_["restart"] = hook("restart", "exit 0");
+  auto config = write_config(path("state"));
+  auto daemon = start_daemon(config);
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_soft", document("2.0.0", "2.0.0"));
+  auto view = wait_status("upparat_soft", "SUCCEEDED");
+  EXPECT_EQ(view.state, "complete_soft_restart") << join(view.states);
+  for (const char* state : {"download_start", "installation_start", "reboot_start"})
+    EXPECT_TRUE(contains(view.states, state)) << state << " missing in " << join(view.states);
+  EXPECT_EQ(installed_version(), "2.0.0");
+  std::ifstream in(path("installed.bin"), std::ios::binary);
+  std::string installed((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(installed, firmware_);
+  auto stopped = daemon.stop();
+  ASSERT_TRUE(stopped);
+  EXPECT_TRUE(stopped->success()) << stopped->describe() << "\n" << daemon.log_tail();
+}
+
+TEST_F(E2eDaemonTest, RebootContinuationReportsCompleteReady) {
+  default_hooks();
+  rebooting_restart_hook();
+  auto config = write_config(path("state"));
+  {
+    auto daemon = start_daemon(config);
+    ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+    create_job("upparat_reboot", document("2.0.0", "2.0.0"));
+    auto exited = daemon.wait_exit(60s);
+    ASSERT_TRUE(exited) << exited.error().message();
+    auto view = parse_execution(*emulator_->describe(kThing, "upparat_reboot"));
+    ASSERT_TRUE(view);
+    EXPECT_EQ(view->status, "IN_PROGRESS");
+    EXPECT_EQ(view->state, "reboot_start") << join(view->states);
+  }
+  // "After the reboot": a new daemon reports the result.
+  auto daemon = start_daemon(config, "upparat-after-reboot");
+  auto view = wait_status("upparat_reboot", "SUCCEEDED");
+  EXPECT_EQ(view.state, "complete_ready") << join(view.states);
+  EXPECT_EQ(installed_version(), "2.0.0");
+}
+
+TEST_F(E2eDaemonTest, RebootContinuationWithEmptyStateDirectory) {
+  default_hooks();
+  rebooting_restart_hook();
+  {
+    auto daemon = start_daemon(write_config(path("slot-a")));
+    ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+    create_job("upparat_ab", document("2.0.0", "2.0.0"));
+    ASSERT_TRUE(daemon.wait_exit(60s));
+  }
+  // The other slot booted with an empty state directory: the cloud's reboot_start drives it.
+  auto daemon = start_daemon(write_config(path("slot-b")), "upparat-slot-b");
+  auto view = wait_status("upparat_ab", "SUCCEEDED");
+  EXPECT_EQ(view.state, "complete_ready") << join(view.states);
+}
+
+TEST_F(E2eDaemonTest, VersionAlreadyInstalled) {
+  default_hooks();
+  write_version("3.1.0");
+  auto daemon = start_daemon(write_config(path("state")));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_same", document("3.1.0", "3.1.0"));
+  auto view = wait_status("upparat_same", "SUCCEEDED");
+  EXPECT_EQ(view.state, "version_already_installed") << join(view.states);
+  EXPECT_FALSE(contains(view.states, "download_start"));
+}
+
+TEST_F(E2eDaemonTest, NoInstallationHookProvided) {
+  default_hooks();
+  hooks_.erase("install");
+  auto daemon = start_daemon(write_config(path("state")));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_noinstall", document("2.0.0", "2.0.0"));
+  auto view = wait_status("upparat_noinstall", "SUCCEEDED");
+  EXPECT_EQ(view.state, "no_installation_hook_provided") << join(view.states);
+  EXPECT_TRUE(contains(view.states, "download_start"));
+}
+
+TEST_F(E2eDaemonTest, MalformedDocumentIsRejectedAndTheDaemonGoesOn) {
+  default_hooks();
+  hooks_["restart"] = hook("restart", "exit 0");
+  auto daemon = start_daemon(write_config(path("state")));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_bad", R"({"action":"update","version":"2.0.0"})");
+  auto view = wait_status("upparat_bad", "REJECTED");
+  EXPECT_EQ(view.state, "invalid_job_document");
+  EXPECT_NE(view.message.find("file"), std::string::npos) << view.message;
+  // ... and the next job is done.
+  create_job("upparat_good", document("2.0.0", "2.0.0"));
+  auto good = wait_status("upparat_good", "SUCCEEDED");
+  EXPECT_EQ(good.state, "complete_soft_restart") << join(good.states);
+}
+
+TEST_F(E2eDaemonTest, SecondInstanceIsRefusedNamingTheHolder) {
+  default_hooks();
+  auto config = write_config(path("state"));
+  auto first = start_daemon(config);
+  ASSERT_TRUE(first.wait_for_line("ready: subscribed", 30s)) << first.log_tail();
+  auto second = start_daemon(config, "upparat-second");
+  auto exited = second.wait_exit(10s);
+  ASSERT_TRUE(exited) << exited.error().message();
+  EXPECT_FALSE(exited->success());
+  EXPECT_NE(second.log_text().find(std::to_string(first.pid())), std::string::npos)
+      << second.log_text();
+  EXPECT_TRUE(first.running());
+}
+
+TEST_F(E2eDaemonTest, CancelDuringInstallKillsTheHook) {
+  default_hooks();
+  hooks_["install"] = hook("install", "echo started > '" + path("install_started").string() +
+                                          "'\nsleep 60\necho finished > '" +
+                                          path("install_finished").string() + "'");
+  auto daemon = start_daemon(write_config(path("state")));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_cancel", document("2.0.0", "2.0.0"));
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (!fs::exists(path("install_started")) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(fs::exists(path("install_started"))) << daemon.log_tail();
+  ASSERT_TRUE(emulator_->cancel_job("upparat_cancel", true));
+  // The hook is gone well before its 60 s sleep ends, and the daemon takes the next job.
+  std::this_thread::sleep_for(5s);
+  EXPECT_FALSE(fs::exists(path("install_finished")));
+  create_job("upparat_after_cancel", document("1.0.0", "1.0.0"));
+  auto view = wait_status("upparat_after_cancel", "SUCCEEDED");
+  EXPECT_EQ(view.state, "version_already_installed") << join(view.states);
+}
+
+TEST_F(E2eDaemonTest, SigkillMidDownloadThenRestartFinishes) {
+  default_hooks();
+  hooks_["restart"] = hook("restart", "exit 0");
+  auto config = write_config(path("state"));
+  // Slow the transfer so that the kill lands mid-download.
+  ASSERT_TRUE(
+      emulator_->add_s3_fault(kBucket, kKey, R"("rateLimitBytesPerSecond":100000,"times":1)"));
+  {
+    auto daemon = start_daemon(config);
+    ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+    create_job("upparat_kill", document("2.0.0", "2.0.0"));
+    ASSERT_TRUE(daemon.wait_for_line("downloading", 30s)) << daemon.log_tail();
+    std::this_thread::sleep_for(1s);
+    daemon.kill9();
+  }
+  auto daemon = start_daemon(config, "upparat-restarted");
+  auto view = wait_status("upparat_kill", "SUCCEEDED", 90s);
+  EXPECT_EQ(view.state, "complete_soft_restart") << join(view.states);
+  EXPECT_EQ(installed_version(), "2.0.0");
+}
+
+TEST_F(E2eDaemonTest, BrokerRestartMidJob) {
+  default_hooks();
+  hooks_["restart"] = hook("restart", "exit 0");
+  hooks_["install"] =
+      hook("install", "sleep 4\necho \"$3\" > '" + path("installed_version").string() + "'");
+  auto daemon = start_daemon(write_config(path("state")));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_broker", document("2.0.0", "2.0.0"));
+  ASSERT_TRUE(daemon.wait_for_line("install step", 60s)) << daemon.log_tail();
+  ASSERT_TRUE(broker_->restart());
+  auto view = wait_status("upparat_broker", "SUCCEEDED", 90s);
+  EXPECT_EQ(view.state, "complete_soft_restart") << join(view.states);
+}
+
+TEST_F(E2eDaemonTest, PythonIniImport) {
+  default_hooks();
+  hooks_["restart"] = hook("restart", "exit 0");
+  std::string ini = "[service]\nlog_level = debug\ndownload_location = " + path("dl").string() +
+                    "\n[broker]\nhost = 127.0.0.1\nport = " + std::to_string(broker_->port()) +
+                    "\nthing_name = " + kThing + "\n[hooks]\n";
+  for (const auto& [step, p] : hooks_)
+    ini += step + " = " + p.string() + "\n";
+  ini += "retry_interval = 1\nmax_retries = 2\n[sentry]\ndsn = https://example.invalid/1\n";
+  auto file = path("upparat.ini");
+  std::ofstream(file) << ini;
+  ProcessOptions o;
+  o.argv = {UPPARAT_DAEMON_BIN, "-c", file.string()};
+  o.name = "upparat-ini";
+  o.log_path = path("upparat-ini.log");
+  o.env = {{"UPPARAT_PLUGIN_DIR", fs::path(UPPARAT_SCRIPT_PLUGIN).parent_path().string()}};
+  logs_.push_back(o.log_path);
+  auto daemon = ServiceProcess::start(o);
+  ASSERT_TRUE(daemon) << daemon.error().message();
+  ASSERT_TRUE(daemon->wait_for_line("ready: subscribed", 30s)) << daemon->log_tail();
+  EXPECT_NE(daemon->log_text().find("[sentry]"), std::string::npos) << daemon->log_tail();
+  create_job("upparat_ini", document("2.0.0", "2.0.0"));
+  auto view = wait_status("upparat_ini", "SUCCEEDED");
+  EXPECT_EQ(view.state, "complete_soft_restart") << join(view.states);
+  EXPECT_TRUE(fs::exists(path("dl/upparat/state")));
+}
+
+TEST_F(E2eDaemonTest, TwoDaemonsWithOneClientIdAreToldSo) {
+  default_hooks();
+  auto first_config = write_config(path("state-1"));
+  fs::rename(first_config, path("first.toml"));
+  auto second_config = write_config(path("state-2"));
+  auto first = start_daemon(path("first.toml"), "upparat-first");
+  auto second = start_daemon(second_config, "upparat-second");
+  // Each connect takes the client id from the other: both see their connection dropped
+  // right after connecting, and one of them says why within a few cycles.
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  bool said = false;
+  while (!said && std::chrono::steady_clock::now() < deadline) {
+    said = first.log_text().find("is probably used by another connection") != std::string::npos ||
+           second.log_text().find("is probably used by another connection") != std::string::npos;
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_TRUE(said) << first.log_tail() << "\n" << second.log_tail();
+  EXPECT_TRUE(first.running());
+  EXPECT_TRUE(second.running());
+}
+
+TEST_F(E2eDaemonTest, SigtermDuringInstallStopsTheHookReportsNothingAndResumes) {
+  default_hooks();
+  hooks_["restart"] = hook("restart", "exit 0");
+  const std::string marker = path("install_tried").string();
+  hooks_["install"] = hook("install", "if [ ! -e '" + marker + "' ]; then touch '" + marker +
+                                          "'; sleep 60; fi\necho \"$3\" > '" +
+                                          path("installed_version").string() + "'");
+  auto config = write_config(path("state"));
+  {
+    auto daemon = start_daemon(config);
+    ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+    create_job("upparat_term", document("2.0.0", "2.0.0"));
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (!fs::exists(marker) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(100ms);
+    ASSERT_TRUE(fs::exists(marker)) << daemon.log_tail();
+    auto begin = std::chrono::steady_clock::now();
+    auto stopped = daemon.stop();  // SIGTERM (SIGKILL only after 15 s)
+    ASSERT_TRUE(stopped);
+    EXPECT_TRUE(stopped->success()) << stopped->describe() << "\n" << daemon.log_tail();
+    EXPECT_LT(std::chrono::steady_clock::now() - begin, 14s) << daemon.log_tail();
+    auto view = parse_execution(*emulator_->describe(kThing, "upparat_term"));
+    ASSERT_TRUE(view);
+    EXPECT_EQ(view->status, "IN_PROGRESS") << "nothing is reported for the interrupted step";
+    EXPECT_EQ(view->state, "installation_start") << join(view->states);
+  }
+  auto daemon = start_daemon(config, "upparat-resumed");
+  auto view = wait_status("upparat_term", "SUCCEEDED", 90s);
+  EXPECT_EQ(view.state, "complete_soft_restart") << join(view.states);
+  EXPECT_EQ(installed_version(), "2.0.0");
+}
+
+TEST_F(E2eDaemonTest, SystemdNotifyReadyStatusAndWatchdog) {
+  default_hooks();
+  hooks_["restart"] = hook("restart", "exit 0");
+  // systemd's side of sd_notify(3): a datagram socket named by NOTIFY_SOCKET.
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::string socket_path = path("notify.sock").string();
+  ASSERT_LT(socket_path.size(), sizeof(addr.sun_path));
+  std::strcpy(addr.sun_path, socket_path.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ProcessOptions o;
+  o.argv = {UPPARAT_DAEMON_BIN, "-c", write_config(path("state")).string()};
+  o.name = "upparat-notify";
+  o.log_path = path("upparat-notify.log");
+  o.env = {{"NOTIFY_SOCKET", socket_path}, {"WATCHDOG_USEC", "1000000"}};
+  o.unset_env = {"WATCHDOG_PID"};
+  logs_.push_back(o.log_path);
+  auto daemon = ServiceProcess::start(o);
+  ASSERT_TRUE(daemon) << daemon.error().message();
+  std::vector<std::string> received;
+  auto has = [&](const std::string& prefix) {
+    return std::count_if(received.begin(), received.end(),
+                         [&](const std::string& m) { return m.find(prefix) != std::string::npos; });
+  };
+  bool job_created = false;
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < deadline &&
+         !(has("READY=1") && has("WATCHDOG=1") >= 3 && has("STATUS=") >= 2)) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 200) == 1) {
+      char buffer[4096];
+      auto n = ::recv(fd, buffer, sizeof(buffer), 0);
+      if (n > 0)
+        received.emplace_back(buffer, static_cast<std::size_t>(n));
+    }
+    if (has("READY=1") && !job_created) {
+      job_created = true;
+      create_job("upparat_notify", document("2.0.0", "2.0.0"));
+    }
+  }
+  ::close(fd);
+  EXPECT_EQ(has("READY=1"), 1) << join(received);
+  EXPECT_GE(has("WATCHDOG=1"), 3) << "WatchdogSec=1 s: a ping every 0.5 s; " << join(received);
+  EXPECT_GE(has("STATUS="), 2) << join(received);
+  ASSERT_TRUE(daemon->stop());
+  EXPECT_TRUE(daemon->exit_status()->success()) << daemon->log_tail();
+}
+
+TEST_F(E2eDaemonTest, ThrottledDuplicatedAndDroppedResponsesStillEndInOrder) {
+  default_hooks();
+  hooks_["restart"] = hook("restart", "exit 0");
+  auto daemon = start_daemon(write_config(path("state")));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  // Two updates throttled, two answers sent twice, one answer lost (resent after 5 s), and
+  // every answer late.
+  ASSERT_TRUE(emulator_->set_faults(R"({"rejectUpdates":{"count":2,"code":"RequestThrottled"},)"
+                                    R"("responses":{"duplicate":2,"drop":1,"delayMs":300}})"));
+  create_job("upparat_faults", document("2.0.0", "2.0.0"));
+  auto view = wait_status("upparat_faults", "SUCCEEDED", 90s);
+  EXPECT_EQ(view.state, "complete_soft_restart") << join(view.states);
+  // The cloud saw the steps in their order, whatever the transport did.
+  std::vector<std::string> order;
+  for (const auto& s : view.states)
+    if (s != "download_progress" && s != "installation_progress" &&
+        (order.empty() || order.back() != s))
+      order.push_back(s);
+  EXPECT_EQ(join(order), "download_start, installation_start, reboot_start, complete_soft_restart");
+}
+
+TEST_F(E2eDaemonTest, JournalGetsPriorityPrefixesAndNoColours) {
+  default_hooks();
+  auto log = path("journal.log");
+  std::ofstream(log).flush();
+  struct stat st {};
+  ASSERT_EQ(::stat(log.c_str(), &st), 0);
+  ProcessOptions o;
+  o.argv = {UPPARAT_DAEMON_BIN, "-c", write_config(path("state")).string(), "--check-config"};
+  o.name = "upparat-journal";
+  o.log_path = log;
+  // systemd sets JOURNAL_STREAM to the device and inode of the stderr it connected.
+  o.env = {{"JOURNAL_STREAM", std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino)}};
+  auto p = ServiceProcess::start(o);
+  ASSERT_TRUE(p) << p.error().message();
+  auto exited = p->wait_exit(30s);
+  ASSERT_TRUE(exited);
+  EXPECT_TRUE(exited->success()) << p->log_text();
+  auto text = p->log_text();
+  EXPECT_NE(text.find("<6>plugin script"), std::string::npos) << text;
+  EXPECT_EQ(text.find("\x1b["), std::string::npos) << "no colour codes in the journal";
+}
+
+}  // namespace
+}  // namespace upparat::test

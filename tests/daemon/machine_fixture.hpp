@@ -1,0 +1,440 @@
+#pragma once
+
+// A deterministic world for the state machine: a fake clock, an in-memory state store, a
+// small AWS IoT Jobs cloud that answers get / describe / update like the real service, and a
+// worker whose step and download results the test scripts.
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "jobs/messages.hpp"
+#include "jobs/topics.hpp"
+#include "state/machine.hpp"
+
+namespace upparat::state::testing {
+
+inline const std::string kThing = "thing-1";
+
+class FakeClock final : public MonotonicClock {
+ public:
+  TimePoint now() const override { return now_; }
+  TimePoint now_{std::chrono::hours(1000)};
+};
+
+struct CloudJob {
+  std::string id;
+  std::string status = "QUEUED";
+  std::map<std::string, std::string> details;
+  std::string document;  // JSON object text
+  std::int64_t queued_at = 1000;
+  std::int64_t execution = 1;
+  std::int64_t version = 1;
+  std::optional<int> step_timeout;
+};
+
+struct SentUpdate {
+  std::string job_id;
+  std::string status;
+  std::string state;
+  std::string message;
+  std::optional<int> step_timeout;
+  std::string token;
+};
+
+inline std::string doc(
+    const std::string& version, bool force = false,
+    const std::string& file = "https://bucket.s3.amazonaws.com/fw.raucb?X-Amz-Signature=abc") {
+  return std::string("{\"action\":\"update\",\"version\":\"") + version + "\",\"file\":\"" + file +
+         "\",\"force\":" + (force ? "true" : "false") + ",\"meta\":\"m\"}";
+}
+
+/// The cloud of one thing.
+class FakeCloud {
+ public:
+  std::map<std::string, CloudJob> jobs;
+  std::vector<SentUpdate> updates;  // every update the machine sent, accepted or not
+  int throttle_updates = 0;         // answer the next N updates with RequestThrottled
+  bool answer = true;               // false: requests pile up in `held`
+  bool lose_updates = false;        // true: updates are recorded, then lost (no answer)
+  std::vector<Publish> held;
+  int gets = 0;
+  int describes = 0;
+
+  void add(CloudJob job) { jobs[job.id] = std::move(job); }
+
+  static std::string summary(const CloudJob& j) {
+    return "{\"jobId\":\"" + j.id + "\",\"queuedAt\":" + std::to_string(j.queued_at) +
+           ",\"executionNumber\":" + std::to_string(j.execution) +
+           ",\"versionNumber\":" + std::to_string(j.version) + ",\"lastUpdatedAt\":1}";
+  }
+
+  std::string pending_lists(const char* in_progress_key, const char* queued_key) const {
+    std::string ip, q;
+    std::vector<const CloudJob*> queued;
+    for (const auto& [id, j] : jobs) {
+      if (j.status == "IN_PROGRESS")
+        ip += (ip.empty() ? "" : ",") + summary(j);
+      else if (j.status == "QUEUED")
+        queued.push_back(&j);
+    }
+    std::stable_sort(queued.begin(), queued.end(),
+                     [](auto* a, auto* b) { return a->queued_at < b->queued_at; });
+    for (auto* j : queued)
+      q += (q.empty() ? "" : ",") + summary(*j);
+    return std::string("\"") + in_progress_key + "\":[" + ip + "],\"" + queued_key + "\":[" + q +
+           "]";
+  }
+
+  std::string notify() const {
+    return "{\"timestamp\":1700000000,\"jobs\":{" + pending_lists("IN_PROGRESS", "QUEUED") + "}}";
+  }
+
+  static std::string token_of(const std::string& payload) {
+    rapidjson::Document d;
+    d.Parse(payload.c_str());
+    if (d.IsObject() && d.HasMember("clientToken") && d["clientToken"].IsString())
+      return d["clientToken"].GetString();
+    return "";
+  }
+
+  static std::string details_json(const std::map<std::string, std::string>& details) {
+    rapidjson::StringBuffer b;
+    rapidjson::Writer<rapidjson::StringBuffer> w(b);
+    w.StartObject();
+    for (const auto& [k, v] : details) {
+      w.Key(k.c_str());
+      w.String(v.c_str());
+    }
+    w.EndObject();
+    return b.GetString();
+  }
+
+  std::string execution_state(const CloudJob& j) const {
+    return "{\"status\":\"" + j.status + "\",\"statusDetails\":" + details_json(j.details) +
+           ",\"versionNumber\":" + std::to_string(j.version) + "}";
+  }
+
+  /// Answers one request; returns the answers (topic, payload).
+  std::vector<MqttMessage> respond(const Publish& p) {
+    const std::string prefix = jobs::topic_prefix(kThing) + "/";
+    const std::string rest = p.topic.substr(prefix.size());
+    const std::string token = token_of(p.payload);
+    const std::string tok = ",\"clientToken\":\"" + token + "\"";
+    if (rest == "get") {
+      ++gets;
+      return {{p.topic + "/accepted", "{" + pending_lists("inProgressJobs", "queuedJobs") +
+                                          ",\"timestamp\":1700000000" + tok + "}"}};
+    }
+    const auto slash = rest.find('/');
+    const std::string id = rest.substr(0, slash);
+    const std::string op = rest.substr(slash + 1);
+    auto it = jobs.find(id);
+    auto reject = [&](const std::string& code, const std::string& state = "") {
+      return std::vector<MqttMessage>{
+          {p.topic + "/rejected", "{\"code\":\"" + code + "\",\"message\":\"m\"" + tok +
+                                      (state.empty() ? "" : ",\"executionState\":" + state) +
+                                      ",\"timestamp\":1700000000}"}};
+    };
+    if (op == "get") {
+      ++describes;
+      if (it == jobs.end())
+        return reject("ResourceNotFound");
+      const CloudJob& j = it->second;
+      return {{p.topic + "/accepted",
+               "{\"execution\":{\"jobId\":\"" + j.id + "\",\"thingName\":\"" + kThing +
+                   "\",\"jobDocument\":" + j.document + ",\"status\":\"" + j.status +
+                   "\",\"statusDetails\":" + details_json(j.details) +
+                   ",\"queuedAt\":" + std::to_string(j.queued_at) +
+                   ",\"lastUpdatedAt\":1,\"versionNumber\":" + std::to_string(j.version) +
+                   ",\"executionNumber\":" + std::to_string(j.execution) +
+                   "},\"timestamp\":1700000000" + tok + "}"}};
+    }
+    // update
+    rapidjson::Document d;
+    d.Parse(p.payload.c_str());
+    SentUpdate u;
+    u.job_id = id;
+    u.status = d["status"].GetString();
+    u.state = d["statusDetails"]["state"].GetString();
+    u.message = d["statusDetails"]["message"].GetString();
+    if (d.HasMember("stepTimeoutInMinutes"))
+      u.step_timeout = d["stepTimeoutInMinutes"].GetInt();
+    u.token = token;
+    updates.push_back(u);
+    if (lose_updates)
+      return {};
+    if (throttle_updates > 0) {
+      --throttle_updates;
+      return reject("RequestThrottled");
+    }
+    if (it == jobs.end())
+      return reject("ResourceNotFound");
+    CloudJob& j = it->second;
+    if (jobs::is_terminal_status(j.status))
+      return reject("InvalidStateTransition", execution_state(j));
+    j.status = u.status;
+    j.details = {{"state", u.state}, {"message", u.message}};
+    j.step_timeout = u.step_timeout;
+    ++j.version;
+    return {{p.topic + "/accepted", "{\"timestamp\":1700000000" + tok + "}"}};
+  }
+
+  /// The states of the updates sent for a job, in order (duplicates collapsed).
+  std::vector<std::string> states(const std::string& job_id) const {
+    std::vector<std::string> out;
+    std::string last_token;
+    for (const auto& u : updates)
+      if (u.job_id == job_id && u.token != last_token) {
+        out.push_back(u.state);
+        last_token = u.token;
+      }
+    return out;
+  }
+};
+
+/// What a step returns when it runs; nullopt leaves it running (e.g. a restart that reboots).
+using StepScript = std::function<std::optional<plugin::StepResult>(const RunStep&)>;
+
+inline plugin::StepResult ok(std::string text = "") {
+  return {plugin::Outcome::Ok, std::move(text), std::nullopt};
+}
+inline plugin::StepResult failed(std::string text) {
+  return {plugin::Outcome::Failed, std::move(text), std::nullopt};
+}
+inline plugin::StepResult not_supported() {
+  return {plugin::Outcome::NotSupported, "", std::nullopt};
+}
+inline plugin::StepResult retry_later(std::optional<std::chrono::seconds> after = {}) {
+  return {plugin::Outcome::RetryLater, "busy", after};
+}
+
+inline std::optional<download::DownloadResult> complete_download(const RunDownload& d) {
+  download::DownloadResult r;
+  r.outcome = download::Outcome::Complete;
+  r.file = "/dl/" + d.request.job_id;
+  return r;
+}
+
+/// Hooks in the classic sense: which are "configured" and what they answer.
+struct Hooks {
+  // installed version before and after the update; "" = no version hook
+  std::string version_before = "1.0";
+  std::string version_after = "2.0";
+  bool download = true;
+  bool install = true;
+  enum class Restart { None, Reboots, Returns, Fails } restart = Restart::Reboots;
+  bool ready = true;
+};
+
+class World {
+ public:
+  explicit World(MachineSettings settings = {}) : settings_(std::move(settings)) {
+    settings_.thing_name = kThing;
+    boot();
+  }
+
+  /// Creates a new machine on the same store and cloud (the daemon restarted). The running
+  /// work of the old one is forgotten (its process died).
+  void boot() {
+    machine_ = std::make_unique<Machine>(settings_, store, clock);
+    timers_.clear();
+    running_step.reset();
+    running_download.reset();
+    rebooted_ = false;
+    handle(Started{});
+  }
+
+  void connect() { handle(Connected{}); }
+
+  /// Delivers an event and everything that follows from it (cloud answers, scripted steps).
+  void handle(const Event& event) {
+    std::deque<Event> queue{event};
+    while (!queue.empty()) {
+      Event e = std::move(queue.front());
+      queue.pop_front();
+      auto actions = machine_->handle(e);
+      for (auto& a : actions)
+        apply(a, queue);
+    }
+  }
+
+  void apply(Action& a, std::deque<Event>& queue) {
+    actions.push_back(a);
+    if (auto* p = std::get_if<Publish>(&a)) {
+      published.push_back(*p);
+      if (!cloud.answer) {
+        cloud.held.push_back(*p);
+        return;
+      }
+      for (auto& m : cloud.respond(*p))
+        queue.push_back(m);
+    } else if (auto* t = std::get_if<SetTimer>(&a)) {
+      timers_[t->id] = clock.now_ + t->delay;
+    } else if (auto* c = std::get_if<CancelTimer>(&a)) {
+      timers_.erase(c->id);
+    } else if (auto* r = std::get_if<RunStep>(&a)) {
+      EXPECT_FALSE(running_step || running_download) << "two works at once";
+      steps_run.push_back(*r);
+      running_step = *r;
+      auto result = script(*r);
+      if (result) {
+        running_step.reset();
+        queue.push_back(StepFinished{r->work, r->step, *result});
+      }
+    } else if (auto* d = std::get_if<RunDownload>(&a)) {
+      EXPECT_FALSE(running_step || running_download) << "two works at once";
+      downloads_run.push_back(*d);
+      running_download = *d;
+      if (download_script) {
+        auto result = download_script(*d);
+        if (result) {
+          running_download.reset();
+          queue.push_back(DownloadFinished{d->work, *result});
+        }
+      }
+    } else if (auto* s = std::get_if<StopWork>(&a)) {
+      stopped.push_back(s->work);
+      if (running_step && running_step->work == s->work) {
+        auto w = *running_step;
+        running_step.reset();
+        queue.push_back(StepFinished{w.work, w.step, failed("stopped")});
+      }
+      if (running_download && running_download->work == s->work) {
+        auto w = *running_download;
+        running_download.reset();
+        download::DownloadResult r;
+        r.outcome = download::Outcome::Cancelled;
+        queue.push_back(DownloadFinished{w.work, r});
+      }
+    } else if (std::get_if<Exit>(&a)) {
+      exited = true;
+    }
+  }
+
+  /// Moves the clock, firing due timers in order.
+  void advance(std::chrono::milliseconds by) {
+    const TimePoint end = clock.now_ + by;
+    for (;;) {
+      auto next = std::min_element(timers_.begin(), timers_.end(),
+                                   [](auto& a, auto& b) { return a.second < b.second; });
+      if (next == timers_.end() || next->second > end)
+        break;
+      const auto id = next->first;
+      clock.now_ = std::max(clock.now_, next->second);
+      timers_.erase(next);
+      handle(TimerFired{id});
+    }
+    clock.now_ = end;
+  }
+
+  void finish_step(plugin::StepResult result) {
+    ASSERT_TRUE(running_step.has_value());
+    auto w = *running_step;
+    running_step.reset();
+    handle(StepFinished{w.work, w.step, std::move(result)});
+  }
+
+  void finish_download(download::Outcome outcome, std::string reason = "") {
+    ASSERT_TRUE(running_download.has_value());
+    auto w = *running_download;
+    running_download.reset();
+    download::DownloadResult r;
+    r.outcome = outcome;
+    r.reason = std::move(reason);
+    if (outcome == download::Outcome::Complete)
+      r.file = "/dl/" + w.request.job_id;
+    handle(DownloadFinished{w.work, r});
+  }
+
+  /// Sends notify with the cloud's current pending jobs.
+  void notify() { handle(MqttMessage{jobs::topic_prefix(kThing) + "/notify", cloud.notify()}); }
+
+  /// Delivers the held requests' answers (in order, or reversed).
+  void release_held(bool reversed = false) {
+    auto held = std::move(cloud.held);
+    cloud.held.clear();
+    cloud.answer = true;
+    std::vector<MqttMessage> answers;
+    for (auto& p : held)
+      for (auto& m : cloud.respond(p))
+        answers.push_back(m);
+    if (reversed)
+      std::reverse(answers.begin(), answers.end());
+    for (auto& m : answers)
+      handle(m);
+  }
+
+  /// Scripts steps like the classic hooks.
+  void use(Hooks hooks) {
+    hooks_ = hooks;
+    script = [this](const RunStep& r) -> std::optional<plugin::StepResult> {
+      switch (r.step) {
+        case plugin::Step::Version:
+          if (hooks_.version_before.empty())
+            return not_supported();
+          return ok(rebooted_ ? hooks_.version_after : hooks_.version_before);
+        case plugin::Step::Download:
+          return hooks_.download ? ok() : not_supported();
+        case plugin::Step::Install:
+          return hooks_.install ? ok() : not_supported();
+        case plugin::Step::Restart:
+          switch (hooks_.restart) {
+            case Hooks::Restart::None:
+              return not_supported();
+            case Hooks::Restart::Reboots:
+              return std::nullopt;
+            case Hooks::Restart::Returns:
+              return ok();
+            case Hooks::Restart::Fails:
+              return failed("restart broke");
+          }
+          return std::nullopt;
+        case plugin::Step::Ready:
+          return hooks_.ready ? ok() : not_supported();
+      }
+      return std::nullopt;
+    };
+  }
+
+  /// The device reboots during the restart step: a new daemon on the new version.
+  void reboot() {
+    boot();
+    rebooted_ = true;
+    connect();
+  }
+
+  MachineSettings settings_;
+  FakeClock clock;
+  MemoryStateStore store;
+  FakeCloud cloud;
+  std::unique_ptr<Machine> machine_;
+  std::map<std::uint64_t, TimePoint> timers_;
+  std::vector<Action> actions;
+  std::vector<Publish> published;
+  std::vector<RunStep> steps_run;
+  std::vector<RunDownload> downloads_run;
+  std::vector<std::uint64_t> stopped;
+  std::optional<RunStep> running_step;
+  std::optional<RunDownload> running_download;
+  bool exited = false;
+  Hooks hooks_;
+  bool rebooted_ = false;
+  StepScript script = [](const RunStep&) { return std::optional<plugin::StepResult>(); };
+  std::function<std::optional<download::DownloadResult>(const RunDownload&)> download_script =
+      complete_download;
+
+  Phase phase() const { return machine_->phase(); }
+};
+
+}  // namespace upparat::state::testing

@@ -1,0 +1,1046 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "machine_fixture.hpp"
+
+namespace upparat::state::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using plugin::Step;
+using Strings = std::vector<std::string>;
+
+CloudJob queued(const std::string& id, const std::string& version = "2.0", bool force = false,
+                std::int64_t queued_at = 1000) {
+  CloudJob j;
+  j.id = id;
+  j.document = doc(version, force);
+  j.queued_at = queued_at;
+  return j;
+}
+
+std::string final_state(const World& w, const std::string& id) {
+  auto it = w.cloud.jobs.find(id);
+  if (it == w.cloud.jobs.end())
+    return "<deleted>";
+  auto d = it->second.details.find("state");
+  return it->second.status + " " + (d == it->second.details.end() ? "" : d->second);
+}
+
+std::string final_message(const World& w, const std::string& id) {
+  auto& d = w.cloud.jobs.at(id).details;
+  auto it = d.find("message");
+  return it == d.end() ? "" : it->second;
+}
+
+// ---- the contract's status table, row by row --------------------------------------------
+
+struct Row {
+  const char* name;
+  Hooks hooks;
+  bool force;
+  Strings states;       // every update, in order
+  std::string outcome;  // final "STATUS state"
+  bool reboot = false;  // the restart step reboots: a new daemon continues
+};
+
+Hooks hooks_with(std::function<void(Hooks&)> f) {
+  Hooks h;
+  f(h);
+  return h;
+}
+
+void PrintTo(const Row& row, std::ostream* os) {
+  *os << row.name;
+}
+
+class StatusTable : public ::testing::TestWithParam<Row> {};
+
+TEST_P(StatusTable, EndsAsTheContractSays) {
+  const Row& row = GetParam();
+  World w;
+  w.use(row.hooks);
+  w.cloud.add(queued("upparat_1", "2.0", row.force));
+  w.connect();
+  if (row.reboot) {
+    ASSERT_EQ(w.phase(), Phase::Restart);
+    ASSERT_TRUE(w.running_step && w.running_step->step == Step::Restart);
+    w.reboot();
+  }
+  EXPECT_EQ(final_state(w, "upparat_1"), row.outcome);
+  EXPECT_EQ(w.cloud.states("upparat_1"), row.states);
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_FALSE(w.store.state_.has_value()) << "state kept after the job ended";
+}
+
+const Strings kToInstall = {"download_start", "installation_start"};
+
+Strings with(Strings a, Strings b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Contract, StatusTable,
+    ::testing::Values(
+        Row{"version_already_installed",
+            hooks_with([](Hooks& h) { h.version_before = "2.0"; }),
+            false,
+            {"version_already_installed"},
+            "SUCCEEDED version_already_installed"},
+        Row{"no_installation_hook_provided", hooks_with([](Hooks& h) { h.install = false; }), false,
+            with(kToInstall, {"no_installation_hook_provided"}),
+            "SUCCEEDED no_installation_hook_provided"},
+        Row{"no_restart_hook_provided",
+            hooks_with([](Hooks& h) { h.restart = Hooks::Restart::None; }), false,
+            with(kToInstall, {"reboot_start", "no_restart_hook_provided"}),
+            "SUCCEEDED no_restart_hook_provided"},
+        Row{"complete_soft_restart",
+            hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }), false,
+            with(kToInstall, {"reboot_start", "complete_soft_restart"}),
+            "SUCCEEDED complete_soft_restart"},
+        Row{"complete_ready", Hooks{}, false, with(kToInstall, {"reboot_start", "complete_ready"}),
+            "SUCCEEDED complete_ready", true},
+        Row{"complete_no_ready_check", hooks_with([](Hooks& h) { h.ready = false; }), false,
+            with(kToInstall, {"reboot_start", "complete_no_ready_check"}),
+            "SUCCEEDED complete_no_ready_check", true},
+        Row{"complete_no_version_check", hooks_with([](Hooks& h) { h.version_before = ""; }), false,
+            with(kToInstall, {"reboot_start", "complete_no_version_check"}),
+            "SUCCEEDED complete_no_version_check", true},
+        Row{"version_mismatch", hooks_with([](Hooks& h) { h.version_after = "1.0"; }), false,
+            with(kToInstall, {"reboot_start", "version_mismatch"}), "FAILED version_mismatch",
+            true},
+        Row{"force_skips_version_check", hooks_with([](Hooks& h) {
+              h.version_before = "2.0";
+              h.restart = Hooks::Restart::Returns;
+            }),
+            true, with(kToInstall, {"reboot_start", "complete_soft_restart"}),
+            "SUCCEEDED complete_soft_restart"},
+        Row{"restart_hook_failed", hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Fails; }),
+            false, with(kToInstall, {"reboot_start", "restart_hook_failed"}),
+            "FAILED restart_hook_failed"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+// Steps without a configured plugin are not run at all, like the classic missing hooks: no
+// installation_start / reboot_start for them.
+TEST(Machine, MissingHooksAreNotRun) {
+  {
+    MachineSettings s;
+    s.step_configured[static_cast<int>(Step::Install)] = false;
+    World w(s);
+    w.use(Hooks{});
+    w.cloud.add(queued("upparat_1"));
+    w.connect();
+    EXPECT_EQ(w.cloud.states("upparat_1"),
+              (Strings{"download_start", "no_installation_hook_provided"}));
+  }
+  {
+    MachineSettings s;
+    s.step_configured[static_cast<int>(Step::Restart)] = false;
+    World w(s);
+    w.use(Hooks{});
+    w.cloud.add(queued("upparat_1"));
+    w.connect();
+    EXPECT_EQ(w.cloud.states("upparat_1"),
+              (Strings{"download_start", "installation_start", "no_restart_hook_provided"}));
+  }
+  {
+    MachineSettings s;
+    s.step_configured[static_cast<int>(Step::Version)] = false;
+    s.step_configured[static_cast<int>(Step::Ready)] = false;
+    s.step_configured[static_cast<int>(Step::Download)] = false;
+    World w(s);
+    w.use(Hooks{});
+    w.cloud.add(queued("upparat_1"));
+    w.connect();
+    w.reboot();
+    EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_no_version_check");
+    for (const auto& r : w.steps_run)
+      EXPECT_TRUE(r.step == Step::Install || r.step == Step::Restart);
+  }
+  {
+    MachineSettings s;
+    s.step_configured[static_cast<int>(Step::Ready)] = false;
+    World w(s);
+    w.use(Hooks{});
+    w.cloud.add(queued("upparat_1"));
+    w.connect();
+    w.reboot();
+    EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_no_ready_check");
+  }
+}
+
+// Failing steps: FAILED <step>_hook_failed with the plugin's reason.
+struct FailRow {
+  Step step;
+  bool after_reboot;
+  std::string state;
+};
+
+void PrintTo(const FailRow& row, std::ostream* os) {
+  *os << row.state << (row.after_reboot ? " after reboot" : "");
+}
+
+class HookFailed : public ::testing::TestWithParam<FailRow> {};
+
+TEST_P(HookFailed, FailsWithTheReason) {
+  const FailRow& row = GetParam();
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    const bool after = w.rebooted_;
+    if (r.step == row.step && after == row.after_reboot)
+      return failed("it broke\nbadly");
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  if (row.after_reboot)
+    w.reboot();
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED " + row.state);
+  EXPECT_EQ(final_message(w, "upparat_1"), "it broke badly");  // sanitised
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+}
+
+INSTANTIATE_TEST_SUITE_P(Contract, HookFailed,
+                         ::testing::Values(FailRow{Step::Version, false, "version_hook_failed"},
+                                           FailRow{Step::Download, false, "download_hook_failed"},
+                                           FailRow{Step::Install, false,
+                                                   "installation_hook_failed"},
+                                           FailRow{Step::Version, true, "version_hook_failed"},
+                                           FailRow{Step::Ready, true, "ready_hook_failed"}));
+
+TEST(Machine, FullFlowSendsStepTimeoutsAndJobContext) {
+  MachineSettings s;
+  s.step_deadline = {600s, 3600s, 1200s, 300s, 300s};
+  s.step_timeout_margin = 5min;
+  World w(s);
+  w.use(Hooks{});
+  CloudJob j = queued("upparat_7");
+  j.document = "{\"version\":\"2.0\",\"file\":\"https://h/f\",\"meta\":\"hello\",\"sha256\":\"" +
+               std::string(64, 'A') + "\",\"size\":42}";
+  w.cloud.add(j);
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Restart);
+  std::map<std::string, std::optional<int>> timeouts;
+  for (const auto& u : w.cloud.updates)
+    timeouts[u.state] = u.step_timeout;
+  EXPECT_EQ(timeouts["download_start"], 65);      // 3600 s + 5 min
+  EXPECT_EQ(timeouts["installation_start"], 25);  // 1200 s + 5 min
+  EXPECT_EQ(timeouts["reboot_start"], 25);        // 300 + 600 + 300 s + 5 min
+  ASSERT_EQ(w.downloads_run.size(), 1u);
+  EXPECT_EQ(w.downloads_run[0].request.url, "https://h/f");
+  EXPECT_EQ(w.downloads_run[0].request.sha256, std::string(64, 'a'));
+  EXPECT_EQ(w.downloads_run[0].request.size, 42u);
+  const auto install = std::find_if(w.steps_run.begin(), w.steps_run.end(),
+                                    [](auto& r) { return r.step == Step::Install; });
+  ASSERT_NE(install, w.steps_run.end());
+  EXPECT_EQ(install->job.file_path, std::filesystem::path("/dl/upparat_7"));
+  EXPECT_EQ(install->job.meta, "hello");
+  EXPECT_EQ(install->job.version, "2.0");
+  EXPECT_EQ(install->job.execution_number, 1);
+  EXPECT_TRUE(install->store);
+  // reboot_start is saved before it is sent, and acknowledged before restart runs
+  ASSERT_TRUE(w.store.state_);
+  EXPECT_EQ(w.store.state_->step, "restart");
+  EXPECT_EQ(final_state(w, "upparat_7"), "IN_PROGRESS reboot_start");
+}
+
+// ---- which jobs -----------------------------------------------------------------------
+
+TEST(Machine, InProgressFirstElseOldestQueued) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  w.cloud.add(queued("upparat_new", "2.0", false, 3000));
+  w.cloud.add(queued("upparat_old", "2.0", false, 1000));
+  CloudJob ip = queued("upparat_running", "2.0", false, 5000);
+  ip.status = "IN_PROGRESS";
+  ip.details = {{"state", "download_progress"}};
+  w.cloud.add(ip);
+  w.connect();
+  // All three are done one after the other, in the contract's order.
+  Strings order;
+  for (const auto& u : w.cloud.updates)
+    if (order.empty() || order.back() != u.job_id)
+      order.push_back(u.job_id);
+  EXPECT_EQ(order, (Strings{"upparat_running", "upparat_old", "upparat_new"}));
+  for (auto id : {"upparat_running", "upparat_old", "upparat_new"})
+    EXPECT_EQ(final_state(w, id), "SUCCEEDED complete_soft_restart") << id;
+}
+
+TEST(Machine, NonPrefixedJobsAreIgnored) {
+  World w;
+  w.use(Hooks{});
+  w.cloud.add(queued("other_agent_job"));
+  w.connect();
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_TRUE(w.cloud.updates.empty());
+  EXPECT_EQ(w.cloud.describes, 0);
+  w.notify();  // lists only the foreign job
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_EQ(w.cloud.gets, 1);
+}
+
+TEST(Machine, ConfigurablePrefix) {
+  MachineSettings s;
+  s.job_prefix = "ota-";
+  World w(s);
+  w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
+  w.cloud.add(queued("upparat_1"));
+  w.cloud.add(queued("ota-1"));
+  w.connect();
+  EXPECT_EQ(final_state(w, "ota-1"), "SUCCEEDED version_already_installed");
+  EXPECT_EQ(final_state(w, "upparat_1"), "QUEUED ");
+}
+
+TEST(Machine, MultipleInProgressFailsAll) {
+  World w;
+  w.use(Hooks{});
+  for (auto id : {"upparat_a", "upparat_b"}) {
+    CloudJob j = queued(id);
+    j.status = "IN_PROGRESS";
+    w.cloud.add(j);
+  }
+  w.cloud.add(queued("upparat_c", "1.0"));  // installed already
+  w.use(hooks_with([](Hooks& h) { h.version_before = "1.0"; }));
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_a"), "FAILED error_multiple_in_progress");
+  EXPECT_EQ(final_state(w, "upparat_b"), "FAILED error_multiple_in_progress");
+  EXPECT_EQ(final_state(w, "upparat_c"), "SUCCEEDED version_already_installed");
+  EXPECT_TRUE(w.steps_run.size() == 1 && w.steps_run[0].step == Step::Version);
+}
+
+TEST(Machine, NotifyInMonitorFetchesJobs) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
+  w.connect();
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  w.cloud.add(queued("upparat_1"));
+  w.notify();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+}
+
+// ---- job documents ---------------------------------------------------------------------
+
+class MalformedDocument : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
+
+TEST_P(MalformedDocument, IsRejectedWithAReason) {
+  World w;
+  w.use(Hooks{});
+  CloudJob j = queued("upparat_bad");
+  j.document = GetParam().first;
+  w.cloud.add(j);
+  w.cloud.add(queued("upparat_good", "1.0", false, 5000));
+  w.use(hooks_with([](Hooks& h) { h.version_before = "1.0"; }));
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_bad"), "REJECTED invalid_job_document");
+  EXPECT_NE(final_message(w, "upparat_bad").find(GetParam().second), std::string::npos)
+      << final_message(w, "upparat_bad");
+  EXPECT_EQ(final_state(w, "upparat_good"), "SUCCEEDED version_already_installed")
+      << "the daemon goes on";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Documents, MalformedDocument,
+    ::testing::Values(std::make_pair("{\"version\":\"2\"}", "'file'"),
+                      std::make_pair("{\"file\":\"https://h/f\"}", "'version'"),
+                      std::make_pair("{\"version\":2,\"file\":\"https://h/f\"}", "'version'"),
+                      std::make_pair("{\"version\":\"2\",\"file\":\"ftp://h/f\"}", "https"),
+                      std::make_pair("{\"version\":\"2\",\"file\":\"http://h/f\"}", "http"),
+                      std::make_pair("{\"version\":\"2\",\"file\":\"${aws:iot:s3-presigned-url:"
+                                     "https://s3.amazonaws.com/b/k}\"}",
+                                     "placeholder"),
+                      std::make_pair("{\"version\":\"2\",\"file\":\"https://h/f\",\"force\":1}",
+                                     "'force'"),
+                      std::make_pair("[1,2]", "not a JSON object")));
+
+TEST(Machine, HttpAllowedWhenConfigured) {
+  MachineSettings s;
+  s.allow_http = true;
+  World w(s);
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  CloudJob j = queued("upparat_1");
+  j.document = doc("2.0", false, "http://127.0.0.1/f");
+  w.cloud.add(j);
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
+}
+
+// ---- restarts of the daemon -------------------------------------------------------------
+
+// Kill the daemon while `step` runs; a new one must finish the job as if nothing happened.
+class RestartAtStep : public ::testing::TestWithParam<int> {};
+
+TEST_P(RestartAtStep, NewDaemonFinishesTheJob) {
+  const int stop_at = GetParam();  // index of the work to die in (0 = version, 1 = gate, ...)
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  int works = 0;
+  bool dead = false;
+  auto hang_at = [&]() { return !dead && works++ == stop_at; };
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (hang_at())
+      return std::nullopt;
+    return classic(r);
+  };
+  w.download_script = [&](const RunDownload& d) -> std::optional<download::DownloadResult> {
+    if (hang_at())
+      return std::nullopt;
+    download::DownloadResult r;
+    r.outcome = download::Outcome::Complete;
+    r.file = "/dl/" + d.request.job_id;
+    return r;
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_step || w.running_download);
+  const bool in_restart = w.running_step && w.running_step->step == Step::Restart;
+  dead = true;
+  if (in_restart)
+    w.reboot();
+  else {
+    w.boot();
+    w.connect();
+  }
+  if (!in_restart && w.phase() == Phase::Restart)
+    w.reboot();  // the continued job reached the (rebooting) restart step
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_ready");
+  const auto states = w.cloud.states("upparat_1");
+  EXPECT_EQ(std::count(states.begin(), states.end(), "reboot_start"), 1);
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+}
+
+// version, download gate, download, install, restart (ready after reboot is covered below)
+INSTANTIATE_TEST_SUITE_P(Steps, RestartAtStep, ::testing::Values(0, 1, 2, 3, 4));
+
+TEST(Machine, RestartBeforeRebootStartWasAcceptedSendsItAgain) {
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [&](const RunStep& r) {
+    if (r.step == Step::Install)
+      w.cloud.lose_updates = true;  // reboot_start will get no answer
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::RebootAck);
+  EXPECT_EQ(w.store.state_->step, "reboot");
+  EXPECT_FALSE(w.running_step) << "no restart before reboot_start is accepted";
+  w.cloud.lose_updates = false;
+  w.script = classic;
+  w.boot();
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Restart);
+  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
+                          [](auto& r) { return r.step == Step::Install; }),
+            1)
+      << "the install is not redone";
+  w.reboot();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_ready");
+}
+
+TEST(Machine, RestartDuringReadyContinues) {
+  World w;
+  w.use(Hooks{});
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  auto classic = w.script;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Ready)
+      return std::nullopt;
+    return classic(r);
+  };
+  w.reboot();
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Ready);
+  w.script = classic;
+  w.reboot();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_ready");
+}
+
+TEST(Machine, LocalStateWinsOverCloudDetails) {
+  // The cloud says reboot_start (e.g. a late duplicate), the local state says download:
+  // the download is redone rather than the installation verified.
+  World w;
+  w.use(Hooks{});
+  w.cloud.add(queued("upparat_1"));
+  JobState s;
+  s.job_id = "upparat_1";
+  s.execution_number = 1;
+  s.step = "download";
+  s.resume = {1234, "etag"};
+  w.store.state_ = s;
+  w.cloud.jobs["upparat_1"].status = "IN_PROGRESS";
+  w.cloud.jobs["upparat_1"].details = {{"state", "reboot_start"}};
+  w.download_script = [](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.boot();
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  EXPECT_EQ(w.running_download->resume, (download::ResumeState{1234, "etag"}));
+}
+
+TEST(Machine, EmptyStateDirectoryStillContinuesAfterRebootStart) {
+  World w;
+  w.use(Hooks{});
+  w.rebooted_ = true;
+  CloudJob j = queued("upparat_1");
+  j.status = "IN_PROGRESS";
+  j.details = {{"state", "reboot_start"}};
+  w.cloud.add(j);
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_ready");
+  EXPECT_EQ(w.cloud.states("upparat_1"), Strings{"complete_ready"});
+}
+
+TEST(Machine, StaleLocalStateOfAnotherExecutionIsIgnored) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
+  JobState s;
+  s.job_id = "upparat_1";
+  s.execution_number = 7;
+  s.step = "restart";
+  w.store.state_ = s;
+  w.cloud.add(queued("upparat_1"));
+  w.boot();
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
+}
+
+TEST(Machine, DaemonDyingThreeTimesInAStepFailsTheJob) {
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install)
+      return std::nullopt;  // the daemon dies during install, every time
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install) << i;
+    w.boot();
+    w.connect();
+  }
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
+  w.boot();
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED installation_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"), "daemon died 3 times during install");
+  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
+                          [](auto& r) { return r.step == Step::Install; }),
+            3);
+}
+
+TEST(Machine, GracefulShutdownDoesNotCountAsADeath) {
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  bool hang = true;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install && hang)
+      return std::nullopt;
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
+    const auto updates = w.cloud.updates.size();
+    w.handle(ShutdownRequested{});
+    EXPECT_TRUE(w.exited);
+    EXPECT_EQ(w.cloud.updates.size(), updates) << "nothing reported for the interrupted step";
+    w.exited = false;
+    w.boot();
+    w.connect();
+  }
+  hang = false;
+  w.boot();
+  w.connect();
+  EXPECT_EQ(w.phase(), Phase::Restart);
+}
+
+TEST(Machine, ShutdownDuringRestartStopsAndReportsNothing) {
+  World w;
+  w.use(Hooks{});
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Restart);
+  const auto stops = w.stopped.size();
+  const auto updates = w.cloud.updates.size();
+  w.handle(ShutdownRequested{});
+  EXPECT_TRUE(w.exited);
+  EXPECT_EQ(w.stopped.size(), stops);
+  EXPECT_EQ(w.cloud.updates.size(), updates);
+  EXPECT_EQ(w.store.state_->step, "restart");
+}
+
+// ---- cancellation ----------------------------------------------------------------------
+
+class CancelAtStep : public ::testing::TestWithParam<int> {};
+
+TEST_P(CancelAtStep, StopsTheWorkAndWaitsForJobs) {
+  const int cancel_at = GetParam();
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  int works = 0;
+  auto hang = [&]() { return works++ == cancel_at; };
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (hang())
+      return std::nullopt;
+    return classic(r);
+  };
+  w.download_script = [&](const RunDownload&) -> std::optional<download::DownloadResult> {
+    if (hang())
+      return std::nullopt;
+    download::DownloadResult r;
+    r.outcome = download::Outcome::Complete;
+    r.file = "/dl/x";
+    return r;
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_step || w.running_download);
+  const std::uint64_t running = w.running_step ? w.running_step->work : w.running_download->work;
+  const auto updates = w.cloud.updates.size();
+  w.cloud.jobs.erase("upparat_1");  // forced delete
+  w.notify();
+  EXPECT_NE(std::find(w.stopped.begin(), w.stopped.end(), running), w.stopped.end());
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_EQ(w.cloud.updates.size(), updates);
+  EXPECT_FALSE(w.store.state_.has_value());
+  bool removed = false;
+  for (auto& a : w.actions)
+    if (auto* r = std::get_if<RemoveDownload>(&a))
+      removed |= r->job_id == "upparat_1";
+  EXPECT_TRUE(removed);
+  // A new job is picked up normally.
+  w.script = classic;
+  w.download_script = complete_download;
+  w.use(hooks_with([](Hooks& h) { h.version_before = "3.0"; }));
+  w.cloud.add(queued("upparat_2", "3.0"));
+  w.notify();
+  EXPECT_EQ(final_state(w, "upparat_2"), "SUCCEEDED version_already_installed");
+}
+
+INSTANTIATE_TEST_SUITE_P(Steps, CancelAtStep, ::testing::Values(0, 1, 2, 3));
+
+TEST(Machine, CancelWhileWaitingForInstallationStartPreventsTheInstall) {
+  World w;
+  w.use(Hooks{});
+  w.cloud.add(queued("upparat_1"));
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  w.cloud.answer = false;  // installation_start will wait
+  w.finish_download(download::Outcome::Complete);
+  ASSERT_EQ(w.phase(), Phase::Install);
+  // The job is cancelled (forced) before the update arrives.
+  w.cloud.jobs["upparat_1"].status = "CANCELED";
+  w.release_held();
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
+                          [](auto& r) { return r.step == Step::Install; }),
+            0);
+}
+
+TEST(Machine, NotifyWithoutTheJobButStillInProgressContinues) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  // notify lists at most 15 jobs: one that does not list ours is not proof of a cancel.
+  w.handle(MqttMessage{jobs::topic_prefix(kThing) + "/notify",
+                       "{\"timestamp\":1,\"jobs\":{\"QUEUED\":[]}}"});
+  EXPECT_TRUE(w.running_download);
+  EXPECT_EQ(w.phase(), Phase::Download);
+  EXPECT_EQ(w.cloud.describes, 2);  // select + the check
+}
+
+TEST(Machine, UpdateRejectedAsTerminalCancels) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  w.cloud.jobs["upparat_1"].status = "CANCELED";
+  w.handle(DownloadProgress{w.running_download->work, {50, 100}});  // -> download_progress
+  EXPECT_FALSE(w.running_download);
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+}
+
+// ---- updates: order, duplicates, throttling ------------------------------------------------
+
+TEST(Machine, ThrottledUpdatesAreRetriedWithBackoff) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  w.cloud.throttle_updates = 3;
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_EQ(w.cloud.updates.size(), 1u);
+  w.advance(120s);
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
+  // the same clientToken was retried
+  EXPECT_EQ(w.cloud.updates[0].token, w.cloud.updates[3].token);
+}
+
+TEST(Machine, UnansweredUpdateIsResentWithTheSameToken) {
+  World w;
+  w.use(Hooks{});
+  w.cloud.add(queued("upparat_1"));
+  w.cloud.lose_updates = true;
+  w.connect();
+  ASSERT_EQ(w.cloud.updates.size(), 1u);
+  EXPECT_EQ(w.cloud.updates[0].state, "download_start");
+  w.advance(29s);
+  EXPECT_EQ(w.cloud.updates.size(), 1u);
+  w.advance(2s);
+  ASSERT_EQ(w.cloud.updates.size(), 2u);
+  EXPECT_EQ(w.cloud.updates[1].token, w.cloud.updates[0].token);
+  EXPECT_EQ(w.phase(), Phase::Install) << "install waits for installation_start";
+  w.cloud.lose_updates = false;
+  w.advance(31s);
+  EXPECT_EQ(w.phase(), Phase::Restart);
+}
+
+TEST(Machine, OneUpdateInFlightAndProgressMerged) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  w.cloud.answer = false;
+  const auto before = w.published.size();
+  for (int i = 1; i <= 100; ++i)
+    w.handle(DownloadProgress{w.running_download->work, {std::uint64_t(i) * 10, 1000}});
+  // Only the first progress went out; the others wait and merge into one.
+  EXPECT_EQ(w.published.size() - before, 1u);
+  w.release_held();
+  const auto& last = w.cloud.updates.back();
+  EXPECT_EQ(last.state, "download_progress");
+  EXPECT_EQ(last.message, "{\"downloaded_bytes\": 1000}");
+  EXPECT_EQ(w.cloud.states("upparat_1").size(), 3u);  // start, first progress, merged latest
+}
+
+TEST(Machine, ProgressBudget) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  const std::uint64_t total = 1ull << 30;
+  for (std::uint64_t b = 0; b <= total; b += 1 << 20) {
+    w.handle(DownloadProgress{w.running_download->work, {b, total}});
+    w.advance(100ms);
+  }
+  const auto states = w.cloud.states("upparat_1");
+  const auto progress = std::count(states.begin(), states.end(), "download_progress");
+  EXPECT_GE(progress, 20);
+  EXPECT_LE(progress, 30);
+  // Install lines: at most one per progress_interval (30 s), the latest line wins.
+  w.script = [](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install)
+      return std::nullopt;
+    return ok();
+  };
+  w.finish_download(download::Outcome::Complete);
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
+  const auto work = w.running_step->work;
+  for (int i = 0; i < 600; ++i) {
+    w.handle(StepProgress{work, "line " + std::to_string(i), -1});
+    w.advance(1s);
+  }
+  const auto after = w.cloud.states("upparat_1");
+  const auto lines = std::count(after.begin(), after.end(), "installation_progress");
+  EXPECT_GE(lines, 15);
+  EXPECT_LE(lines, 22);
+  EXPECT_EQ(w.cloud.updates.back().message.rfind("line ", 0), 0u);
+}
+
+TEST(Machine, StaleAndDuplicatedAnswersAreIgnored) {
+  World w;
+  w.use(Hooks{});
+  w.cloud.add(queued("upparat_1"));
+  w.cloud.answer = false;
+  w.connect();
+  // A get answer with a foreign token, a describe answer nobody asked for, garbage.
+  const std::string t = jobs::topic_prefix(kThing);
+  w.handle(MqttMessage{t + "/get/accepted",
+                       "{\"inProgressJobs\":[],\"queuedJobs\":[],\"clientToken\":\"x\"}"});
+  w.handle(MqttMessage{t + "/upparat_1/get/accepted", "{\"execution\":{\"jobId\":\"upparat_1\"}}"});
+  w.handle(MqttMessage{t + "/upparat_1/update/accepted", "not json"});
+  w.handle(MqttMessage{"$aws/things/other/jobs/notify", "{}"});
+  EXPECT_EQ(w.phase(), Phase::FetchJobs);
+  // The real answer, twice.
+  auto held = w.cloud.held;
+  w.release_held();
+  w.cloud.answer = false;
+  for (auto& p : held)
+    for (auto& m : w.cloud.respond(p))
+      w.handle(m);
+  w.cloud.answer = true;
+  w.release_held();
+  w.release_held();
+  EXPECT_EQ(w.phase(), Phase::Restart);
+  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
+                          [](auto& r) { return r.step == Step::Install; }),
+            1);
+}
+
+// ---- retries and deadlines ----------------------------------------------------------------
+
+TEST(Machine, RetryLaterRunsTheStepAgain) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  auto classic = w.script;
+  int gate_calls = 0;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Download) {
+      EXPECT_EQ(r.job.retry_count, gate_calls);
+      if (gate_calls++ < 2)
+        return retry_later(gate_calls == 1 ? std::optional<std::chrono::seconds>(5s)
+                                           : std::nullopt);
+    }
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_EQ(gate_calls, 1);
+  w.advance(5s);
+  EXPECT_EQ(gate_calls, 2);
+  w.advance(59s);
+  EXPECT_EQ(gate_calls, 2);
+  w.advance(1s);  // retry_interval 60 s
+  EXPECT_EQ(gate_calls, 3);
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
+}
+
+TEST(Machine, RetriesExhaustedFailTheStep) {
+  MachineSettings s;
+  s.max_retries = 2;
+  s.retry_interval = 1s;
+  World w(s);
+  w.use(Hooks{});
+  w.script = [&](const RunStep&) { return std::optional<plugin::StepResult>(retry_later()); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  w.advance(10s);
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED version_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"), "timed out after 2 retries");
+  EXPECT_EQ(w.steps_run.size(), 3u);
+}
+
+TEST(Machine, StepDeadlineStopsAndFails) {
+  MachineSettings s;
+  s.step_deadline[static_cast<int>(Step::Install)] = 100s;
+  World w(s);
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install)
+      return std::nullopt;
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
+  const auto work = w.running_step->work;
+  w.advance(99s);
+  EXPECT_TRUE(w.running_step);
+  w.advance(2s);
+  EXPECT_NE(std::find(w.stopped.begin(), w.stopped.end(), work), w.stopped.end());
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED installation_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"), "timed out after 100 s");
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+}
+
+// ---- downloads ---------------------------------------------------------------------------
+
+TEST(Machine, ExpiredUrlDescribesAgainAndResumes) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  int runs = 0;
+  w.download_script = [&](const RunDownload& d) -> std::optional<download::DownloadResult> {
+    download::DownloadResult r;
+    r.outcome = runs++ == 0 ? download::Outcome::UrlExpired : download::Outcome::Complete;
+    r.file = "/dl/" + d.request.job_id;
+    return r;
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_EQ(runs, 2);
+  const auto states = w.cloud.states("upparat_1");
+  EXPECT_EQ(states, (Strings{"download_start", "download_interrupt", "download_start",
+                             "installation_start", "reboot_start", "complete_soft_restart"}));
+  EXPECT_EQ(w.cloud.describes, 2);
+}
+
+TEST(Machine, DownloadResumeStateIsSaved) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  w.handle(DownloadResumeState{w.running_download->work, {4096, "\"e1\""}});
+  ASSERT_TRUE(w.store.state_);
+  EXPECT_EQ(w.store.state_->resume, (download::ResumeState{4096, "\"e1\""}));
+  EXPECT_EQ(w.store.state_->step, "download");
+}
+
+TEST(Machine, DownloadFailureFailsTheJob) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) {
+    download::DownloadResult r;
+    r.outcome = download::Outcome::Failed;
+    r.reason = "SHA-256 mismatch";
+    return std::optional<download::DownloadResult>(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED download_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"), "SHA-256 mismatch");
+}
+
+TEST(Machine, InstallFromUrlSkipsTheDownloadAndDescribesAgain) {
+  MachineSettings s;
+  s.install_from_url = true;
+  World w(s);
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_TRUE(w.downloads_run.empty());
+  EXPECT_EQ(w.cloud.describes, 2);
+  const auto install = std::find_if(w.steps_run.begin(), w.steps_run.end(),
+                                    [](auto& r) { return r.step == Step::Install; });
+  ASSERT_NE(install, w.steps_run.end());
+  EXPECT_FALSE(install->job.file_path.has_value());
+  EXPECT_EQ(install->job.url.rfind("https://bucket.s3.amazonaws.com/fw.raucb", 0), 0u);
+  EXPECT_EQ(w.cloud.states("upparat_1"),
+            (Strings{"installation_start", "reboot_start", "complete_soft_restart"}));
+}
+
+TEST(Machine, RestartDuringStreamingInstallDescribesAgain) {
+  MachineSettings s;
+  s.install_from_url = true;
+  World w(s);
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  auto classic = w.script;
+  bool hang = true;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install && hang)
+      return std::nullopt;
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
+  const int describes = w.cloud.describes;
+  hang = false;
+  w.boot();
+  w.connect();
+  EXPECT_EQ(w.cloud.describes, describes + 2);  // select + fresh URL
+  EXPECT_TRUE(w.downloads_run.empty());
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
+}
+
+TEST(Machine, CancelDuringRestartStopsTheStep) {
+  World w;
+  w.use(Hooks{});
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Restart);
+  const auto work = w.running_step->work;
+  w.cloud.jobs["upparat_1"].status = "CANCELED";
+  w.notify();
+  EXPECT_NE(std::find(w.stopped.begin(), w.stopped.end(), work), w.stopped.end());
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_FALSE(w.store.state_);
+}
+
+TEST(Machine, FinalUpdateSurvivesARestart) {
+  // The final update is lost and the daemon restarts: it is sent again, not recomputed.
+  World v;
+  v.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  v.cloud.add(queued("upparat_1"));
+  auto classic = v.script;
+  v.script = [&](const RunStep& r) {
+    if (r.step == Step::Restart)
+      v.cloud.lose_updates = true;
+    return classic(r);
+  };
+  v.connect();
+  ASSERT_EQ(v.phase(), Phase::Finishing);
+  ASSERT_TRUE(v.store.state_);
+  EXPECT_EQ(v.store.state_->step, "finish");
+  EXPECT_EQ(v.store.state_->final_state, "complete_soft_restart");
+  v.cloud.lose_updates = false;
+  v.script = classic;
+  v.boot();
+  v.connect();
+  EXPECT_EQ(final_state(v, "upparat_1"), "SUCCEEDED complete_soft_restart");
+  EXPECT_EQ(std::count_if(v.steps_run.begin(), v.steps_run.end(),
+                          [](auto& r) { return r.step == Step::Restart; }),
+            1);
+}
+
+TEST(Machine, KeyValueStoreIsSavedWithTheState) {
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install)
+      r.store->set("slot", std::string("B"));
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.store.state_);
+  EXPECT_EQ(w.store.state_->store.at("slot"), "B");
+  std::optional<std::string> seen;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Ready)
+      seen = r.store->get("slot");
+    return classic(r);
+  };
+  w.reboot();
+  EXPECT_EQ(seen, std::optional<std::string>("B"));
+}
+
+TEST(Machine, ReconnectResendsAndRefetches) {
+  World w;
+  w.use(Hooks{});
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Monitor);
+  w.handle(Disconnected{});
+  w.cloud.add(queued("upparat_1"));  // its notify was missed
+  w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
+}
+
+TEST(Machine, NeverUsesStartNextOrNext) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  for (const auto& p : w.published) {
+    EXPECT_EQ(p.topic.find("start-next"), std::string::npos);
+    EXPECT_EQ(p.topic.find("$next"), std::string::npos);
+    EXPECT_EQ(p.qos, 1);
+  }
+}
+
+}  // namespace
+}  // namespace upparat::state::testing

@@ -1,0 +1,139 @@
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "state/lock_file.hpp"
+#include "state/state_store.hpp"
+
+namespace upparat::state {
+namespace {
+
+class Dir {
+ public:
+  Dir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "upparat-state-XXXXXX").string();
+    path_ = ::mkdtemp(tmpl.data());
+  }
+  ~Dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+JobState sample() {
+  JobState s;
+  s.job_id = "upparat_1";
+  s.execution_number = 3;
+  s.step = "install";
+  s.unfinished_starts = 2;
+  s.retry_count = 1;
+  s.step_elapsed_seconds = 77;
+  s.version = "2.0";
+  s.force = true;
+  s.resume = {123456789012ull, "\"etag\""};
+  s.final_status = "FAILED";
+  s.final_state = "x";
+  s.final_message = "m\"q";
+  s.store = {{"slot", "B"}, {"k.2", "\xc3\xa4"}};
+  return s;
+}
+
+TEST(StateStore, JsonRoundTrip) {
+  auto back = job_state_from_json(to_json(sample()));
+  ASSERT_TRUE(back) << back.error().message();
+  EXPECT_EQ(*back, sample());
+}
+
+TEST(StateStore, RefusesMalformed) {
+  EXPECT_FALSE(job_state_from_json(""));
+  EXPECT_FALSE(job_state_from_json("{}"));
+  EXPECT_FALSE(job_state_from_json(R"({"format":2,"job_id":"a","execution_number":1,"step":"x"})"));
+  EXPECT_FALSE(job_state_from_json(R"({"format":1,"job_id":"","execution_number":1,"step":"x"})"));
+  EXPECT_TRUE(job_state_from_json(R"({"format":1,"job_id":"a","execution_number":1,"step":"x"})"));
+}
+
+TEST(FileStateStore, SaveLoadClear) {
+  Dir dir;
+  FileStateStore store(dir.path());
+  auto empty = store.load();
+  ASSERT_TRUE(empty);
+  EXPECT_FALSE(*empty);
+  ASSERT_TRUE(store.save(sample()));
+  JobState second = sample();
+  second.step = "reboot";
+  ASSERT_TRUE(store.save(second));
+  auto loaded = store.load();
+  ASSERT_TRUE(loaded && *loaded);
+  EXPECT_EQ(**loaded, second);
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "state.json.tmp"));
+  EXPECT_EQ(std::filesystem::status(store.path()).permissions() & std::filesystem::perms::all,
+            std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  ASSERT_TRUE(store.clear());
+  ASSERT_TRUE(store.clear());
+  loaded = store.load();
+  ASSERT_TRUE(loaded);
+  EXPECT_FALSE(*loaded);
+}
+
+TEST(FileStateStore, CorruptFileIsAnError) {
+  Dir dir;
+  std::ofstream(dir.path() / "state.json") << "{\"format\":1,";
+  FileStateStore store(dir.path());
+  auto loaded = store.load();
+  ASSERT_FALSE(loaded);
+  EXPECT_NE(loaded.error().message().find("state.json"), std::string::npos);
+}
+
+TEST(FileStateStore, MissingDirectoryFailsToSave) {
+  FileStateStore store("/nonexistent/upparat");
+  auto saved = store.save(sample());
+  ASSERT_FALSE(saved);
+  EXPECT_NE(saved.error().message().find("/nonexistent/upparat"), std::string::npos);
+}
+
+TEST(LockFile, SecondHolderIsRefusedWithThePid) {
+  Dir dir;
+  const auto path = dir.path() / "upparat.lock";
+  auto first = LockFile::acquire(path);
+  ASSERT_TRUE(first) << first.error().message();
+  EXPECT_EQ(lock_holder(path), ::getpid());
+  // Another process (flock is per open file; a child makes the test honest).
+  const pid_t child = ::fork();
+  if (child == 0) {
+    auto second = LockFile::acquire(path);
+    const bool ok = !second && second.error().message().find(
+                                   "PID " + std::to_string(::getppid())) != std::string::npos;
+    ::_exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+TEST(LockFile, ReleasedOnDestruction) {
+  Dir dir;
+  const auto path = dir.path() / "upparat.lock";
+  {
+    auto first = LockFile::acquire(path);
+    ASSERT_TRUE(first);
+  }
+  auto again = LockFile::acquire(path);
+  EXPECT_TRUE(again);
+}
+
+TEST(LockFile, UnwritableDirectory) {
+  auto lock = LockFile::acquire("/nonexistent/dir/upparat.lock");
+  ASSERT_FALSE(lock);
+  EXPECT_NE(lock.error().message().find("/nonexistent/dir/upparat.lock"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace upparat::state
