@@ -39,7 +39,7 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
   cmake -S "$here" -B "$build" "${generator[@]}" -DUPPARAT_BUILD_TESTS=OFF >/dev/null
 fi
-cmake --build "$build" --target upparat upparat-script upparat-jobs-emulator -j"$(nproc)"
+cmake --build "$build" --target upparat upparat-script upparat-plugin-check upparat-jobs-emulator -j"$(nproc)"
 upparat="$(find "$build" -type f -name upparat -perm -u+x | head -n1)"
 plugin="$(find "$build" -type f -name upparat-script.so | head -n1)"
 emulator="$(find "$build" -type f -name upparat-jobs-emulator -perm -u+x | head -n1)"
