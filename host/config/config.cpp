@@ -465,6 +465,11 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     set_seconds(j.step_timeout_margin, *margin);
     UPPARAT_TRY(update_timeout, s.integer("update_timeout", 1, 3600));
     set_seconds(j.update_timeout, *update_timeout);
+    UPPARAT_TRY(poll_interval, s.integer("poll_interval", 0, 7 * 86400));
+    set_seconds(j.poll_interval, *poll_interval);
+    UPPARAT_TRY(refusals, s.integer("max_url_refusals", 1, 1000));
+    if (*refusals)
+      j.max_url_refusals = static_cast<int>(**refusals);
     UPPARAT_TRY(deadlines, s.table("deadlines"));
     Section d(file, "jobs.deadlines", *deadlines);
     for (const char* step : kStepNames) {

@@ -59,6 +59,11 @@ struct Jobs {
   std::chrono::seconds step_timeout_margin{600};
   /// A status update not answered within this time is sent again.
   std::chrono::seconds update_timeout{30};
+  /// While idle, a `get` after this long without news (a lost notify); 0 = off.
+  std::chrono::seconds poll_interval{600};
+  /// A download URL refused (HTTP 403) this many times in a row without a byte transferred,
+  /// a fresh URL each time, FAILS the job download_hook_failed.
+  int max_url_refusals = 5;
 };
 
 struct Download {

@@ -492,6 +492,8 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   ms.progress_interval = config.jobs.progress_interval;
   ms.update_resend = config.jobs.update_timeout;
   ms.request_resend = config.jobs.update_timeout;
+  ms.poll_interval = config.jobs.poll_interval;
+  ms.max_url_refusals = config.jobs.max_url_refusals;
   if (auto install = impl->step_plugins[step_index(plugin::Step::Install)]) {
     const auto& p = config.plugins.at(config.steps.at("install"));
     auto stream = p.settings.find("stream");

@@ -171,7 +171,9 @@ enum class TimerPurpose {
   StepRetry,
   StepDeadline,
   Progress,
-  Refetch
+  Refetch,
+  Poll,      // monitor: the safety-net get
+  UrlRetry,  // download: the back-off before describing again for a fresh URL
 };
 
 enum class RequestPurpose { Get, Select, Stream };
@@ -301,6 +303,10 @@ struct Machine::Impl {
   std::optional<TimePoint> updates_timer_at;
   std::uint64_t updates_timer = 0;
   std::uint64_t refetch_timer = 0;
+  std::uint64_t poll_timer = 0;
+
+  // Consecutive downloads of the job refused as UrlExpired without transferring a byte.
+  int url_refusals = 0;
 
   bool download_counts = true;
 
@@ -416,6 +422,7 @@ struct Machine::Impl {
     cancel_timer(retry_timer);
     cancel_timer(deadline_timer);
     cancel_timer(progress_timer);
+    cancel_timer(poll_timer);
     pending_line.reset();
     awaited_token.clear();
     if (request) {
@@ -430,7 +437,7 @@ struct Machine::Impl {
         return enter_fetch_jobs();
       case Phase::Monitor:
         status("waiting for jobs");
-        return;
+        return arm_poll();
       case Phase::DescribeJob:
         return send_request(RequestPurpose::Select, *selected);
       case Phase::VerifyJob:
@@ -506,6 +513,17 @@ struct Machine::Impl {
     send_request(RequestPurpose::Get, "");
   }
 
+  // The safety net for a lost notify (QoS 1 messages are lost when the persistent session
+  // expired): a slow `get` while nothing else is going on.
+  void arm_poll() {
+    if (s.poll_interval.count() <= 0)
+      return;
+    const auto base = duration_cast<milliseconds>(s.poll_interval);
+    std::random_device rd;
+    const auto jitter = milliseconds(base.count() / 10 > 0 ? rd() % (base.count() / 10 + 1) : 0);
+    poll_timer = set_timer(TimerPurpose::Poll, base + jitter);
+  }
+
   bool ours(const std::string& job_id) const {
     return job_id.compare(0, s.job_prefix.size(), s.job_prefix) == 0;
   }
@@ -534,6 +552,14 @@ struct Machine::Impl {
         final_updates.push_back(std::move(u));
       }
       spdlog::error("{} jobs IN_PROGRESS ({}): failing all of them", in_progress.size(), ids);
+      // None of them goes on: their downloads and the saved state go (no job is set, so
+      // end_job() does not run after this).
+      for (const auto& j : in_progress)
+        out.push_back(RemoveDownload{j.job_id});
+      if (durable) {
+        out.push_back(RemoveDownload{durable->job_id});
+        forget_durable();
+      }
       return fire(Trigger::MultipleInProgress);
     }
     if (in_progress.size() == 1) {
@@ -878,10 +904,7 @@ struct Machine::Impl {
         job->file = r.file;
         return fire(Trigger::Downloaded);
       case download::Outcome::UrlExpired:
-        spdlog::warn("job {}: the download URL expired: describing the job again", job->id);
-        update("IN_PROGRESS", "download_interrupt", r.reason.empty() ? "none" : r.reason);
-        selected = job->id;
-        return fire(Trigger::UrlExpired);
+        return on_url_expired(r);
       case download::Outcome::Cancelled:
         // Only after StopWork, which is followed by a transition away from Download.
         spdlog::warn("job {}: download cancelled", job->id);
@@ -889,6 +912,36 @@ struct Machine::Impl {
       case download::Outcome::Failed:
         return step_failed(r.reason.empty() ? "download failed" : r.reason);
     }
+  }
+
+  // A forged or permanently broken URL is refused (403) every time, fresh URL or not: back
+  // off between the describes and give up after max_url_refusals refusals in a row that
+  // transferred nothing. A URL that expired mid-download (bytes > 0) resets the count.
+  void on_url_expired(const download::DownloadResult& r) {
+    url_refusals = r.bytes_transferred > 0 ? 0 : url_refusals + 1;
+    if (url_refusals >= std::max(s.max_url_refusals, 1)) {
+      spdlog::error("job {}: the download URL was refused {} times in a row ({})", job->id,
+                    url_refusals, r.reason);
+      return step_failed("the download URL was refused (HTTP 403) " + std::to_string(url_refusals) +
+                         " times in a row with a fresh URL each time");
+    }
+    update("IN_PROGRESS", "download_interrupt", r.reason.empty() ? "none" : r.reason);
+    selected = job->id;
+    if (url_refusals < 2) {
+      spdlog::warn("job {}: the download URL expired: describing the job again", job->id);
+      return fire(Trigger::UrlExpired);
+    }
+    auto delay = s.url_refused_backoff_base;
+    for (int i = 2; i < url_refusals && delay < s.url_refused_backoff_cap; ++i)
+      delay *= 2;
+    delay = std::min(delay, s.url_refused_backoff_cap);
+    spdlog::warn(
+        "job {}: the download URL was refused {} times in a row: describing the job "
+        "again in {} s",
+        job->id, url_refusals, duration_cast<seconds>(delay).count());
+    // Stays in `download` without work until the timer fires; a cancel, the deadline or a
+    // shutdown meanwhile leave the phase and cancel the timer.
+    retry_timer = set_timer(TimerPurpose::UrlRetry, delay);
   }
 
   // ---------------------------------------------------------------- install and reboot
@@ -1004,7 +1057,12 @@ struct Machine::Impl {
   void end_job() {
     if (job)
       out.push_back(RemoveDownload{job->id});
+    // The saved state may still name another job (its describe never came back): its file
+    // goes too.
+    if (durable && (!job || durable->job_id != job->id))
+      out.push_back(RemoveDownload{durable->job_id});
     forget_durable();
+    url_refusals = 0;
     job.reset();
     selected.reset();
     if (cancel_check) {
@@ -1180,7 +1238,8 @@ struct Machine::Impl {
     }
     if (!awaited_token.empty() && o.client_token == awaited_token) {
       if (o.result != jobs::UpdateResult::Accepted) {
-        // Cannot go on without it; the saved state lets a later selection continue.
+        // Cannot go on without it: the job is dropped here (download and saved state go) and
+        // fetched again after a pause; it then starts over.
         spdlog::error("job {}: {} was rejected ({}): giving the job up for now", job->id,
                       o.update.state, o.code);
         refetch_later = true;
@@ -1296,6 +1355,22 @@ struct Machine::Impl {
         if (progress_timer == t.id) {
           progress_timer = 0;
           flush_line();
+        }
+        return;
+      case TimerPurpose::Poll:
+        if (poll_timer == t.id) {
+          poll_timer = 0;
+          // Offline: the reconnect fetches the jobs anyway (and re-arms the poll).
+          if (phase == Phase::Monitor && connected) {
+            spdlog::debug("no notify for {} s: asking for pending jobs", s.poll_interval.count());
+            fire(Trigger::JobsNotified);
+          }
+        }
+        return;
+      case TimerPurpose::UrlRetry:
+        if (retry_timer == t.id && phase == Phase::Download && !work) {
+          retry_timer = 0;
+          fire(Trigger::UrlExpired);
         }
         return;
       case TimerPurpose::Refetch:

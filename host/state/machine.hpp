@@ -110,6 +110,16 @@ struct MachineSettings {
   std::chrono::milliseconds update_backoff_cap{60000};
   /// A get / describe without answer is sent again after this long.
   std::chrono::seconds request_resend{30};
+  /// Safety net for a lost notify: while waiting in `monitor` with nothing to do, a `get` is
+  /// sent after this long (plus up to 10 % random jitter). 0 = off.
+  std::chrono::seconds poll_interval{600};
+  /// A download refused as UrlExpired (HTTP 403) without transferring a byte, this many times
+  /// in a row (a fresh URL described each time), FAILS the job download_hook_failed. Bytes
+  /// transferred reset the count. Before the 2nd, 3rd, ... describe the machine waits
+  /// url_refused_backoff_base * 2^(n-2), capped at url_refused_backoff_cap.
+  int max_url_refusals = 5;
+  std::chrono::milliseconds url_refused_backoff_base{30000};
+  std::chrono::milliseconds url_refused_backoff_cap{600000};
   /// A step whose attempt was started this many times without finishing fails the job
   /// ("daemon died N times during <step>"); restart excepted.
   int max_unfinished_starts = 3;

@@ -70,6 +70,8 @@ TEST_F(ConfigTest, MinimalTlsConfigurationGetsTheDefaults) {
   EXPECT_EQ(config->jobs.prefix, "upparat_");
   EXPECT_EQ(config->retry.retry_interval.count(), 60);
   EXPECT_EQ(config->retry.max_retries, 60);
+  EXPECT_EQ(config->jobs.poll_interval.count(), 600);
+  EXPECT_EQ(config->jobs.max_url_refusals, 5);
   EXPECT_TRUE(config->steps.empty());
 }
 
@@ -85,6 +87,7 @@ TEST_F(ConfigTest, FullConfiguration) {
   auto config = toml(
       base("[service]\nlog_level = \"debug\"\nstate_directory = \"/data/upparat\"\n"
            "[jobs]\nprefix = \"fw_\"\nprogress_interval = 5\nprogress_percent = 10\n"
+           "poll_interval = 0\nmax_url_refusals = 3\n"
            "[jobs.deadlines]\ninstall = 60\n"
            "[download]\ndirectory = \"/data/dl\"\nallow_http = true\nmax_bytes_per_second = 1000\n"
            "[retry]\nretry_interval = 2\nmax_retries = 3\n"
@@ -98,6 +101,8 @@ TEST_F(ConfigTest, FullConfiguration) {
   EXPECT_EQ(config->broker.client_id, "client-7");
   EXPECT_FALSE(config->broker.alpn);
   EXPECT_EQ(config->jobs.prefix, "fw_");
+  EXPECT_EQ(config->jobs.poll_interval.count(), 0);
+  EXPECT_EQ(config->jobs.max_url_refusals, 3);
   EXPECT_EQ(config->jobs.deadlines.at("install").count(), 60);
   EXPECT_EQ(config->jobs.deadlines.at("download").count(), 86400);
   EXPECT_EQ(config->download.directory, "/data/dl");
@@ -160,6 +165,8 @@ TEST_F(ConfigTest, OutOfRange) {
                {"[broker] port", "70000"});
   expect_error(base("[jobs.deadlines]\ninstall = 0\n"), {"[jobs.deadlines] install"});
   expect_error(base("[jobs]\nprogress_percent = 101\n"), {"[jobs] progress_percent"});
+  expect_error(base("[jobs]\npoll_interval = -1\n"), {"[jobs] poll_interval"});
+  expect_error(base("[jobs]\nmax_url_refusals = 0\n"), {"[jobs] max_url_refusals"});
   expect_error(base("", "keep_alive = 5\n"), {"[broker] keep_alive", "30 to 1200"});
 }
 

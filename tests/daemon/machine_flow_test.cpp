@@ -885,6 +885,128 @@ TEST(Machine, ExpiredUrlDescribesAgainAndResumes) {
   EXPECT_EQ(w.cloud.describes, 2);
 }
 
+// A URL refused (403) before a single byte arrived, a fresh one each time.
+std::optional<download::DownloadResult> refused(std::uint64_t bytes = 0) {
+  download::DownloadResult r;
+  r.outcome = download::Outcome::UrlExpired;
+  r.reason = "HTTP 403";
+  r.bytes_transferred = bytes;
+  return r;
+}
+
+bool download_removed(const World& w, const std::string& job_id) {
+  return std::any_of(w.actions.begin(), w.actions.end(), [&](const Action& a) {
+    auto* r = std::get_if<RemoveDownload>(&a);
+    return r && r->job_id == job_id;
+  });
+}
+
+TEST(Machine, RefusedUrlBacksOffAndFailsAfterFiveRefusals) {
+  World w;
+  w.use(Hooks{});
+  std::vector<TimePoint> runs;
+  w.download_script = [&](const RunDownload&) {
+    runs.push_back(w.clock.now_);
+    return refused();
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  // The first refusal may be a URL that merely expired: described again at once.
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(w.cloud.describes, 2);
+  EXPECT_EQ(w.phase(), Phase::Download);
+  EXPECT_FALSE(w.running_download);
+  // Then it backs off: nothing is asked for a while.
+  w.advance(20s);
+  EXPECT_EQ(runs.size(), 2u);
+  EXPECT_EQ(w.cloud.describes, 2);
+  w.advance(1h);
+  ASSERT_EQ(runs.size(), 5u);
+  EXPECT_EQ(w.cloud.describes, 5);
+  for (std::size_t i = 2; i + 1 < runs.size(); ++i)
+    EXPECT_GT(runs[i + 1] - runs[i], runs[i] - runs[i - 1]) << "gap " << i;
+  EXPECT_GE(runs[2] - runs[1], 25s);
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED download_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"),
+            "the download URL was refused (HTTP 403) 5 times in a row with a fresh URL each time");
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_FALSE(w.store.state_);
+  EXPECT_TRUE(download_removed(w, "upparat_1"));
+  // And it stays quiet.
+  const int describes = w.cloud.describes;
+  w.advance(2h);
+  EXPECT_EQ(w.cloud.describes, describes);
+  EXPECT_EQ(runs.size(), 5u);
+}
+
+TEST(Machine, RefusalLimitIsConfigurable) {
+  MachineSettings s;
+  s.max_url_refusals = 2;
+  s.url_refused_backoff_base = 1s;
+  World w(s);
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return refused(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_EQ(w.downloads_run.size(), 2u);
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED download_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"),
+            "the download URL was refused (HTTP 403) 2 times in a row with a fresh URL each time");
+}
+
+TEST(Machine, BytesTransferredResetTheRefusalCount) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  // 4 refusals, one expiry after progress, 4 refusals, then the download completes: never 5
+  // refusals in a row.
+  int run = 0;
+  w.download_script = [&](const RunDownload& d) -> std::optional<download::DownloadResult> {
+    ++run;
+    if (run == 5)
+      return refused(4096);
+    if (run < 10)
+      return refused();
+    return complete_download(d);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  w.advance(2h);
+  EXPECT_EQ(run, 10);
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
+}
+
+TEST(Machine, CancelDuringTheRefusalBackOffStopsAsking) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return refused(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_EQ(w.downloads_run.size(), 2u);
+  ASSERT_EQ(w.phase(), Phase::Download);
+  w.cloud.jobs["upparat_1"].status = "CANCELED";
+  w.notify();
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_FALSE(w.store.state_);
+  EXPECT_TRUE(download_removed(w, "upparat_1"));
+  w.advance(1h);
+  EXPECT_EQ(w.downloads_run.size(), 2u);
+}
+
+TEST(Machine, ShutdownDuringTheRefusalBackOffExits) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return refused(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Download);
+  w.handle(ShutdownRequested{});
+  EXPECT_TRUE(w.exited);
+  w.advance(1h);
+  EXPECT_EQ(w.downloads_run.size(), 2u);
+  ASSERT_TRUE(w.store.state_);  // the job goes on after the restart
+  EXPECT_EQ(w.store.state_->job_id, "upparat_1");
+}
+
 TEST(Machine, DownloadResumeStateIsSaved) {
   World w;
   w.use(Hooks{});
@@ -1028,6 +1150,150 @@ TEST(Machine, ReconnectResendsAndRefetches) {
   w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
   w.connect();
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
+}
+
+// ---- lost notify: the safety-net get -----------------------------------------------------
+
+TEST(Machine, LostNotifyIsCaughtByTheSlowPoll) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_EQ(w.cloud.gets, 1);
+  w.cloud.add(queued("upparat_1"));  // its notify is lost
+  w.advance(590s);
+  EXPECT_EQ(w.cloud.gets, 1);
+  EXPECT_EQ(final_state(w, "upparat_1"), "QUEUED ");
+  w.advance(80s);              // 600 s + up to 10 % jitter
+  EXPECT_EQ(w.cloud.gets, 3);  // the poll, then the get after the job
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
+  // It keeps polling while idle, slowly.
+  w.advance(2h);
+  EXPECT_GE(w.cloud.gets, 3 + 10);
+  EXPECT_LE(w.cloud.gets, 3 + 12);
+}
+
+TEST(Machine, PollOnlyWhileIdle) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  const int gets = w.cloud.gets;
+  w.advance(3h);
+  EXPECT_EQ(w.cloud.gets, gets);
+  EXPECT_TRUE(w.running_download);
+}
+
+TEST(Machine, PollIntervalZeroTurnsThePollOff) {
+  MachineSettings s;
+  s.poll_interval = 0s;
+  World w(s);
+  w.use(Hooks{});
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Monitor);
+  w.advance(24h);
+  EXPECT_EQ(w.cloud.gets, 1);
+}
+
+TEST(Machine, PollWhileOfflineWaitsForTheReconnect) {
+  MachineSettings s;
+  s.poll_interval = 60s;
+  World w(s);
+  w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
+  w.connect();
+  w.handle(Disconnected{});
+  w.advance(10min);
+  EXPECT_EQ(w.cloud.gets, 1);
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
+  const int gets = w.cloud.gets;
+  w.advance(70s);  // polling again
+  EXPECT_EQ(w.cloud.gets, gets + 1);
+}
+
+// ---- every stop removes the download and the saved state ----------------------------------
+
+TEST(Machine, MultipleInProgressRemovesTheSavedStateAndDownloads) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_a"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  ASSERT_TRUE(w.store.state_);
+  // The daemon restarts; meanwhile a second job of ours was set IN_PROGRESS by someone else.
+  CloudJob b = queued("upparat_b");
+  b.status = "IN_PROGRESS";
+  w.cloud.add(b);
+  w.boot();
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_a"), "FAILED error_multiple_in_progress");
+  EXPECT_EQ(final_state(w, "upparat_b"), "FAILED error_multiple_in_progress");
+  EXPECT_FALSE(w.store.state_);
+  EXPECT_TRUE(download_removed(w, "upparat_a"));
+  EXPECT_TRUE(download_removed(w, "upparat_b"));
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+}
+
+TEST(Machine, SavedJobReplacedByAVanishingJobLosesItsDownload) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.store.state_);
+  // upparat_1 is deleted while the daemon is down; upparat_2 is listed, then deleted before
+  // its describe is answered.
+  w.cloud.jobs.erase("upparat_1");
+  w.cloud.add(queued("upparat_2"));
+  w.boot();
+  w.actions.clear();
+  w.cloud.answer = false;
+  w.connect();
+  ASSERT_EQ(w.cloud.held.size(), 1u);  // the get
+  auto get = w.cloud.held.front();
+  w.cloud.held.clear();
+  for (auto& m : w.cloud.respond(get))
+    w.handle(m);
+  ASSERT_EQ(w.phase(), Phase::DescribeJob);
+  w.cloud.jobs.erase("upparat_2");
+  w.release_held();
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_FALSE(w.store.state_);
+  EXPECT_TRUE(download_removed(w, "upparat_1"));
+}
+
+TEST(Machine, EveryTerminalEndRemovesTheDownloadAndTheState) {
+  struct Case {
+    const char* name;
+    Hooks hooks;
+    std::string outcome;
+  };
+  const Case cases[] = {
+      {"succeeded", hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }),
+       "SUCCEEDED complete_soft_restart"},
+      {"install failed", hooks_with([](Hooks& h) { h.install = false; }),
+       "SUCCEEDED no_installation_hook_provided"},
+      {"restart failed", hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Fails; }),
+       "FAILED restart_hook_failed"},
+      {"already installed", hooks_with([](Hooks& h) { h.version_before = "2.0"; }),
+       "SUCCEEDED version_already_installed"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    World w;
+    w.use(c.hooks);
+    w.cloud.add(queued("upparat_1"));
+    w.connect();
+    EXPECT_EQ(final_state(w, "upparat_1"), c.outcome);
+    EXPECT_FALSE(w.store.state_);
+    EXPECT_TRUE(download_removed(w, "upparat_1"));
+    EXPECT_EQ(w.phase(), Phase::Monitor);
+  }
 }
 
 TEST(Machine, NeverUsesStartNextOrNext) {
