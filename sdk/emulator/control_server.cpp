@@ -5,100 +5,34 @@
 
 #include <httplib.h>
 #include <rapidjson/document.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 #include <spdlog/spdlog.h>
 
+#include "emulator/json.hpp"
 #include "emulator/s3/s3_server.hpp"
 
 namespace upparat::emulator {
 namespace {
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-void write_details(Writer& w, const std::map<std::string, std::string>& details) {
-  w.StartObject();
-  for (const auto& [k, v] : details) {
-    w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size()));
-    w.String(v);
-  }
-  w.EndObject();
-}
+using Writer = JsonWriter;
 
 void write_execution(Writer& w, const Execution& e) {
-  auto opt = [&w](const char* key, const std::optional<long long>& v) {
-    if (v) {
-      w.Key(key);
-      w.Int64(*v);
-    }
-  };
-  w.StartObject();
-  w.Key("jobId");
-  w.String(e.job_id);
-  w.Key("thingName");
-  w.String(e.thing_name);
-  w.Key("status");
-  w.String(to_string(e.status));
-  w.Key("statusDetails");
-  write_details(w, e.status_details);
-  w.Key("queuedAt");
-  w.Int64(e.queued_at);
-  opt("startedAt", e.started_at);
-  w.Key("lastUpdatedAt");
-  w.Int64(e.last_updated_at);
-  w.Key("versionNumber");
-  w.Int64(e.version_number);
-  w.Key("executionNumber");
-  w.Int64(e.execution_number);
-  opt("stepTimeoutAt", e.step_deadline);
-  opt("inProgressTimeoutAt", e.in_progress_deadline);
-  w.Key("deleted");
-  w.Bool(e.deleted);
-  w.Key("history");
-  w.StartArray();
-  for (const auto& h : e.history) {
-    w.StartObject();
-    w.Key("status");
-    w.String(to_string(h.status));
-    w.Key("statusDetails");
-    write_details(w, h.status_details);
-    w.Key("at");
-    w.Int64(h.at);
-    w.Key("versionNumber");
-    w.Int64(h.version_number);
-    w.Key("cause");
-    w.String(h.cause);
-    w.EndObject();
-  }
-  w.EndArray();
-  w.EndObject();
+  write_execution_record(w, e, {"stepTimeoutAt", "inProgressTimeoutAt", false});
 }
 
 void write_job(Writer& w, const Job& job, const std::vector<Execution>& executions) {
   w.StartObject();
-  w.Key("jobId");
-  w.String(job.job_id);
-  w.Key("status");
-  w.String(job.status);
-  w.Key("forceCanceled");
-  w.Bool(job.force_canceled);
-  w.Key("createdAt");
-  w.Int64(job.created_at);
+  put(w, "jobId", job.job_id);
+  put(w, "status", job.status);
+  put(w, "forceCanceled", job.force_canceled);
+  put(w, "createdAt", job.created_at);
   w.Key("things");
   w.StartArray();
   for (const auto& t : job.things)
     w.String(t);
   w.EndArray();
-  if (job.in_progress_timeout_minutes) {
-    w.Key("inProgressTimeoutMinutes");
-    w.Int(*job.in_progress_timeout_minutes);
-  }
-  w.Key("presignedUrl");
-  w.Bool(job.url_expiry_seconds.has_value());
-  if (job.url_expiry_seconds) {
-    w.Key("urlExpirySeconds");
-    w.Int(*job.url_expiry_seconds);
-  }
+  write_optional_int(w, "inProgressTimeoutMinutes", job.in_progress_timeout_minutes);
+  put(w, "presignedUrl", job.url_expiry_seconds.has_value());
+  write_optional_int(w, "urlExpirySeconds", job.url_expiry_seconds);
   w.Key("document");
   w.RawValue(job.document.data(), job.document.size(), rapidjson::kObjectType);
   w.Key("executions");
@@ -114,14 +48,17 @@ void reply(httplib::Response& res, int status, const std::string& body) {
   res.set_content(body, "application/json");
 }
 
+/// Replies with a JSON object of one string member.
+void reply_member(httplib::Response& res, int status, const char* key, const std::string& value) {
+  reply(res, status, write_json([&](Writer& w) {
+          w.StartObject();
+          put(w, key, value);
+          w.EndObject();
+        }));
+}
+
 void reply_error(httplib::Response& res, int status, const std::string& message) {
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  w.StartObject();
-  w.Key("error");
-  w.String(message);
-  w.EndObject();
-  reply(res, status, sb.GetString());
+  reply_member(res, status, "error", message);
 }
 
 /// Maps a model error ("Code: message") to an HTTP status.
@@ -147,68 +84,74 @@ bool parse_body(const httplib::Request& req, httplib::Response& res, rapidjson::
   return true;
 }
 
-std::optional<std::string> get_string(const rapidjson::Value& v, const char* key) {
-  if (v.HasMember(key) && v[key].IsString())
-    return std::string(v[key].GetString(), v[key].GetStringLength());
-  return std::nullopt;
+/// Parses an S3 control request into `body` and returns its bucket and key; replies with the
+/// error when the body is not an object, there is no S3 side or a name is missing.
+struct S3Target {
+  std::string bucket;
+  std::string key;
+};
+std::optional<S3Target> s3_request(const ControlContext& ctx, const httplib::Request& req,
+                                   httplib::Response& res, rapidjson::Document& body) {
+  if (!parse_body(req, res, body))
+    return std::nullopt;
+  if (!ctx.s3) {
+    reply_error(res, 503, "no S3 server");
+    return std::nullopt;
+  }
+  auto bucket = json_string(body, "bucket");
+  auto key = json_string(body, "key");
+  if (!bucket || !key || bucket->empty() || key->empty()) {
+    reply_error(res, 400, "bucket and key are required");
+    return std::nullopt;
+  }
+  return S3Target{*bucket, *key};
 }
 
-std::optional<long long> get_int(const rapidjson::Value& v, const char* key) {
-  if (v.HasMember(key) && v[key].IsInt64())
-    return v[key].GetInt64();
-  return std::nullopt;
-}
-
-bool get_bool(const rapidjson::Value& v, const char* key, bool fallback) {
-  if (v.HasMember(key) && v[key].IsBool())
-    return v[key].GetBool();
-  return fallback;
+/// Writes {"<key>": [items...]} with `write_item` for each item.
+template <typename Items, typename WriteItem>
+std::string list_to_json(const char* key, const Items& items, WriteItem write_item) {
+  return write_json([&](Writer& w) {
+    w.StartObject();
+    w.Key(key);
+    w.StartArray();
+    for (const auto& item : items)
+      write_item(w, item);
+    w.EndArray();
+    w.EndObject();
+  });
 }
 
 std::string faults_to_json(const Faults& f, const ModelOptions& o) {
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  auto out = [&w](const char* key, const OutputFaults& of) {
-    w.Key(key);
+  return write_json([&](Writer& w) {
+    auto out = [&w](const char* key, const OutputFaults& of) {
+      w.Key(key);
+      w.StartObject();
+      put(w, "drop", of.drop_next);
+      put(w, "duplicate", of.duplicate_next);
+      put(w, "delayMs", of.delay_ms);
+      w.EndObject();
+    };
     w.StartObject();
-    w.Key("drop");
-    w.Int(of.drop_next);
-    w.Key("duplicate");
-    w.Int(of.duplicate_next);
-    w.Key("delayMs");
-    w.Int(of.delay_ms);
+    out("responses", f.responses);
+    out("notifications", f.notifications);
+    w.Key("rejectUpdates");
+    w.StartObject();
+    put(w, "count", f.reject_updates_next);
+    put(w, "code", f.reject_updates_code);
     w.EndObject();
-  };
-  w.StartObject();
-  out("responses", f.responses);
-  out("notifications", f.notifications);
-  w.Key("rejectUpdates");
-  w.StartObject();
-  w.Key("count");
-  w.Int(f.reject_updates_next);
-  w.Key("code");
-  w.String(f.reject_updates_code);
-  w.EndObject();
-  w.Key("terminalStateReachedOnDescribe");
-  w.Bool(o.terminal_state_reached_on_describe);
-  w.EndObject();
-  return sb.GetString();
+    put(w, "terminalStateReachedOnDescribe", o.terminal_state_reached_on_describe);
+    w.EndObject();
+  });
 }
 
 }  // namespace
 
 std::string job_to_json(const Job& job, const std::vector<Execution>& executions) {
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  write_job(w, job, executions);
-  return sb.GetString();
+  return write_json([&](Writer& w) { write_job(w, job, executions); });
 }
 
 std::string execution_to_json(const Execution& execution) {
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  write_execution(w, execution);
-  return sb.GetString();
+  return write_json([&](Writer& w) { write_execution(w, execution); });
 }
 
 struct ControlServer::Impl {
@@ -240,29 +183,23 @@ struct ControlServer::Impl {
       if (!parse_body(req, res, body))
         return;
       JobSpec spec;
-      spec.job_id = get_string(body, "jobId").value_or("");
+      spec.job_id = json_string(body, "jobId").value_or("");
       if (body.HasMember("document") && body["document"].IsString()) {
         spec.document = body["document"].GetString();
       } else if (body.HasMember("document") && body["document"].IsObject()) {
-        rapidjson::StringBuffer sb;
-        Writer w(sb);
-        body["document"].Accept(w);
-        spec.document = sb.GetString();
+        spec.document = to_json(body["document"]);
       } else {
         return reply_error(res, 400, "document (a JSON object, or its text) is required");
       }
-      if (body.HasMember("things") && body["things"].IsArray()) {
-        for (const auto& t : body["things"].GetArray()) {
-          if (!t.IsString())
-            return reply_error(res, 400, "things must be strings");
-          spec.things.push_back(t.GetString());
-        }
-      }
-      if (auto v = get_int(body, "inProgressTimeoutMinutes"))
+      auto things = json_strings(body, "things");
+      if (!things)
+        return reply_error(res, 400, "things must be strings");
+      spec.things = std::move(*things);
+      if (auto v = json_int(body, "inProgressTimeoutMinutes"))
         spec.in_progress_timeout_minutes = static_cast<int>(*v);
-      if (auto v = get_int(body, "urlExpirySeconds"))
+      if (auto v = json_int(body, "urlExpirySeconds"))
         spec.url_expiry_seconds = static_cast<int>(*v);
-      spec.presign = get_bool(body, "presignedUrl", true);
+      spec.presign = json_bool(body, "presignedUrl", true);
       auto out = ctx.model->create_job(spec);
       if (!out)
         return reply_error(res, status_of(out.error()), out.error().message());
@@ -272,16 +209,9 @@ struct ControlServer::Impl {
     });
 
     server.Get("/jobs", [this](const httplib::Request&, httplib::Response& res) {
-      rapidjson::StringBuffer sb;
-      Writer w(sb);
-      w.StartObject();
-      w.Key("jobs");
-      w.StartArray();
-      for (const auto& job : ctx.model->jobs())
-        write_job(w, job, ctx.model->executions("", job.job_id));
-      w.EndArray();
-      w.EndObject();
-      reply(res, 200, sb.GetString());
+      reply(res, 200, list_to_json("jobs", ctx.model->jobs(), [this](Writer& w, const Job& job) {
+              write_job(w, job, ctx.model->executions("", job.job_id));
+            }));
     });
 
     server.Get(R"(/jobs/([A-Za-z0-9_-]+))",
@@ -298,7 +228,7 @@ struct ControlServer::Impl {
                   if (!parse_body(req, res, body))
                     return;
                   std::string id = req.matches[1];
-                  auto out = ctx.model->cancel_job(id, get_bool(body, "force", false));
+                  auto out = ctx.model->cancel_job(id, json_bool(body, "force", false));
                   if (!out)
                     return reply_error(res, status_of(out.error()), out.error().message());
                   changed(std::move(*out));
@@ -306,18 +236,11 @@ struct ControlServer::Impl {
                 });
 
     server.Get("/executions", [this](const httplib::Request& req, httplib::Response& res) {
-      rapidjson::StringBuffer sb;
-      Writer w(sb);
-      w.StartObject();
-      w.Key("executions");
-      w.StartArray();
-      for (const auto& e :
-           ctx.model->executions(req.get_param_value("thing"), req.get_param_value("jobId"))) {
-        write_execution(w, e);
-      }
-      w.EndArray();
-      w.EndObject();
-      reply(res, 200, sb.GetString());
+      reply(res, 200,
+            list_to_json(
+                "executions",
+                ctx.model->executions(req.get_param_value("thing"), req.get_param_value("jobId")),
+                write_execution));
     });
 
     server.Delete(R"(/things/([A-Za-z0-9:_-]+)/jobs/([A-Za-z0-9_-]+))",
@@ -338,7 +261,7 @@ struct ControlServer::Impl {
       rapidjson::Document body;
       if (!parse_body(req, res, body))
         return;
-      auto seconds = get_int(body, "seconds");
+      auto seconds = json_int(body, "seconds");
       if (!seconds || *seconds < 0)
         return reply_error(res, 400, "seconds (a non-negative integer) is required");
       changed(ctx.model->advance_clock(*seconds));
@@ -361,17 +284,17 @@ struct ControlServer::Impl {
         const auto& v = body[key];
         if (!v.IsObject())
           return reply_error(res, 400, std::string(key) + " must be an object");
-        slot->drop_next = static_cast<int>(get_int(v, "drop").value_or(slot->drop_next));
+        slot->drop_next = static_cast<int>(json_int(v, "drop").value_or(slot->drop_next));
         slot->duplicate_next =
-            static_cast<int>(get_int(v, "duplicate").value_or(slot->duplicate_next));
-        slot->delay_ms = static_cast<int>(get_int(v, "delayMs").value_or(slot->delay_ms));
+            static_cast<int>(json_int(v, "duplicate").value_or(slot->duplicate_next));
+        slot->delay_ms = static_cast<int>(json_int(v, "delayMs").value_or(slot->delay_ms));
       }
       if (body.HasMember("rejectUpdates")) {
         const auto& v = body["rejectUpdates"];
         if (!v.IsObject())
           return reply_error(res, 400, "rejectUpdates must be an object");
-        f.reject_updates_next = static_cast<int>(get_int(v, "count").value_or(0));
-        f.reject_updates_code = get_string(v, "code").value_or("RequestThrottled");
+        f.reject_updates_next = static_cast<int>(json_int(v, "count").value_or(0));
+        f.reject_updates_code = json_string(v, "code").value_or("RequestThrottled");
         if (f.reject_updates_code != "RequestThrottled" &&
             f.reject_updates_code != "InternalError") {
           return reply_error(res, 400,
@@ -380,7 +303,7 @@ struct ControlServer::Impl {
       }
       ModelOptions o = ctx.model->options();
       o.terminal_state_reached_on_describe =
-          get_bool(body, "terminalStateReachedOnDescribe", o.terminal_state_reached_on_describe);
+          json_bool(body, "terminalStateReachedOnDescribe", o.terminal_state_reached_on_describe);
       ctx.model->set_options(o);
       ctx.model->set_faults(f);
       reply(res, 200, faults_to_json(f, o));
@@ -397,73 +320,49 @@ struct ControlServer::Impl {
     // --- S3 side ---
     server.Post("/s3/objects", [this](const httplib::Request& req, httplib::Response& res) {
       rapidjson::Document body;
-      if (!parse_body(req, res, body))
+      auto target = s3_request(ctx, req, res, body);
+      if (!target)
         return;
-      if (!ctx.s3)
-        return reply_error(res, 503, "no S3 server");
-      auto bucket = get_string(body, "bucket");
-      auto key = get_string(body, "key");
-      if (!bucket || !key || bucket->empty() || key->empty())
-        return reply_error(res, 400, "bucket and key are required");
+      const auto& [bucket, key] = *target;
       Status st;
-      if (auto file = get_string(body, "file")) {
-        st = ctx.s3->put_object_file(*bucket, *key, *file);
-      } else if (auto data = get_string(body, "data")) {
-        st = ctx.s3->put_object(*bucket, *key, *data);
+      if (auto file = json_string(body, "file")) {
+        st = ctx.s3->put_object_file(bucket, key, *file);
+      } else if (auto data = json_string(body, "data")) {
+        st = ctx.s3->put_object(bucket, key, *data);
       } else {
         return reply_error(res, 400, "file (a local path) or data is required");
       }
       if (!st)
         return reply_error(res, 400, st.error().message());
-      rapidjson::StringBuffer sb;
-      Writer w(sb);
-      w.StartObject();
-      w.Key("bucket");
-      w.String(*bucket);
-      w.Key("key");
-      w.String(*key);
-      w.Key("etag");
-      w.String(ctx.s3->etag(*bucket, *key).value_or(""));
-      w.Key("url");
-      w.String("https://s3.amazonaws.com/" + *bucket + "/" + *key);
-      w.EndObject();
-      reply(res, 201, sb.GetString());
+      reply(res, 201, write_json([&](Writer& w) {
+              w.StartObject();
+              put(w, "bucket", bucket);
+              put(w, "key", key);
+              put(w, "etag", ctx.s3->etag(bucket, key).value_or(""));
+              put(w, "url", "https://s3.amazonaws.com/" + bucket + "/" + key);
+              w.EndObject();
+            }));
     });
 
     server.Post("/s3/presign", [this](const httplib::Request& req, httplib::Response& res) {
       rapidjson::Document body;
-      if (!parse_body(req, res, body))
+      auto target = s3_request(ctx, req, res, body);
+      if (!target)
         return;
-      if (!ctx.s3)
-        return reply_error(res, 503, "no S3 server");
-      auto bucket = get_string(body, "bucket");
-      auto key = get_string(body, "key");
-      if (!bucket || !key)
-        return reply_error(res, 400, "bucket and key are required");
       auto expiry =
-          get_int(body, "expirySeconds").value_or(ctx.model->options().url_expiry_seconds);
-      rapidjson::StringBuffer sb;
-      Writer w(sb);
-      w.StartObject();
-      w.Key("url");
-      w.String(ctx.s3->presign(*bucket, *key, std::chrono::seconds(expiry)));
-      w.EndObject();
-      reply(res, 200, sb.GetString());
+          json_int(body, "expirySeconds").value_or(ctx.model->options().url_expiry_seconds);
+      reply_member(res, 200, "url",
+                   ctx.s3->presign(target->bucket, target->key, std::chrono::seconds(expiry)));
     });
 
     server.Post("/s3/faults", [this](const httplib::Request& req, httplib::Response& res) {
       rapidjson::Document body;
-      if (!parse_body(req, res, body))
+      auto target = s3_request(ctx, req, res, body);
+      if (!target)
         return;
-      if (!ctx.s3)
-        return reply_error(res, 503, "no S3 server");
-      auto bucket = get_string(body, "bucket");
-      auto key = get_string(body, "key");
-      if (!bucket || !key)
-        return reply_error(res, 400, "bucket and key are required");
       S3Fault f;
       auto u64 = [&](const char* name, std::optional<uint64_t>& slot) {
-        if (auto v = get_int(body, name); v && *v >= 0)
+        if (auto v = json_int(body, name); v && *v >= 0)
           slot = static_cast<uint64_t>(*v);
       };
       u64("closeAfterBytes", f.close_after_bytes);
@@ -471,13 +370,13 @@ struct ControlServer::Impl {
       u64("stallAfterBytes", f.stall_after_bytes);
       u64("rateLimitBytesPerSecond", f.rate_limit_bytes_per_second);
       u64("corruptOffset", f.corrupt_offset);
-      if (auto v = get_int(body, "stallMs"))
+      if (auto v = json_int(body, "stallMs"))
         f.stall_ms = static_cast<int>(*v);
-      if (auto v = get_int(body, "errorStatus"))
+      if (auto v = json_int(body, "errorStatus"))
         f.error_status = static_cast<int>(*v);
-      f.ignore_range = get_bool(body, "ignoreRange", false);
-      f.times = static_cast<int>(get_int(body, "times").value_or(1));
-      auto st = ctx.s3->add_fault(*bucket, *key, f);
+      f.ignore_range = json_bool(body, "ignoreRange", false);
+      f.times = static_cast<int>(json_int(body, "times").value_or(1));
+      auto st = ctx.s3->add_fault(target->bucket, target->key, f);
       if (!st)
         return reply_error(res, 400, st.error().message());
       reply(res, 201, R"({"added":true})");

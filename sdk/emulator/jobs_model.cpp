@@ -7,13 +7,13 @@
 
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
+
+#include "emulator/json.hpp"
 
 namespace upparat::emulator {
 namespace {
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+using Writer = JsonWriter;
 using Details = std::map<std::string, std::string>;
 
 constexpr const char* kPrefix = "$aws/things/";
@@ -38,71 +38,40 @@ bool chars_in(const std::string& text, bool allow_colon) {
   return true;
 }
 
-void write_details(Writer& w, const Details& details) {
+void write_summary(Writer& w, const Execution& e) {
   w.StartObject();
-  for (const auto& [k, v] : details) {
-    w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size()));
-    w.String(v);
-  }
+  put(w, "jobId", e.job_id);
+  write_execution_times(w, e);
   w.EndObject();
 }
 
-void write_summary(Writer& w, const Execution& e) {
-  w.StartObject();
-  w.Key("jobId");
-  w.String(e.job_id);
-  w.Key("queuedAt");
-  w.Int64(e.queued_at);
-  if (e.started_at) {
-    w.Key("startedAt");
-    w.Int64(*e.started_at);
+/// An array of the summaries of the executions in `status`.
+void write_summaries(Writer& w, const std::vector<Execution*>& executions, ExecStatus status) {
+  w.StartArray();
+  for (const Execution* e : executions) {
+    if (e->status == status)
+      write_summary(w, *e);
   }
-  w.Key("lastUpdatedAt");
-  w.Int64(e.last_updated_at);
-  w.Key("versionNumber");
-  w.Int64(e.version_number);
-  w.Key("executionNumber");
-  w.Int64(e.execution_number);
-  w.EndObject();
+  w.EndArray();
 }
 
 void write_execution(Writer& w, const Execution& e, const std::string* document) {
   w.StartObject();
-  w.Key("jobId");
-  w.String(e.job_id);
-  w.Key("thingName");
-  w.String(e.thing_name);
+  put(w, "jobId", e.job_id);
+  put(w, "thingName", e.thing_name);
   if (document) {
     w.Key("jobDocument");
     w.RawValue(document->data(), document->size(), rapidjson::kObjectType);
   }
-  w.Key("status");
-  w.String(to_string(e.status));
-  w.Key("statusDetails");
-  write_details(w, e.status_details);
-  w.Key("queuedAt");
-  w.Int64(e.queued_at);
-  if (e.started_at) {
-    w.Key("startedAt");
-    w.Int64(*e.started_at);
-  }
-  w.Key("lastUpdatedAt");
-  w.Int64(e.last_updated_at);
-  w.Key("versionNumber");
-  w.Int64(e.version_number);
-  w.Key("executionNumber");
-  w.Int64(e.execution_number);
+  write_status(w, e.status, e.status_details);
+  write_execution_times(w, e);
   w.EndObject();
 }
 
 void write_execution_state(Writer& w, const Execution& e) {
   w.StartObject();
-  w.Key("status");
-  w.String(to_string(e.status));
-  w.Key("statusDetails");
-  write_details(w, e.status_details);
-  w.Key("versionNumber");
-  w.Int64(e.version_number);
+  write_status(w, e.status, e.status_details);
+  put(w, "versionNumber", e.version_number);
   w.EndObject();
 }
 
@@ -166,57 +135,44 @@ struct Request {
 std::string rejected_payload(const std::string& code, const std::string& message,
                              const std::optional<std::string>& client_token, long long ts,
                              const Execution* state) {
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  w.StartObject();
-  w.Key("code");
-  w.String(code);
-  w.Key("message");
-  w.String(message);
-  if (client_token) {
-    w.Key("clientToken");
-    w.String(*client_token);
-  }
-  w.Key("timestamp");
-  w.Int64(ts);
-  if (state) {
-    w.Key("executionState");
-    write_execution_state(w, *state);
-  }
-  w.EndObject();
-  return sb.GetString();
+  return write_json([&](Writer& w) {
+    w.StartObject();
+    put(w, "code", code);
+    put(w, "message", message);
+    if (client_token) {
+      put(w, "clientToken", *client_token);
+    }
+    put(w, "timestamp", ts);
+    if (state) {
+      w.Key("executionState");
+      write_execution_state(w, *state);
+    }
+    w.EndObject();
+  });
 }
 
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+namespace {
+constexpr std::pair<ExecStatus, const char*> kStatusNames[] = {
+    {ExecStatus::Queued, "QUEUED"},       {ExecStatus::InProgress, "IN_PROGRESS"},
+    {ExecStatus::Succeeded, "SUCCEEDED"}, {ExecStatus::Failed, "FAILED"},
+    {ExecStatus::TimedOut, "TIMED_OUT"},  {ExecStatus::Rejected, "REJECTED"},
+    {ExecStatus::Removed, "REMOVED"},     {ExecStatus::Canceled, "CANCELED"}};
+}  // namespace
+
 const char* to_string(ExecStatus status) {
-  switch (status) {
-    case ExecStatus::Queued:
-      return "QUEUED";
-    case ExecStatus::InProgress:
-      return "IN_PROGRESS";
-    case ExecStatus::Succeeded:
-      return "SUCCEEDED";
-    case ExecStatus::Failed:
-      return "FAILED";
-    case ExecStatus::TimedOut:
-      return "TIMED_OUT";
-    case ExecStatus::Rejected:
-      return "REJECTED";
-    case ExecStatus::Removed:
-      return "REMOVED";
-    case ExecStatus::Canceled:
-      return "CANCELED";
+  for (const auto& [s, name] : kStatusNames) {
+    if (s == status)
+      return name;
   }
   return "UNKNOWN";
 }
 
 std::optional<ExecStatus> exec_status_from_string(const std::string& text) {
-  for (auto s :
-       {ExecStatus::Queued, ExecStatus::InProgress, ExecStatus::Succeeded, ExecStatus::Failed,
-        ExecStatus::TimedOut, ExecStatus::Rejected, ExecStatus::Removed, ExecStatus::Canceled}) {
-    if (text == to_string(s))
+  for (const auto& [s, name] : kStatusNames) {
+    if (text == name)
       return s;
   }
   return std::nullopt;
@@ -271,6 +227,10 @@ ModelOptions JobsModel::options() const {
 }
 
 std::vector<Outgoing> JobsModel::handle(const std::string& topic, const std::string& payload) {
+  // AWS's message broker refuses such a publish (PAYLOAD_LIMIT_EXCEEDED): the Jobs service
+  // never sees it, so there is no answer at all.
+  if (payload.size() > kMaxMqttPayloadBytes)
+    return {};
   std::lock_guard lock(mutex_);
   std::vector<Outgoing> out;
   expire_timers_locked(out);
@@ -380,48 +340,38 @@ void JobsModel::notify_locked(const std::string& thing, std::vector<Outgoing>& o
   auto pending = pending_locked(thing);
   if (pending.size() > options_.notify_limit)
     pending.resize(options_.notify_limit);
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  w.StartObject();
-  w.Key("timestamp");
-  w.Int64(now());
-  w.Key("jobs");
-  w.StartObject();
-  for (ExecStatus s : {ExecStatus::InProgress, ExecStatus::Queued}) {
-    bool any = std::any_of(pending.begin(), pending.end(),
-                           [s](const Execution* e) { return e->status == s; });
-    if (!any)
-      continue;
-    w.Key(to_string(s));
-    w.StartArray();
-    for (const Execution* e : pending) {
-      if (e->status == s)
-        write_summary(w, *e);
+  std::string payload = write_json([&](Writer& w) {
+    w.StartObject();
+    put(w, "timestamp", now());
+    w.Key("jobs");
+    w.StartObject();
+    for (ExecStatus s : {ExecStatus::InProgress, ExecStatus::Queued}) {
+      bool any = std::any_of(pending.begin(), pending.end(),
+                             [s](const Execution* e) { return e->status == s; });
+      if (any) {
+        w.Key(to_string(s));
+        write_summaries(w, pending, s);
+      }
     }
-    w.EndArray();
-  }
-  w.EndObject();
-  w.EndObject();
-  out.push_back(
-      {kPrefix + thing + "/jobs/notify", sb.GetString(), Outgoing::Kind::Notification, 0});
+    w.EndObject();
+    w.EndObject();
+  });
+  out.push_back({kPrefix + thing + "/jobs/notify", payload, Outgoing::Kind::Notification, 0});
 }
 
 void JobsModel::notify_next_locked(const std::string& thing, std::vector<Outgoing>& out) {
   Execution* head = head_locked(thing);
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  w.StartObject();
-  w.Key("timestamp");
-  w.Int64(now());
-  if (head) {
-    const Job& job = jobs_.at(head->job_id);
-    std::string doc = resolve_document_locked(job);
-    w.Key("execution");
-    write_execution(w, *head, &doc);
-  }
-  w.EndObject();
-  out.push_back(
-      {kPrefix + thing + "/jobs/notify-next", sb.GetString(), Outgoing::Kind::Notification, 0});
+  std::string doc = head ? resolve_document_locked(jobs_.at(head->job_id)) : "";
+  std::string payload = write_json([&](Writer& w) {
+    w.StartObject();
+    put(w, "timestamp", now());
+    if (head) {
+      w.Key("execution");
+      write_execution(w, *head, &doc);
+    }
+    w.EndObject();
+  });
+  out.push_back({kPrefix + thing + "/jobs/notify-next", payload, Outgoing::Kind::Notification, 0});
 }
 
 void JobsModel::after_change_locked(const std::string& thing,
@@ -587,18 +537,16 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
   };
 
   auto accepted = [&](const std::function<void(Writer&)>& fill) {
-    rapidjson::StringBuffer sb;
-    Writer w(sb);
-    w.StartObject();
-    fill(w);
-    w.Key("timestamp");
-    w.Int64(ts);
-    if (token) {
-      w.Key("clientToken");
-      w.String(*token);
-    }
-    w.EndObject();
-    out.push_back({topic + "/accepted", sb.GetString(), Outgoing::Kind::Response, 0});
+    std::string payload = write_json([&](Writer& w) {
+      w.StartObject();
+      fill(w);
+      put(w, "timestamp", ts);
+      if (token) {
+        put(w, "clientToken", *token);
+      }
+      w.EndObject();
+    });
+    out.push_back({topic + "/accepted", payload, Outgoing::Kind::Response, 0});
   };
 
   switch (op) {
@@ -607,12 +555,7 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
       accepted([&](Writer& w) {
         for (ExecStatus s : {ExecStatus::InProgress, ExecStatus::Queued}) {
           w.Key(s == ExecStatus::InProgress ? "inProgressJobs" : "queuedJobs");
-          w.StartArray();
-          for (const Execution* e : pending) {
-            if (e->status == s)
-              write_summary(w, *e);
-          }
-          w.EndArray();
+          write_summaries(w, pending, s);
         }
       });
       return out;
@@ -925,94 +868,38 @@ std::vector<Execution> JobsModel::executions(const std::string& thing,
 // ---------------------------------------------------------------------------------------------
 std::string JobsModel::save() const {
   std::lock_guard lock(mutex_);
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
-  auto opt = [&w](const char* key, const auto& value) {
-    if (value) {
-      w.Key(key);
-      w.Int64(*value);
-    }
-  };
-  w.StartObject();
-  w.Key("seq");
-  w.Int64(seq_);
-  w.Key("jobs");
-  w.StartArray();
-  for (const auto& [id, j] : jobs_) {
+  return write_json([this](Writer& w) {
     w.StartObject();
-    w.Key("jobId");
-    w.String(j.job_id);
-    w.Key("document");
-    w.String(j.document);
-    w.Key("things");
+    put(w, "seq", seq_);
+    w.Key("jobs");
     w.StartArray();
-    for (const auto& t : j.things)
-      w.String(t);
-    w.EndArray();
-    opt("inProgressTimeoutMinutes", j.in_progress_timeout_minutes);
-    opt("urlExpirySeconds", j.url_expiry_seconds);
-    w.Key("status");
-    w.String(j.status);
-    w.Key("forceCanceled");
-    w.Bool(j.force_canceled);
-    w.Key("createdAt");
-    w.Int64(j.created_at);
-    w.Key("seq");
-    w.Int64(j.seq);
-    w.EndObject();
-  }
-  w.EndArray();
-  w.Key("executions");
-  w.StartArray();
-  for (const auto& [thing, list] : executions_) {
-    for (const auto& e : list) {
+    for (const auto& [id, j] : jobs_) {
       w.StartObject();
-      w.Key("jobId");
-      w.String(e.job_id);
-      w.Key("thingName");
-      w.String(e.thing_name);
-      w.Key("status");
-      w.String(to_string(e.status));
-      w.Key("statusDetails");
-      write_details(w, e.status_details);
-      w.Key("queuedAt");
-      w.Int64(e.queued_at);
-      opt("startedAt", e.started_at);
-      w.Key("lastUpdatedAt");
-      w.Int64(e.last_updated_at);
-      w.Key("versionNumber");
-      w.Int64(e.version_number);
-      w.Key("executionNumber");
-      w.Int64(e.execution_number);
-      w.Key("seq");
-      w.Int64(e.seq);
-      opt("stepDeadline", e.step_deadline);
-      opt("inProgressDeadline", e.in_progress_deadline);
-      w.Key("deleted");
-      w.Bool(e.deleted);
-      w.Key("history");
+      put(w, "jobId", j.job_id);
+      put(w, "document", j.document);
+      w.Key("things");
       w.StartArray();
-      for (const auto& h : e.history) {
-        w.StartObject();
-        w.Key("status");
-        w.String(to_string(h.status));
-        w.Key("statusDetails");
-        write_details(w, h.status_details);
-        w.Key("at");
-        w.Int64(h.at);
-        w.Key("versionNumber");
-        w.Int64(h.version_number);
-        w.Key("cause");
-        w.String(h.cause);
-        w.EndObject();
-      }
+      for (const auto& t : j.things)
+        w.String(t);
       w.EndArray();
+      write_optional_int(w, "inProgressTimeoutMinutes", j.in_progress_timeout_minutes);
+      write_optional_int(w, "urlExpirySeconds", j.url_expiry_seconds);
+      put(w, "status", j.status);
+      put(w, "forceCanceled", j.force_canceled);
+      put(w, "createdAt", j.created_at);
+      put(w, "seq", j.seq);
       w.EndObject();
     }
-  }
-  w.EndArray();
-  w.EndObject();
-  return sb.GetString();
+    w.EndArray();
+    w.Key("executions");
+    w.StartArray();
+    for (const auto& [thing, list] : executions_) {
+      for (const auto& e : list)
+        write_execution_record(w, e, {"stepDeadline", "inProgressDeadline", true});
+    }
+    w.EndArray();
+    w.EndObject();
+  });
 }
 
 Status JobsModel::load(const std::string& json) {
@@ -1020,23 +907,8 @@ Status JobsModel::load(const std::string& json) {
   d.Parse<rapidjson::kParseIterativeFlag>(json.data(), json.size());
   if (d.HasParseError() || !d.IsObject())
     return fail("emulator state is not a JSON object");
-  auto str = [](const rapidjson::Value& v, const char* k) -> std::string {
-    return v.HasMember(k) && v[k].IsString() ? v[k].GetString() : "";
-  };
-  auto num = [](const rapidjson::Value& v, const char* k) -> std::optional<long long> {
-    if (v.HasMember(k) && v[k].IsInt64())
-      return v[k].GetInt64();
-    return std::nullopt;
-  };
-  auto details = [](const rapidjson::Value& v) {
-    Details out;
-    if (v.HasMember("statusDetails") && v["statusDetails"].IsObject()) {
-      for (auto it = v["statusDetails"].MemberBegin(); it != v["statusDetails"].MemberEnd(); ++it) {
-        if (it->value.IsString())
-          out[it->name.GetString()] = it->value.GetString();
-      }
-    }
-    return out;
+  auto str = [](const rapidjson::Value& v, const char* k) {
+    return json_string(v, k).value_or("");
   };
   std::map<std::string, Job> jobs;
   std::map<std::string, std::vector<Execution>> executions;
@@ -1050,21 +922,18 @@ Status JobsModel::load(const std::string& json) {
     Job j;
     j.job_id = str(v, "jobId");
     j.document = str(v, "document");
-    if (v.HasMember("things") && v["things"].IsArray()) {
-      for (const auto& t : v["things"].GetArray()) {
-        if (t.IsString())
-          j.things.push_back(t.GetString());
-      }
-    }
-    if (auto n = num(v, "inProgressTimeoutMinutes"))
+    auto things = json_strings(v, "things");
+    if (!things)
+      return fail("emulator state: a thing of job '" + j.job_id + "' is not a string");
+    j.things = std::move(*things);
+    if (auto n = json_int(v, "inProgressTimeoutMinutes"))
       j.in_progress_timeout_minutes = static_cast<int>(*n);
-    if (auto n = num(v, "urlExpirySeconds"))
+    if (auto n = json_int(v, "urlExpirySeconds"))
       j.url_expiry_seconds = static_cast<int>(*n);
     j.status = str(v, "status");
-    j.force_canceled =
-        v.HasMember("forceCanceled") && v["forceCanceled"].IsBool() && v["forceCanceled"].GetBool();
-    j.created_at = num(v, "createdAt").value_or(0);
-    j.seq = num(v, "seq").value_or(0);
+    j.force_canceled = json_bool(v, "forceCanceled", false);
+    j.created_at = json_int(v, "createdAt").value_or(0);
+    j.seq = json_int(v, "seq").value_or(0);
     if (!valid_job_id(j.job_id))
       return fail("emulator state: invalid job id '" + j.job_id + "'");
     jobs[j.job_id] = j;
@@ -1080,25 +949,25 @@ Status JobsModel::load(const std::string& json) {
       return fail("emulator state: invalid execution of job '" + e.job_id + "'");
     }
     e.status = *status;
-    e.status_details = details(v);
-    e.queued_at = num(v, "queuedAt").value_or(0);
-    e.started_at = num(v, "startedAt");
-    e.last_updated_at = num(v, "lastUpdatedAt").value_or(0);
-    e.version_number = num(v, "versionNumber").value_or(1);
-    e.execution_number = num(v, "executionNumber").value_or(1);
-    e.seq = num(v, "seq").value_or(0);
-    e.step_deadline = num(v, "stepDeadline");
-    e.in_progress_deadline = num(v, "inProgressDeadline");
-    e.deleted = v.HasMember("deleted") && v["deleted"].IsBool() && v["deleted"].GetBool();
+    e.status_details = json_string_map(v, "statusDetails");
+    e.queued_at = json_int(v, "queuedAt").value_or(0);
+    e.started_at = json_int(v, "startedAt");
+    e.last_updated_at = json_int(v, "lastUpdatedAt").value_or(0);
+    e.version_number = json_int(v, "versionNumber").value_or(1);
+    e.execution_number = json_int(v, "executionNumber").value_or(1);
+    e.seq = json_int(v, "seq").value_or(0);
+    e.step_deadline = json_int(v, "stepDeadline");
+    e.in_progress_deadline = json_int(v, "inProgressDeadline");
+    e.deleted = json_bool(v, "deleted", false);
     if (v.HasMember("history") && v["history"].IsArray()) {
       for (const auto& h : v["history"].GetArray()) {
         if (!h.IsObject())
           continue;
         StatusChange c;
         c.status = exec_status_from_string(str(h, "status")).value_or(ExecStatus::Queued);
-        c.status_details = details(h);
-        c.at = num(h, "at").value_or(0);
-        c.version_number = num(h, "versionNumber").value_or(0);
+        c.status_details = json_string_map(h, "statusDetails");
+        c.at = json_int(h, "at").value_or(0);
+        c.version_number = json_int(h, "versionNumber").value_or(0);
         c.cause = str(h, "cause");
         e.history.push_back(c);
       }
@@ -1112,7 +981,7 @@ Status JobsModel::load(const std::string& json) {
   std::lock_guard lock(mutex_);
   jobs_ = std::move(jobs);
   executions_ = std::move(executions);
-  seq_ = num(d, "seq").value_or(0);
+  seq_ = json_int(d, "seq").value_or(0);
   return {};
 }
 

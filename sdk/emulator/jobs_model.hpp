@@ -136,7 +136,7 @@ class JobsModel {
 
   /// Handles one message a device published on `$aws/things/{thing}/jobs/...`. Messages the
   /// emulator itself publishes (…/accepted, …/rejected, notify, notify-next) and topics
-  /// outside the Jobs prefix yield nothing.
+  /// outside the Jobs prefix yield nothing, and so does a payload over kMaxMqttPayloadBytes.
   [[nodiscard]] std::vector<Outgoing> handle(const std::string& topic, const std::string& payload);
 
   /// Moves executions whose step or in-progress timer expired to TIMED_OUT.
@@ -202,5 +202,8 @@ class JobsModel {
 [[nodiscard]] bool valid_job_id(const std::string& id);
 [[nodiscard]] bool valid_thing_name(const std::string& name);
 inline constexpr std::size_t kMaxJobDocumentChars = 32768;
+/// AWS IoT Core's MQTT payload limit (128 KiB). A larger request is dropped unanswered, as
+/// AWS's broker drops it before the Jobs service sees it.
+inline constexpr std::size_t kMaxMqttPayloadBytes = 128 * 1024;
 
 }  // namespace upparat::emulator

@@ -19,8 +19,6 @@
 #include <fcntl.h>
 #include <httplib.h>
 #include <rapidjson/document.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <algorithm>
@@ -28,6 +26,7 @@
 #include "emulator/clock.hpp"
 #include "emulator/control_server.hpp"
 #include "emulator/jobs_model.hpp"
+#include "emulator/json.hpp"
 #include "emulator/mqtt_front.hpp"
 #include "emulator/s3/s3_server.hpp"
 
@@ -128,13 +127,6 @@ std::string format_time(long long epoch) {
   return buf;
 }
 
-std::string to_json(const rapidjson::Value& v) {
-  rapidjson::StringBuffer sb;
-  rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-  v.Accept(w);
-  return sb.GetString();
-}
-
 // ---------------------------------------------------------------------------------------------
 // serve
 
@@ -225,9 +217,8 @@ int serve(const Args& args) {
       std::cerr << "serve: state file " << state_file << " is not an emulator state\n";
       return 1;
     }
-    if (d.HasMember("clockOffsetSeconds") && d["clockOffsetSeconds"].IsInt64()) {
-      clock->advance(std::chrono::seconds(d["clockOffsetSeconds"].GetInt64()));
-    }
+    if (auto offset = json_int(d, "clockOffsetSeconds"))
+      clock->advance(std::chrono::seconds(*offset));
     saved_model = to_json(d["model"]);
   }
 
@@ -399,10 +390,24 @@ std::string read_whole(const std::string& path, bool& ok) {
 }
 
 std::string quote(const std::string& s) {
-  rapidjson::StringBuffer sb;
-  rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-  w.String(s);
-  return sb.GetString();
+  return json_quote(s);
+}
+
+using FlagKeys = std::initializer_list<std::pair<const char*, const char*>>;
+
+/// `"key":N,...` for each (flag, key) given on the command line, in order; an error when a
+/// value is not an integer.
+Result<std::string> int_fields(const Args& args, FlagKeys flag_keys) {
+  std::string out;
+  for (auto [flag, key] : flag_keys) {
+    if (!args.has(flag))
+      continue;
+    auto v = to_int(args.get(flag), flag);
+    if (!v)
+      return fail(v.error());
+    out += (out.empty() ? "\"" : ",\"") + std::string(key) + "\":" + std::to_string(*v);
+  }
+  return out;
 }
 
 int run_client(const Args& args) {
@@ -423,10 +428,26 @@ int run_client(const Args& args) {
     }
     return true;
   };
-  auto report = [&](const Result<rapidjson::Document>& r) {
+  auto report = [&](const auto& r) {
     if (!r)
       std::cerr << args.command << ": " << r.error().message() << "\n";
     return r.has_value();
+  };
+  const auto& usage_ok = report;
+  // Prints the array `key` of an answer item by item (or the whole answer with --json).
+  auto print_list = [&](const Result<rapidjson::Document>& r, const char* key,
+                        void (*print_item)(const rapidjson::Value&)) {
+    if (!report(r))
+      return 1;
+    if (args.has("--json")) {
+      std::printf("%s\n", to_json(*r).c_str());
+      return 0;
+    }
+    if ((*r)[key].Empty())
+      std::printf("no %s\n", key);
+    for (const auto& item : (*r)[key].GetArray())
+      print_item(item);
+    return 0;
   };
   const std::string& c = args.command;
 
@@ -445,17 +466,12 @@ int run_client(const Args& args) {
     for (std::size_t i = 0; i < things.size(); ++i)
       body += (i ? "," : "") + quote(things[i]);
     body += "]";
-    for (auto [flag, key] : {std::pair{"--in-progress-timeout", "inProgressTimeoutMinutes"},
-                             std::pair{"--url-expiry", "urlExpirySeconds"}}) {
-      if (!args.has(flag))
-        continue;
-      auto v = to_int(args.get(flag), flag);
-      if (!v) {
-        std::cerr << "create-job: " << v.error().message() << "\n";
-        return 2;
-      }
-      body += std::string(",\"") + key + "\":" + std::to_string(*v);
-    }
+    auto fields = int_fields(args, {{"--in-progress-timeout", "inProgressTimeoutMinutes"},
+                                    {"--url-expiry", "urlExpirySeconds"}});
+    if (!usage_ok(fields))
+      return 2;
+    if (!fields->empty())
+      body += "," + *fields;
     if (args.has("--no-presigned-url"))
       body += ",\"presignedUrl\":false";
     body += "}";
@@ -496,31 +512,10 @@ int run_client(const Args& args) {
     auto r = client.call(
         "GET", "/executions?thing=" + httplib::detail::encode_query_param(args.get("--thing")) +
                    "&jobId=" + httplib::detail::encode_query_param(args.get("--job-id")));
-    if (!report(r))
-      return 1;
-    if (args.has("--json")) {
-      std::printf("%s\n", to_json(*r).c_str());
-      return 0;
-    }
-    if ((*r)["executions"].Empty())
-      std::printf("no executions\n");
-    for (const auto& e : (*r)["executions"].GetArray())
-      print_execution(e);
-    return 0;
+    return print_list(r, "executions", print_execution);
   }
   if (c == "list-jobs") {
-    auto r = client.call("GET", "/jobs");
-    if (!report(r))
-      return 1;
-    if (args.has("--json")) {
-      std::printf("%s\n", to_json(*r).c_str());
-      return 0;
-    }
-    if ((*r)["jobs"].Empty())
-      std::printf("no jobs\n");
-    for (const auto& j : (*r)["jobs"].GetArray())
-      print_job_line(j);
-    return 0;
+    return print_list(client.call("GET", "/jobs"), "jobs", print_job_line);
   }
   if (c == "advance-clock") {
     long long seconds = 0;
@@ -558,42 +553,29 @@ int run_client(const Args& args) {
     return 0;
   }
   if (c == "set-fault" && args.sub == "jobs") {
-    std::string responses, notifications, body;
-    auto add = [&](std::string& obj, const char* flag, const char* key) -> bool {
-      if (!args.has(flag))
-        return true;
-      auto v = to_int(args.get(flag), flag);
-      if (!v) {
-        std::cerr << "set-fault: " << v.error().message() << "\n";
-        return false;
-      }
-      obj += (obj.empty() ? "" : ",") + std::string("\"") + key + "\":" + std::to_string(*v);
-      return true;
-    };
-    if (!add(responses, "--drop-responses", "drop") ||
-        !add(responses, "--duplicate-responses", "duplicate") ||
-        !add(responses, "--delay-responses-ms", "delayMs") ||
-        !add(notifications, "--drop-notifications", "drop") ||
-        !add(notifications, "--duplicate-notifications", "duplicate") ||
-        !add(notifications, "--delay-notifications-ms", "delayMs")) {
+    std::string body;
+    auto responses = int_fields(args, {{"--drop-responses", "drop"},
+                                       {"--duplicate-responses", "duplicate"},
+                                       {"--delay-responses-ms", "delayMs"}});
+    if (!usage_ok(responses))
       return 2;
-    }
+    auto notifications = int_fields(args, {{"--drop-notifications", "drop"},
+                                           {"--duplicate-notifications", "duplicate"},
+                                           {"--delay-notifications-ms", "delayMs"}});
+    if (!usage_ok(notifications))
+      return 2;
     std::vector<std::string> parts;
-    if (!responses.empty())
-      parts.push_back("\"responses\":{" + responses + "}");
-    if (!notifications.empty())
-      parts.push_back("\"notifications\":{" + notifications + "}");
+    if (!responses->empty())
+      parts.push_back("\"responses\":{" + *responses + "}");
+    if (!notifications->empty())
+      parts.push_back("\"notifications\":{" + *notifications + "}");
     for (auto [flag, code] : {std::pair{"--throttle-updates", "RequestThrottled"},
                               std::pair{"--fail-updates", "InternalError"}}) {
-      if (!args.has(flag))
-        continue;
-      auto v = to_int(args.get(flag), flag);
-      if (!v) {
-        std::cerr << "set-fault: " << v.error().message() << "\n";
+      auto count = int_fields(args, {{flag, "count"}});
+      if (!usage_ok(count))
         return 2;
-      }
-      parts.push_back("\"rejectUpdates\":{\"count\":" + std::to_string(*v) + ",\"code\":\"" + code +
-                      "\"}");
+      if (!count->empty())
+        parts.push_back("\"rejectUpdates\":{" + *count + ",\"code\":\"" + code + "\"}");
     }
     if (args.has("--terminal-state-reached")) {
       parts.push_back(std::string("\"terminalStateReachedOnDescribe\":") +
@@ -612,22 +594,18 @@ int run_client(const Args& args) {
       return 2;
     std::string body =
         "{\"bucket\":" + quote(args.get("--bucket")) + ",\"key\":" + quote(args.get("--key"));
-    for (auto [flag, key] :
-         {std::pair{"--close-after-bytes", "closeAfterBytes"},
-          std::pair{"--reset-after-bytes", "resetAfterBytes"}, std::pair{"--stall-ms", "stallMs"},
-          std::pair{"--stall-after-bytes", "stallAfterBytes"},
-          std::pair{"--error-status", "errorStatus"},
-          std::pair{"--rate-limit", "rateLimitBytesPerSecond"},
-          std::pair{"--corrupt-offset", "corruptOffset"}, std::pair{"--times", "times"}}) {
-      if (!args.has(flag))
-        continue;
-      auto v = to_int(args.get(flag), flag);
-      if (!v) {
-        std::cerr << "set-fault: " << v.error().message() << "\n";
-        return 2;
-      }
-      body += std::string(",\"") + key + "\":" + std::to_string(*v);
-    }
+    auto fields = int_fields(args, {{"--close-after-bytes", "closeAfterBytes"},
+                                    {"--reset-after-bytes", "resetAfterBytes"},
+                                    {"--stall-ms", "stallMs"},
+                                    {"--stall-after-bytes", "stallAfterBytes"},
+                                    {"--error-status", "errorStatus"},
+                                    {"--rate-limit", "rateLimitBytesPerSecond"},
+                                    {"--corrupt-offset", "corruptOffset"},
+                                    {"--times", "times"}});
+    if (!usage_ok(fields))
+      return 2;
+    if (!fields->empty())
+      body += "," + *fields;
     if (args.has("--ignore-range"))
       body += ",\"ignoreRange\":true";
     body += "}";

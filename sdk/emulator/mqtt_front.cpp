@@ -99,6 +99,10 @@ struct MqttFront::Impl : public virtual mqtt::callback {
         incoming.pop_front();
         lock.unlock();
         spdlog::debug("<- {} {}", topic, payload.substr(0, 512));
+        if (payload.size() > kMaxMqttPayloadBytes) {
+          spdlog::warn("<- {}: a payload of {} bytes is over the 128 KiB limit: dropped unanswered",
+                       topic, payload.size());
+        }
         auto out = model->handle(topic, payload);
         if (!out.empty() && after_change)
           after_change();

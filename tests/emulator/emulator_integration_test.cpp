@@ -1,6 +1,5 @@
 // The emulator binary end to end: a real mosquitto, the emulator process, a Paho client as
 // the device, libcurl against the S3 side (HTTPS with the fixture's CA), and the CLI.
-#include <curl/curl.h>
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
@@ -35,28 +34,12 @@ rapidjson::Document parse(const std::string& text) {
   return d;
 }
 
-size_t collect(char* data, size_t size, size_t n, void* user) {
-  static_cast<std::string*>(user)->append(data, size * n);
-  return size * n;
-}
-
 /// GETs a URL trusting only `ca`; returns the HTTP status and fills `body`.
 long http_get(const std::string& url, const std::filesystem::path& ca, std::string& body) {
-  CURL* curl = curl_easy_init();
-  body.clear();
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_CAINFO, ca.c_str());
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 20L);
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  CURLcode rc = curl_easy_perform(curl);
-  long status = 0;
-  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-  curl_easy_cleanup(curl);
-  EXPECT_EQ(rc, CURLE_OK) << curl_easy_strerror(rc) << " for " << url;
-  return status;
+  auto answer = http_request("GET", url, "", ca);
+  EXPECT_TRUE(answer) << (answer ? "" : answer.error().message());
+  body = answer ? answer->body : "";
+  return answer ? answer->status : 0;
 }
 
 class EmulatorIntegrationTest : public ::testing::Test {
@@ -146,6 +129,19 @@ TEST_F(EmulatorIntegrationTest, EveryFetchSignsAFreshUrlThatExpires) {
   EXPECT_EQ(http_get(third["execution"]["jobDocument"]["file"].GetString(), ca_->ca_cert(), body),
             200);
   EXPECT_EQ(body, "abc");
+}
+
+TEST_F(EmulatorIntegrationTest, PayloadOverTheMqttLimitGetsNoAnswer) {
+  // AWS's broker refuses a publish over 128 KiB: the Jobs service never answers it.
+  std::string head = R"({"clientToken":"big","pad":")";
+  std::string big = head + std::string(128 * 1024 + 1 - head.size() - 2, 'x') + "\"}";
+  ASSERT_EQ(big.size(), 128u * 1024 + 1);
+  must(device_->publish(T + "/get", big, 1));
+  EXPECT_FALSE(device_->wait_for_message(T + "/get/accepted", 1500ms)) << "no answer expected";
+  EXPECT_FALSE(device_->wait_for_message(T + "/get/rejected", 100ms)) << "no answer expected";
+  // The emulator still serves the next request.
+  auto d = ask(T + "/get", R"({"clientToken":"small"})", T + "/get/accepted");
+  EXPECT_STREQ(d["clientToken"].GetString(), "small");
 }
 
 TEST_F(EmulatorIntegrationTest, ClockAdvanceFiresStepTimeout) {

@@ -105,10 +105,34 @@ TEST_F(JobsModelTest, InvalidJsonIsRejected) {
 }
 
 TEST_F(JobsModelTest, DeeplyNestedPayloadsDoNotCrash) {
-  auto r = only(send(T + "/get", std::string(200000, '[')), T + "/get/rejected");
+  // As deep as fits in the 128 KiB MQTT payload limit.
+  auto r = only(send(T + "/get", std::string(kMaxMqttPayloadBytes, '[')), T + "/get/rejected");
   EXPECT_STREQ(r["code"].GetString(), "InvalidJson");
-  std::string nested = "{\"x\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  std::string nested = "{\"x\":" + std::string(60000, '[') + std::string(60000, ']') + "}";
   (void)only(send(T + "/get", nested), T + "/get/accepted");
+}
+
+TEST_F(JobsModelTest, PayloadOverTheMqttLimitIsDroppedUnanswered) {
+  create("job1");
+  // A valid start-next padded to exactly 128 KiB is served ...
+  auto padded = [](std::size_t size) {
+    std::string head = R"({"clientToken":"c","pad":")";
+    std::string tail = "\"}";
+    return head + std::string(size - head.size() - tail.size(), 'x') + tail;
+  };
+  ASSERT_EQ(padded(kMaxMqttPayloadBytes).size(), 131072u);
+  auto d = only(send(T + "/job1/get", padded(kMaxMqttPayloadBytes)), T + "/job1/get/accepted");
+  EXPECT_STREQ(d["clientToken"].GetString(), "c");
+  // ... one byte more is refused like AWS's broker does: no answer, no state change.
+  EXPECT_TRUE(send(T + "/start-next", padded(kMaxMqttPayloadBytes + 1)).empty());
+  EXPECT_TRUE(send(T + "/get", std::string(kMaxMqttPayloadBytes + 1, '[')).empty());
+  auto executions = model_.executions("dev1", "job1");
+  ASSERT_EQ(executions.size(), 1u);
+  EXPECT_EQ(executions[0].status, ExecStatus::Queued);
+  EXPECT_EQ(executions[0].version_number, 1);
+  // The next request within the limit is answered as usual.
+  d = only(send(T + "/start-next", padded(kMaxMqttPayloadBytes)), T + "/start-next/accepted");
+  EXPECT_STREQ(d["execution"]["status"].GetString(), "IN_PROGRESS");
 }
 
 TEST_F(JobsModelTest, UnknownTopicIsInvalidTopic) {

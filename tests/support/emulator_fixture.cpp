@@ -38,6 +38,36 @@ std::filesystem::path emulator_binary() {
 #endif
 }
 
+Result<HttpAnswer> http_request(const std::string& method, const std::string& url,
+                                const std::string& body, const std::filesystem::path& ca) {
+  CURL* curl = curl_easy_init();
+  if (!curl)
+    return fail("curl_easy_init failed");
+  HttpAnswer answer;
+  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  if (method != "GET" && method != "DELETE") {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+  }
+  if (!ca.empty())
+    curl_easy_setopt(curl, CURLOPT_CAINFO, ca.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer.body);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 30L);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+  CURLcode rc = curl_easy_perform(curl);
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &answer.status);
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  if (rc != CURLE_OK)
+    return fail(method + " " + url + ": " + curl_easy_strerror(rc));
+  return answer;
+}
+
 std::string EmulatorFixture::control_url() const {
   return "http://127.0.0.1:" + std::to_string(control_port_);
 }
@@ -98,34 +128,14 @@ Result<EmulatorFixture> EmulatorFixture::start(EmulatorOptions options) {
 
 Result<std::string> EmulatorFixture::request(const std::string& method, const std::string& path,
                                              const std::string& body) const {
-  CURL* curl = curl_easy_init();
-  if (!curl)
-    return fail("curl_easy_init failed");
-  std::string url = control_url() + path;
-  std::string answer;
-  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method.c_str());
-  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-  if (method != "GET" && method != "DELETE") {
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+  auto answer = http_request(method, control_url() + path, body);
+  if (!answer)
+    return fail(answer.error());
+  if (answer->status / 100 != 2) {
+    return fail(method + " " + path + ": HTTP " + std::to_string(answer->status) + ": " +
+                answer->body);
   }
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 30L);
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  CURLcode rc = curl_easy_perform(curl);
-  long status = 0;
-  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
-  if (rc != CURLE_OK)
-    return fail(method + " " + url + ": " + curl_easy_strerror(rc));
-  if (status / 100 != 2)
-    return fail(method + " " + path + ": HTTP " + std::to_string(status) + ": " + answer);
-  return answer;
+  return answer->body;
 }
 
 Result<std::string> EmulatorFixture::create_job(const std::string& job_id,

@@ -21,6 +21,18 @@ namespace upparat::test {
 /// Path of the upparat-jobs-emulator binary of this build.
 [[nodiscard]] std::filesystem::path emulator_binary();
 
+/// The status and body of an HTTP answer.
+struct HttpAnswer {
+  long status = 0;
+  std::string body;
+};
+
+/// One HTTP(S) request with libcurl (no proxy, 30 s timeout): method GET/POST/PUT/DELETE, a
+/// JSON body for POST/PUT; with `ca`, HTTPS trusts only that CA certificate. Any HTTP status
+/// is an answer; only a failed transfer is an error.
+Result<HttpAnswer> http_request(const std::string& method, const std::string& url,
+                                const std::string& body = "", const std::filesystem::path& ca = {});
+
 struct EmulatorOptions {
   /// The broker the Jobs side connects to, e.g. Mosquitto::uri() ("tcp://127.0.0.1:P").
   std::string broker_uri;
