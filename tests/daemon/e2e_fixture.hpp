@@ -312,6 +312,45 @@ class E2eFixture : public ::testing::Test {
 
   // --- The cloud ----------------------------------------------------------------------------
 
+  /// Creates job `job_id` and returns once the daemon is inside step `where`: a hook step
+  /// (whose hook is blocked, see gated_hooks()) or "downloading" (the transfer, stalled by an S3
+  /// fault). For "ready" the restart hook reboots first, and `daemon` becomes the daemon that
+  /// continues after the reboot. Returns the blocked hook's PID (0 for "downloading"); check
+  /// HasFatalFailure() after the call.
+  pid_t run_job_into(const std::string& where, const std::string& job_id, const fs::path& config,
+                     std::optional<ServiceProcess>& daemon) {
+    pid_t hook_pid = 0;
+    if (where == "ready") {
+      std::ofstream(path("reboot_once")) << "1\n";
+      block("ready");
+      create_job(job_id, document("2.0.0", "2.0.0"));
+      auto exited = daemon->wait_exit(60s);
+      EXPECT_TRUE(exited) << exited.error().message();
+      if (!exited) {
+        return 0;
+      }
+      daemon.reset();
+      daemon.emplace(start_daemon(config, "upparat-after-reboot"));
+      hook_pid = wait_entered("ready");
+      EXPECT_NE(hook_pid, 0) << daemon->log_tail();
+    } else if (where == "downloading") {
+      EXPECT_TRUE(emulator_->add_s3_fault(kBucket, kKey,
+                                          R"("stallAfterBytes":65536,"stallMs":8000,"times":1)"));
+      create_job(job_id, document("2.0.0", "2.0.0"));
+      EXPECT_TRUE(eventually([&] {
+        std::error_code ec;
+        auto size = fs::file_size(path("state/downloads/" + job_id + ".part"), ec);
+        return (!ec && size > 0) || s3_body_bytes_sent() > 0;
+      })) << daemon->log_tail();
+    } else {
+      block(where);
+      create_job(job_id, document("2.0.0", "2.0.0"));
+      hook_pid = wait_entered(where);
+      EXPECT_NE(hook_pid, 0) << daemon->log_tail();
+    }
+    return hook_pid;
+  }
+
   std::string document(const std::string& version, const std::string& meta,
                        bool force = false) const {
     return std::string("{\"action\":\"update\",\"version\":\"") + version + "\",\"file\":\"" +

@@ -30,32 +30,9 @@ TEST_P(E2eKillTest, RestartAfterSigkillFinishesTheJob) {
   daemon.emplace(start_daemon(config));
   ASSERT_TRUE(daemon->wait_for_line("ready: subscribed", 30s)) << daemon->log_tail();
 
-  pid_t hook_pid = 0;
-  if (where == "ready") {
-    // ready runs after a reboot: the restart hook ends the daemon, a new one continues.
-    std::ofstream(path("reboot_once")) << "1\n";
-    block("ready");
-    create_job("upparat_kill", document("2.0.0", "2.0.0"));
-    auto exited = daemon->wait_exit(60s);
-    ASSERT_TRUE(exited) << exited.error().message();
-    daemon.reset();
-    daemon.emplace(start_daemon(config, "upparat-after-reboot"));
-    hook_pid = wait_entered("ready");
-    ASSERT_NE(hook_pid, 0) << daemon->log_tail();
-  } else if (where == "downloading") {
-    ASSERT_TRUE(emulator_->add_s3_fault(kBucket, kKey,
-                                        R"("stallAfterBytes":65536,"stallMs":8000,"times":1)"));
-    create_job("upparat_kill", document("2.0.0", "2.0.0"));
-    ASSERT_TRUE(eventually([&] {
-      std::error_code ec;
-      auto size = fs::file_size(path("state/downloads/upparat_kill.part"), ec);
-      return (!ec && size > 0) || s3_body_bytes_sent() > 0;
-    })) << daemon->log_tail();
-  } else {
-    block(where);
-    create_job("upparat_kill", document("2.0.0", "2.0.0"));
-    hook_pid = wait_entered(where);
-    ASSERT_NE(hook_pid, 0) << daemon->log_tail();
+  const pid_t hook_pid = run_job_into(where, "upparat_kill", config, daemon);
+  if (HasFailure()) {
+    return;
   }
 
   daemon->kill9();
