@@ -18,6 +18,8 @@ packages=(
   googletest libgtest-dev libgmock-dev
   # real peers used by tests and the demo
   mosquitto nginx-light openssl curl procps util-linux
+  # tests/systemd: the unit under a real systemd in a container
+  systemd-container debootstrap
   # later steps (native plugins, packaging)
   rauc swupdate libswupdate-dev libsdbus-c++-dev dbus squashfs-tools cpio
 )

@@ -7,4 +7,9 @@ if [ -n "${UPPARAT_DEMO_DIR:-}" ]; then
   echo "demo: soft restart"
   exit 0
 fi
-exec sudo -n systemctl reboot
+sudo -n systemctl reboot || exit 1
+# systemctl returns as soon as the reboot is queued: wait for the shutdown to stop us (returning
+# 0 here would report a finished soft restart). Still running after 10 minutes: failed.
+sleep 600
+echo "no reboot after 600 s" >&2
+exit 1

@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# Tests the example systemd unit (config/upparat.service) with its hardening and the example
+# hooks (config/hooks/) under a real systemd: boots a Debian 12 container (systemd-nspawn) that
+# shares the host's network namespace, installs the build into it (`cmake --install`), creates
+# the user upparat, a sudoers rule and a stand-in `rauc`, enables the unit and lets one job run
+# through it against mosquitto + the Jobs emulator on the host's 127.0.0.1:
+#   version -> download -> install (sudo rauc install: root reads the download from outside
+#   the unit's sandbox) -> restart (sudo systemctl reboot: the container reboots) -> the unit
+#   starts at boot -> version -> ready (sudo rauc status mark-good) -> SUCCEEDED complete_ready.
+#
+#   tests/systemd/unit_test.sh <build-dir> [<source-dir>]      (as root)
+#
+# Exit 0 = passed, 77 = skipped (the environment cannot boot a container; the reason is
+# printed), anything else = failed. The Debian root file system is built once with debootstrap
+# and cached in $UPPARAT_TEST_ROOTFS (default /var/cache/upparat-test-rootfs); each run writes
+# into an overlay on top of it, removed at the end. Everything started is stopped, also on
+# failure.
+set -euo pipefail
+
+build="$(cd "${1:?usage: unit_test.sh <build-dir> [<source-dir>]}" && pwd)"
+here="$(cd "${2:-$(dirname "${BASH_SOURCE[0]}")/../..}" && pwd)"
+cache="${UPPARAT_TEST_ROOTFS:-/var/cache/upparat-test-rootfs}"
+mirror="${UPPARAT_TEST_MIRROR:-http://deb.debian.org/debian}"
+timeout_s="${UPPARAT_TEST_TIMEOUT:-300}"
+thing="unit-thing"
+job="upparat_unit_$(date +%s)"
+machine="upparat-unit-$$"
+
+say() { printf '==> %s\n' "$*" >&2; }
+skip() { echo "SKIPPED: $*"; exit 77; }
+die() { echo "FAILED: $*" >&2; exit 1; }
+
+# ---- can this environment boot a container at all? --------------------------------------------
+[ "$(id -u)" -eq 0 ] || skip "needs root (systemd-nspawn, overlay mount)"
+command -v systemd-nspawn >/dev/null || skip "systemd-nspawn not installed (apt-get install systemd-container)"
+command -v nsenter >/dev/null || skip "nsenter not installed"
+[ -x /usr/sbin/mosquitto ] || skip "mosquitto not installed"
+emulator="$(find "$build" -type f -name upparat-jobs-emulator -perm -u+x | head -n1)"
+[ -n "$emulator" ] || die "upparat-jobs-emulator not found in $build"
+
+# ---- the cached root file system ---------------------------------------------------------------
+if [ ! -f "$cache/.upparat-rootfs-complete" ]; then
+  command -v debootstrap >/dev/null || skip "no cached rootfs in $cache and debootstrap not installed"
+  say "building the container rootfs in $cache (debootstrap, once; a few minutes)"
+  mkdir -p "$(dirname "$cache")"
+  exec 9>"$cache.lock"
+  flock 9
+  if [ ! -f "$cache/.upparat-rootfs-complete" ]; then
+    rm -rf "$cache.tmp"
+    # The runtime libraries of the daemon (Debian 12 packages), systemd, sudo.
+    if ! debootstrap --variant=minbase \
+      --include=systemd,systemd-sysv,dbus,sudo,libpaho-mqttpp3-1,libpaho-mqtt1.3,libspdlog1.10,libfmt9,libcurl4,libssl3,libsystemd0 \
+      bookworm "$cache.tmp" "$mirror" >"$cache.debootstrap.log" 2>&1; then
+      tail -n 5 "$cache.debootstrap.log" >&2
+      rm -rf "$cache.tmp"
+      skip "debootstrap of Debian bookworm from $mirror failed (see $cache.debootstrap.log)"
+    fi
+    rm -rf "$cache"
+    touch "$cache.tmp/.upparat-rootfs-complete"
+    mv "$cache.tmp" "$cache"
+  fi
+  exec 9>&-
+fi
+
+# ---- everything below is undone by cleanup -----------------------------------------------------
+work="$(mktemp -d /var/tmp/upparat-unit.XXXXXX)"
+root="$work/root"
+pids=()
+nspawn_pid=""
+cgroups=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; then
+      echo "--- journal of the container (upparat.service)" >&2
+      timeout 20 nsenter -t "$(leader)" -m -u -i -p -C -- \
+        journalctl --no-pager -u upparat.service -n 80 >&2 || true
+    fi
+    kill -TERM "$nspawn_pid" 2>/dev/null || true  # orderly shutdown of the container
+    for _ in $(seq 150); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$nspawn_pid" 2>/dev/null || true
+    wait "$nspawn_pid" 2>/dev/null || true
+  fi
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[$i]}" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; then
+    for log in "$work"/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -n 40 "$log" >&2; }; done
+  fi
+  for cg in "${cgroups[@]}"; do
+    [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  if mountpoint -q "$root" 2>/dev/null; then umount "$root" || umount -l "$root" || true; fi
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The container's PID 1 (the child of systemd-nspawn), and a command run inside the container.
+leader() { cat "/proc/$nspawn_pid/task/$nspawn_pid/children" 2>/dev/null | awk '{print $1}'; }
+container_exec() {
+  local l
+  l="$(leader)"
+  [ -n "$l" ] || return 1
+  nsenter -t "$l" -m -u -i -p -C -- "$@"
+}
+
+# The container gets a cgroup of its own (--keep-unit: no systemd on the host to allocate a
+# scope); else its systemd would manage, and at shutdown kill, the caller's cgroup.
+cgroups=()
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  cgroups=("/sys/fs/cgroup/$machine")                                     # unified
+elif [ -d /sys/fs/cgroup/systemd ]; then
+  cgroups=("/sys/fs/cgroup/systemd/$machine")                             # legacy / hybrid
+  [ -f /sys/fs/cgroup/unified/cgroup.procs ] && cgroups+=("/sys/fs/cgroup/unified/$machine")
+fi
+[ "${#cgroups[@]}" -gt 0 ] || skip "no usable cgroup file system under /sys/fs/cgroup"
+for cg in "${cgroups[@]}"; do mkdir "$cg" 2>/dev/null || skip "cannot create the cgroup $cg"; done
+
+mkdir -p "$root" "$work/upper" "$work/ovl"
+mount -t overlay overlay -o "lowerdir=$cache,upperdir=$work/upper,workdir=$work/ovl" "$root" ||
+  skip "cannot mount an overlay file system on $cache"
+
+# ---- install the daemon into the container -----------------------------------------------------
+say "installing the build into the container (cmake --install, prefix /usr)"
+DESTDIR="$root" cmake --install "$build" --prefix /usr >"$work/install.log" 2>&1 ||
+  die "cmake --install failed"
+plugin="$(cd "$root" && find usr/lib -name upparat-script.so | head -n1)"
+[ -n "$plugin" ] && [ -x "$root/usr/sbin/upparat" ] && [ -f "$root/usr/lib/systemd/system/upparat.service" ] ||
+  die "installed files missing (daemon, plugin or unit)"
+cmp -s "$here/config/upparat.service" "$root/usr/lib/systemd/system/upparat.service" ||
+  die "the installed unit is not config/upparat.service"
+
+useradd -R "$root" --system --user-group --home-dir /var/lib/upparat --no-create-home \
+  --shell /usr/sbin/nologin upparat
+# A fresh machine id per run (no first-boot wizard).
+od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$root/etc/machine-id"
+echo >>"$root/etc/machine-id"
+mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+ln -sf /usr/lib/systemd/system/upparat.service "$root/etc/systemd/system/multi-user.target.wants/upparat.service"
+
+# What the example hooks need on a device: sudo for rauc and the reboot.
+cat >"$root/etc/sudoers.d/upparat" <<'EOF'
+upparat ALL=(root) NOPASSWD: /usr/local/bin/rauc, /usr/bin/systemctl reboot
+EOF
+chmod 0440 "$root/etc/sudoers.d/upparat"
+# A stand-in for RAUC: `install` reads the bundle through a separate root service outside the
+# upparat unit's sandbox (like RAUC's D-Bus service would) and "installs" the version of its
+# first line; `status mark-good` marks the slot good.
+mkdir -p "$root/usr/local/bin"
+cat >"$root/usr/local/bin/rauc" <<'EOF'
+#!/bin/sh
+set -e
+umask 022
+mkdir -p /var/lib/fake-rauc /var/lib/upparat-demo
+case "$1 $2" in
+  "install "*)
+    systemd-run --quiet --wait --pipe --property=User=root cat "$2" >/var/lib/fake-rauc/bundle
+    echo "$(id -un) $(cat /proc/self/loginuid 2>/dev/null)" >/var/lib/fake-rauc/installed-by
+    head -n1 /var/lib/fake-rauc/bundle >/var/lib/upparat-demo/installed_version
+    echo "rauc: installed $2"
+    ;;
+  "status mark-good") date >/var/lib/fake-rauc/marked-good ;;
+  *) echo "rauc: unsupported: $*" >&2; exit 1 ;;
+esac
+EOF
+chmod 0755 "$root/usr/local/bin/rauc"
+
+# ---- broker and emulator on the host's loopback ------------------------------------------------
+free_port() {
+  local port
+  for _ in $(seq 100); do
+    port=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
+  done
+  die "no free port found"
+}
+wait_for() {  # wait_for <file> <pattern> <seconds>
+  local t=0
+  until grep -q -- "$2" "$1" 2>/dev/null; do
+    sleep 0.2; t=$((t + 1))
+    [ "$t" -lt $(($3 * 5)) ] || die "timed out waiting for '$2' in $1"
+  done
+}
+
+mqtt_port="$(free_port)"
+cat >"$work/mosquitto.conf" <<EOF
+listener $mqtt_port 127.0.0.1
+allow_anonymous true
+persistence false
+log_dest stdout
+EOF
+/usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+pids+=($!)
+t=0
+until (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null; do
+  sleep 0.2; t=$((t + 1)); [ "$t" -lt 50 ] || die "mosquitto did not listen on port $mqtt_port"
+done
+"$emulator" serve --broker "tcp://127.0.0.1:$mqtt_port" --s3-http >"$work/emulator.log" 2>&1 &
+pids+=($!)
+wait_for "$work/emulator.log" '"ready":true' 20
+control_port="$(grep -o '"control_port":[0-9]*' "$work/emulator.log" | head -n1 | cut -d: -f2)"
+export UPPARAT_EMULATOR_CONTROL="http://127.0.0.1:$control_port"
+
+{ echo "2.0.0-demo"; head -c $((1024 * 1024)) /dev/urandom | base64; } >"$work/firmware.bin"
+"$emulator" put-object --bucket upparat-demo --key firmware.bin --file "$work/firmware.bin" >/dev/null
+"$emulator" create-job --job-id "$job" --document "$here/config/demo-job.json" --thing "$thing" >/dev/null
+
+mkdir -p "$root/etc/upparat"
+cat >"$root/etc/upparat/upparat.toml" <<EOF
+[service]
+state_directory = "/var/lib/upparat"
+[broker]
+host = "127.0.0.1"
+port = $mqtt_port
+plain_tcp = true
+thing_name = "$thing"
+[jobs]
+progress_interval = 1
+progress_percent = 20
+[download]
+allow_http = true
+[retry]
+retry_interval = 2
+[plugins.script]
+path = "/$plugin"
+version = "/usr/share/upparat/hooks/version.sh"
+download = "/usr/share/upparat/hooks/download.sh"
+install = "/usr/share/upparat/hooks/install.sh"
+restart = "/usr/share/upparat/hooks/restart.sh"
+ready = "/usr/share/upparat/hooks/ready.sh"
+kill_grace_seconds = 5
+EOF
+
+# ---- boot; a reboot of the container (the restart hook) ends systemd-nspawn: boot again -------
+boots=0
+boot() {
+  boots=$((boots + 1))
+  say "booting the container (boot $boots)"
+  (
+    for cg in "${cgroups[@]}"; do echo "$BASHPID" >"$cg/cgroup.procs"; done
+    exec systemd-nspawn -D "$root" --boot -M "$machine" --register=no --keep-unit
+  ) </dev/null >>"$work/nspawn.log" 2>&1 &
+  nspawn_pid=$!
+}
+boot
+
+start=$(date +%s)
+status=""
+while :; do
+  if ! kill -0 "$nspawn_pid" 2>/dev/null; then
+    wait "$nspawn_pid" && rc=0 || rc=$?
+    nspawn_pid=""
+    # 133: the container rebooted.
+    [ "$rc" -eq 133 ] || die "systemd-nspawn exited with $rc (boot $boots)"
+    [ "$boots" -lt 3 ] || die "the container rebooted more than twice"
+    boot
+  fi
+  status="$("$emulator" describe --thing "$thing" --job-id "$job" --json 2>/dev/null |
+            grep -o '"status":"[A-Z_]*"' | head -n1 | cut -d'"' -f4 || true)"
+  case "$status" in
+    SUCCEEDED | FAILED | REJECTED | CANCELED | TIMED_OUT | REMOVED) break ;;
+  esac
+  [ $(($(date +%s) - start)) -lt "$timeout_s" ] || die "job not finished after $timeout_s s (status '$status')"
+  sleep 1
+done
+"$emulator" describe --thing "$thing" --job-id "$job" >"$work/describe.log" 2>&1 || true
+cat "$work/describe.log" >&2
+
+[ "$status" = SUCCEEDED ] || die "job $job ended $status"
+grep -q complete_ready "$work/describe.log" || die "job did not succeed with complete_ready"
+[ "$boots" -eq 2 ] || die "expected one reboot by the restart hook, saw $((boots - 1))"
+cmp -s "$work/firmware.bin" "$root/var/lib/fake-rauc/bundle" ||
+  die "rauc (root, outside the unit) did not read the downloaded file intact"
+[ -f "$root/var/lib/fake-rauc/marked-good" ] || die "the ready hook did not mark the slot good"
+container_exec systemctl is-active upparat.service >/dev/null || die "upparat.service not active after the job"
+[ "$(container_exec systemctl show -P User upparat.service)" = upparat ] || die "unit not running as upparat"
+say "PASSED: job $job SUCCEEDED complete_ready through upparat.service (one reboot)"
