@@ -159,6 +159,10 @@ start=$(date +%s)
 result=""
 while :; do
   kill -0 "$daemon_pid" 2>/dev/null || die "the daemon exited"
+  # The status first, then the history: once the status is final, the history read after it
+  # holds the final update too, so the last line is never missed.
+  status="$("$emulator" describe --thing "$thing" --job-id "$job" --json 2>/dev/null |
+            grep -o '"status":"[A-Z_]*"' | head -n1 | cut -d'"' -f4 || true)"
   # The history lines (indented) of the execution, one per status update, each with its
   # versionNumber ("v3"): print those not printed yet.
   out="$("$emulator" describe --thing "$thing" --job-id "$job" 2>/dev/null | grep '^ ' || true)"
@@ -169,8 +173,6 @@ while :; do
       last="$v"
     fi
   done <<<"$out"
-  status="$("$emulator" describe --thing "$thing" --job-id "$job" --json 2>/dev/null |
-            grep -o '"status":"[A-Z_]*"' | head -n1 | cut -d'"' -f4 || true)"
   case "$status" in
     SUCCEEDED | FAILED | REJECTED | CANCELED | TIMED_OUT | REMOVED) result="$status"; break ;;
   esac
