@@ -300,6 +300,9 @@ struct Machine::Impl {
   std::set<std::string> final_tokens;  // the terminal update(s)
   std::vector<jobs::Update> final_updates;
   bool refetch_later = false;
+  // A notify listed jobs of ours while a get was on its way: the get's answer may predate them
+  // (AWS does not order a response against a notification), so an empty answer is not trusted.
+  bool notified_during_get = false;
   std::optional<TimePoint> updates_timer_at;
   std::uint64_t updates_timer = 0;
   std::uint64_t refetch_timer = 0;
@@ -483,6 +486,7 @@ struct Machine::Impl {
     r.job_id = job_id;
     r.token = new_token();
     if (purpose == RequestPurpose::Get) {
+      notified_during_get = false;
       r.topic = jobs::get_topic(s.thing_name);
       r.payload = jobs::build_get_request(r.token);
     } else {
@@ -570,6 +574,13 @@ struct Machine::Impl {
                        [](const auto& a, const auto& b) { return a.queued_at < b.queued_at; });
       selected = queued.front().job_id;
     } else {
+      if (notified_during_get) {
+        // Stale: a notify listed jobs after this get was sent. Wait for them as if that
+        // notify came now, which fetches again.
+        spdlog::debug("get answered nothing pending, but a notify listed jobs since: again");
+        fire(Trigger::NoJobs);
+        return fire(Trigger::JobsNotified);
+      }
       if (durable) {
         spdlog::info("job {} of the saved state is no longer pending: forgetting it",
                      durable->job_id);
@@ -1163,13 +1174,17 @@ struct Machine::Impl {
     auto pending = jobs::parse_notify(payload);
     if (!pending)
       return spdlog::warn("{}", pending.error().message());
+    const bool any = std::any_of(pending->in_progress.begin(), pending->in_progress.end(),
+                                 [&](const auto& j) { return ours(j.job_id); }) ||
+                     std::any_of(pending->queued.begin(), pending->queued.end(),
+                                 [&](const auto& j) { return ours(j.job_id); });
     if (phase == Phase::Monitor) {
-      const bool any = std::any_of(pending->in_progress.begin(), pending->in_progress.end(),
-                                   [&](const auto& j) { return ours(j.job_id); }) ||
-                       std::any_of(pending->queued.begin(), pending->queued.end(),
-                                   [&](const auto& j) { return ours(j.job_id); });
       if (any)
         fire(Trigger::JobsNotified);
+      return;
+    }
+    if (phase == Phase::FetchJobs && any) {
+      notified_during_get = true;
       return;
     }
     if (!job || !has_job(phase) || phase == Phase::Finishing)

@@ -1308,5 +1308,22 @@ TEST(Machine, NeverUsesStartNextOrNext) {
   }
 }
 
+TEST(Machine, NotifyDuringAGetIsNotLostToTheGetsStaleAnswer) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
+  w.cloud.answer = false;  // the get's answer will be late
+  w.connect();
+  ASSERT_EQ(w.cloud.held.size(), 1u);
+  // The cloud answers the get now (nothing pending), but the answer is still on its way...
+  auto stale = w.cloud.respond(w.cloud.held.front());
+  w.cloud.held.clear();
+  w.cloud.answer = true;
+  w.cloud.add(queued("upparat_1"));
+  w.notify();  // ...when the new job's notify overtakes it.
+  for (auto& m : stale)
+    w.handle(m);
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
+}
+
 }  // namespace
 }  // namespace upparat::state::testing
