@@ -7,14 +7,6 @@
 namespace upparat::jobs {
 namespace {
 
-std::size_t utf8_chars(std::string_view text) {
-  std::size_t n = 0;
-  for (unsigned char c : text)
-    if ((c & 0xC0) != 0x80)
-      ++n;
-  return n;
-}
-
 bool is_hex64(std::string_view s) {
   if (s.size() != 64)
     return false;
@@ -29,9 +21,6 @@ bool is_hex64(std::string_view s) {
 }  // namespace
 
 Result<JobDocument> parse_job_document(std::string_view json, bool allow_http) {
-  if (utf8_chars(json) > kJobDocumentMaxChars)
-    return fail("job document has more than " + std::to_string(kJobDocumentMaxChars) +
-                " characters");
   rapidjson::Document doc;
   doc.Parse(json.data(), json.size());
   if (doc.HasParseError() || !doc.IsObject())

@@ -13,9 +13,6 @@
 
 namespace upparat::jobs {
 
-/// AWS IoT's limit on a job document, in characters.
-inline constexpr std::size_t kJobDocumentMaxChars = 32768;
-
 struct JobDocument {
   std::string version;                ///< required, non-empty string
   std::string file;                   ///< required: an https URL (http where allowed)
