@@ -164,6 +164,9 @@ int to_minutes(seconds s) {
   return static_cast<int>(std::clamp<long long>(minutes, 1, 10080));
 }
 
+// A notify with this many entries may have left jobs out.
+constexpr std::size_t kNotifyMayBeTruncated = 10;
+
 enum class TimerPurpose {
   Request,
   CancelCheck,
@@ -1174,10 +1177,13 @@ struct Machine::Impl {
     auto pending = jobs::parse_notify(payload);
     if (!pending)
       return spdlog::warn("{}", pending.error().message());
+    // A notify lists at most 15 executions (10 in older documentation): when other agents'
+    // jobs fill it, one of ours may be left out, so a full-looking list is worth a get too.
     const bool any = std::any_of(pending->in_progress.begin(), pending->in_progress.end(),
                                  [&](const auto& j) { return ours(j.job_id); }) ||
                      std::any_of(pending->queued.begin(), pending->queued.end(),
-                                 [&](const auto& j) { return ours(j.job_id); });
+                                 [&](const auto& j) { return ours(j.job_id); }) ||
+                     pending->in_progress.size() + pending->queued.size() >= kNotifyMayBeTruncated;
     if (phase == Phase::Monitor) {
       if (any)
         fire(Trigger::JobsNotified);

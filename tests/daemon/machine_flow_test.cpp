@@ -323,6 +323,37 @@ TEST(Machine, NotifyInMonitorFetchesJobs) {
   EXPECT_EQ(w.phase(), Phase::Monitor);
 }
 
+// A notify lists at most 15 executions (10 in older documentation): when other agents' jobs
+// fill it, a new job of ours is left out and must still be fetched.
+TEST(Machine, NotifyFullOfOtherAgentsJobsFetchesJobs) {
+  for (int listed : {10, 15}) {
+    World w;
+    w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
+    w.connect();
+    ASSERT_EQ(w.phase(), Phase::Monitor);
+    std::string queued_list;
+    for (int i = 0; i < listed; ++i) {
+      CloudJob other = queued("other_" + std::to_string(i));
+      w.cloud.add(other);
+      queued_list += (i == 0 ? "" : ",") + FakeCloud::summary(other);
+    }
+    w.cloud.add(queued("upparat_new", "2.0", false, 2000));  // queued last: not listed
+    w.handle(MqttMessage{jobs::topic_prefix(kThing) + "/notify",
+                         "{\"timestamp\":1,\"jobs\":{\"QUEUED\":[" + queued_list + "]}}"});
+    EXPECT_EQ(final_state(w, "upparat_new"), "SUCCEEDED version_already_installed") << listed;
+  }
+}
+
+TEST(Machine, ShortNotifyOfOtherAgentsJobsIsIgnored) {
+  World w;
+  w.use(Hooks{});
+  w.connect();
+  w.cloud.add(queued("other_1"));
+  w.notify();
+  EXPECT_EQ(w.cloud.gets, 1);
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+}
+
 // ---- job documents ---------------------------------------------------------------------
 
 class MalformedDocument : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
