@@ -314,7 +314,10 @@ struct Machine::Impl {
   // Consecutive downloads of the job refused as UrlExpired without transferring a byte.
   int url_refusals = 0;
 
-  bool download_counts = true;
+  // Whether the current step's attempts are the saved step's own (see rerun_before), and
+  // whether the running attempt was counted in unfinished_starts.
+  bool counting = true;
+  bool attempt_counted = false;
 
   // Progress budget.
   std::optional<TimePoint> last_progress;
@@ -453,7 +456,7 @@ struct Machine::Impl {
         status("job " + job->id + ": waiting for the download to be allowed");
         if (job->doc.force)
           return gate_open();
-        return begin_step(Step::Download, "download");
+        return begin_step(Step::Download, "download_gate");
       case Phase::Download:
         return enter_download();
       case Phase::DescribeForInstall:
@@ -642,9 +645,9 @@ struct Machine::Impl {
           durable->unfinished_starts >= s.max_unfinished_starts) {
         const Step st = step_name == "verify_job" || step_name == "verify_installation"
                             ? Step::Version
-                        : step_name == "download" ? Step::Download
-                        : step_name == "install"  ? Step::Install
-                                                  : Step::Ready;
+                        : step_name == "download" || step_name == "download_gate" ? Step::Download
+                        : step_name == "install"                                  ? Step::Install
+                                                                                  : Step::Ready;
         final_updates = {make_update("FAILED", failed_state(st),
                                      "daemon died " + std::to_string(durable->unfinished_starts) +
                                          " times during " + std::string(plugin::step_name(st)))};
@@ -657,7 +660,7 @@ struct Machine::Impl {
         return fire(Trigger::AlreadyRebooted);
       if (step_name == "install")
         return fire(s.install_from_url ? Trigger::ResumeStream : Trigger::ResumeDownload);
-      if (step_name == "download")
+      if (step_name == "download" || step_name == "download_gate")
         return fire(Trigger::Redo);
       // verify_job: start over as if new
     } else {
@@ -701,23 +704,40 @@ struct Machine::Impl {
 
   // ---------------------------------------------------------------- steps
 
+  // On the way back to a saved step, the step before it runs again (the download gate
+  // before a resumed download, the download before a resumed install). That run is a check,
+  // not an attempt of the saved step: it neither replaces the saved step nor counts.
+  static bool rerun_before(const std::string& saved, const std::string& durable_step) {
+    return (durable_step == "download_gate" && saved == "download") ||
+           (durable_step == "download" && saved == "install");
+  }
+
+  // Makes `durable_step` the saved step (keeping its counters when it already was), or marks
+  // the step as a re-run before the saved one.
+  void save_step_start(const std::string& durable_step) {
+    step_first_start = now();
+    step_elapsed_base = 0;
+    retry_count = 0;
+    counting = true;
+    if (!durable)
+      return;
+    if (rerun_before(durable->step, durable_step)) {
+      counting = false;
+    } else if (durable->step == durable_step) {
+      retry_count = durable->retry_count;
+      step_elapsed_base = durable->step_elapsed_seconds;
+    } else {
+      durable->step = durable_step;
+      durable->unfinished_starts = 0;
+      durable->retry_count = 0;
+      durable->step_elapsed_seconds = 0;
+    }
+  }
+
   // Starts the step of the current phase (first attempt).
   void begin_step(Step st, const std::string& durable_step) {
     step = st;
-    retry_count = 0;
-    step_first_start = now();
-    step_elapsed_base = 0;
-    if (durable) {
-      if (durable->step == durable_step) {
-        retry_count = durable->retry_count;
-        step_elapsed_base = durable->step_elapsed_seconds;
-      } else {
-        durable->unfinished_starts = 0;
-        durable->retry_count = 0;
-        durable->step_elapsed_seconds = 0;
-      }
-      durable->step = durable_step;
-    }
+    save_step_start(durable_step);
     const seconds deadline = s.step_deadline[static_cast<int>(st)] - seconds(step_elapsed_base);
     if (!configured(st)) {
       // The classic missing hook: not run at all.
@@ -738,14 +758,18 @@ struct Machine::Impl {
   void attempt_starts() {
     if (!durable)
       return;
-    ++durable->unfinished_starts;
-    durable->retry_count = retry_count;
-    durable->step_elapsed_seconds = step_elapsed();
+    if (counting) {
+      ++durable->unfinished_starts;
+      attempt_counted = true;
+      durable->retry_count = retry_count;
+      durable->step_elapsed_seconds = step_elapsed();
+    }
     persist();
   }
 
   void attempt_ended() {
-    if (!durable)
+    attempt_counted = false;
+    if (!durable || !counting)
       return;
     durable->unfinished_starts = 0;
     durable->step_elapsed_seconds = step_elapsed();
@@ -859,18 +883,9 @@ struct Machine::Impl {
   void enter_download() {
     status("job " + job->id + ": downloading");
     step = Step::Download;
-    retry_count = 0;
-    step_first_start = now();
-    step_elapsed_base = 0;
-    // Resuming an install downloads again first (quick: the file is complete); that must not
-    // count as an attempt of the install.
-    download_counts = durable->step != "install";
-    if (download_counts && durable->step != "download") {
-      durable->step = "download";
-      durable->unfinished_starts = 0;
-      durable->retry_count = 0;
-      durable->step_elapsed_seconds = 0;
-    }
+    // Resuming an install downloads again first (quick: the file is complete); that is not
+    // an attempt of the install.
+    save_step_start("download");
     out.push_back(CleanDownloads{job->id});
     update("IN_PROGRESS", "download_start", "none",
            to_minutes(s.step_deadline[static_cast<int>(Step::Download)] +
@@ -879,10 +894,7 @@ struct Machine::Impl {
         set_timer(TimerPurpose::StepDeadline, s.step_deadline[static_cast<int>(Step::Download)]);
     last_progress = now();
     last_percent = 0;
-    if (download_counts)
-      attempt_starts();
-    else
-      persist();
+    attempt_starts();
     Work w{next_id++, true, Step::Download};
     work = w;
     download::Request req;
@@ -911,8 +923,7 @@ struct Machine::Impl {
   }
 
   void on_download_finished(const download::DownloadResult& r) {
-    if (download_counts)
-      attempt_ended();
+    attempt_ended();
     switch (r.outcome) {
       case download::Outcome::Complete:
         job->file = r.file;
@@ -1332,6 +1343,10 @@ struct Machine::Impl {
   void on(const DownloadResumeState& r) {
     if (!current_work(r.work) || !durable)
       return;
+    // Bytes synced to disk are progress: earlier deaths during the download (power cuts in
+    // the middle of a long download) no longer count, only this unfinished attempt does.
+    if (counting && r.resume.synced_bytes > durable->resume.synced_bytes)
+      durable->unfinished_starts = attempt_counted ? 1 : 0;
     durable->resume = r.resume;
     persist();
   }
@@ -1414,9 +1429,10 @@ struct Machine::Impl {
       work.reset();
     } else if (work) {
       out.push_back(StopWork{work->id});
-      if (durable && durable->unfinished_starts > 0) {
+      if (durable && attempt_counted) {
         // Stopped on purpose: the daemon did not die during this attempt.
         --durable->unfinished_starts;
+        attempt_counted = false;
         persist();
       }
     }

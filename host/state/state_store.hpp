@@ -20,9 +20,9 @@ namespace upparat::state {
 struct JobState {
   std::string job_id;
   std::int64_t execution_number = 0;
-  /// The step being done: "verify_job", "download", "install", "reboot" (reboot_start saved,
-  /// maybe not yet acknowledged), "restart", "verify_installation", "ready", or "finish" (the
-  /// final update below is being sent).
+  /// The step being done: "verify_job", "download_gate", "download", "install", "reboot"
+  /// (reboot_start saved, maybe not yet acknowledged), "restart", "verify_installation",
+  /// "ready", or "finish" (the final update below is being sent).
   std::string step;
   /// How often the current step's attempt was started without finishing (daemon died).
   int unfinished_starts = 0;

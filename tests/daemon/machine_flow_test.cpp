@@ -595,6 +595,96 @@ TEST(Machine, GracefulShutdownDoesNotCountAsADeath) {
   EXPECT_EQ(w.phase(), Phase::Restart);
 }
 
+// Power cuts during a long download: each boot resumes it, and as long as bytes reach the
+// disk between the cuts, the download is not "dying" and goes on.
+TEST(Machine, PowerCutsDuringADownloadThatAdvancesDoNotFailIt) {
+  for (bool force : {true, false}) {
+    World w;
+    w.use(Hooks{});
+    w.download_script = [](const RunDownload&) {
+      return std::optional<download::DownloadResult>();
+    };
+    w.cloud.add(queued("upparat_1", "2.0", force));
+    w.connect();
+    for (std::uint64_t cut = 1; cut <= 5; ++cut) {
+      ASSERT_TRUE(w.running_download)
+          << "force " << force << " cut " << cut << ": " << final_state(w, "upparat_1") << " "
+          << final_message(w, "upparat_1");
+      w.handle(DownloadResumeState{w.running_download->work, {cut * 4096, "\"e\""}});
+      w.boot();
+      w.connect();
+    }
+    w.download_script = complete_download;
+    w.finish_download(download::Outcome::Complete);
+    EXPECT_NE(w.phase(), Phase::Finishing) << force;
+    EXPECT_EQ(w.cloud.jobs.at("upparat_1").status, "IN_PROGRESS") << force;
+  }
+}
+
+// A download that dies without a byte written, boot after boot, fails the job; the download
+// gate run before each resumed download does not reset that count.
+TEST(Machine, DownloadDyingThreeTimesWithoutProgressFailsTheJob) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(w.running_download) << i;
+    w.boot();
+    w.connect();
+  }
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED download_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"), "daemon died 3 times during download");
+  EXPECT_EQ(w.downloads_run.size(), 3u);
+}
+
+// The gate is a step of its own: a daemon dying in the download hook three times fails too.
+TEST(Machine, DownloadGateDyingThreeTimesFailsTheJob) {
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Download)
+      return std::nullopt;
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(w.running_step && w.running_step->step == Step::Download) << i;
+    EXPECT_EQ(w.store.state_->step, "download_gate");
+    w.boot();
+    w.connect();
+  }
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED download_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"), "daemon died 3 times during download");
+}
+
+// Resuming an install downloads again first. A SIGTERM then stops that download; it was not an
+// install attempt, so the install's count of deaths stays as it was.
+TEST(Machine, ShutdownDuringTheDownloadBeforeAResumedInstallKeepsTheInstallCount) {
+  World w;
+  w.use(Hooks{});
+  JobState s;
+  s.job_id = "upparat_1";
+  s.execution_number = 1;
+  s.step = "install";
+  s.unfinished_starts = 2;
+  w.store.state_ = s;
+  CloudJob j = queued("upparat_1");
+  j.status = "IN_PROGRESS";
+  w.cloud.add(j);
+  w.download_script = [](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.boot();
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  w.handle(ShutdownRequested{});
+  ASSERT_TRUE(w.store.state_);
+  EXPECT_EQ(w.store.state_->step, "install");
+  EXPECT_EQ(w.store.state_->unfinished_starts, 2);
+}
+
 TEST(Machine, ShutdownDuringRestartStopsAndReportsNothing) {
   World w;
   w.use(Hooks{});
