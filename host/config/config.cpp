@@ -500,6 +500,9 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     UPPARAT_TRY(speed, s.integer("max_bytes_per_second", 0, INT64_MAX));
     if (*speed)
       d.max_bytes_per_second = static_cast<std::uint64_t>(**speed);
+    UPPARAT_TRY(reserve, s.integer("reserve_bytes", 0, INT64_MAX));
+    if (*reserve)
+      d.reserve_bytes = static_cast<std::uint64_t>(**reserve);
     UPPARAT_TRY(fsync, s.integer("fsync_interval", 1, 3600));
     set_seconds(d.fsync_interval, *fsync);
     UPPARAT_TRY(cap, s.integer("backoff_cap", 1, 3600));

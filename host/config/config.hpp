@@ -73,6 +73,8 @@ struct Download {
   bool allow_http = false;
   std::uint64_t max_bytes_per_second = 0;
   std::chrono::seconds fsync_interval{5};
+  /// Free space a download must leave on its filesystem.
+  std::uint64_t reserve_bytes = 16 * 1024 * 1024;
   std::chrono::seconds backoff_cap{64};
   bool group_readable = false;  ///< directory 0750 and files 0640 (an installer's group)
 };

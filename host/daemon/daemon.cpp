@@ -470,6 +470,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   ds.proxy = config.download.proxy;
   ds.allow_http = config.download.allow_http;
   ds.max_bytes_per_second = config.download.max_bytes_per_second;
+  ds.reserve_bytes = config.download.reserve_bytes;
   ds.fsync_every = config.download.fsync_interval;
   ds.backoff_cap = config.download.backoff_cap;
   if (config.download.group_readable) {

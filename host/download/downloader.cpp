@@ -461,9 +461,10 @@ Status Run::check_space(std::uint64_t total) {
                  available.error().message());
     return {};
   }
-  if (*available < needed) {
+  if (*available < needed || *available - needed < settings_.reserve_bytes) {
     return fail("not enough free space in " + settings_.directory.string() + ": " +
-                human_bytes(needed) + " needed, " + human_bytes(*available) + " available");
+                human_bytes(needed) + " needed and " + human_bytes(settings_.reserve_bytes) +
+                " kept free (reserve_bytes), " + human_bytes(*available) + " available");
   }
   return {};
 }

@@ -42,6 +42,9 @@ struct Settings {
   /// Retry delays: full jitter, uniformly random in [0, min(cap, base * 2^attempt)].
   std::chrono::milliseconds backoff_base{1000};
   std::chrono::milliseconds backoff_cap{64000};
+  /// Free space the download must leave on its filesystem (it usually shares it with the
+  /// daemon's state, which must still be saved before the restart).
+  std::uint64_t reserve_bytes = 16 * 1024 * 1024;
   /// Attempts per run() before giving up with Failed; 0 = until stopped.
   int max_attempts = 0;
   /// Minimum time between two progress callbacks (the last one is always delivered).

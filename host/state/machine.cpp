@@ -353,13 +353,17 @@ struct Machine::Impl {
 
   void status(const std::string& text) { out.push_back(SystemdStatus{text}); }
 
-  void persist() {
+  // Saves the job state. A failure is logged here; only the save before the restart must
+  // succeed for the flow to go on (see enter_reboot_ack).
+  Status persist() {
     if (!durable)
-      return;
+      return {};
     if (job)
       durable->store = job->kv->snapshot();
-    if (auto saved = store.save(*durable); !saved)
+    auto saved = store.save(*durable);
+    if (!saved)
       spdlog::error("cannot save the job state: {}", saved.error().message());
+    return saved;
   }
 
   void forget_durable() {
@@ -1030,7 +1034,14 @@ struct Machine::Impl {
     status("job " + job->id + ": reboot starts");
     durable->step = "reboot";
     durable->unfinished_starts = 0;
-    persist();
+    if (auto saved = persist(); !saved) {
+      // Restarting now would resume the install after the reboot (the saved step is still
+      // `install`): on a full disk, an install-and-reboot loop. Announce nothing; fail.
+      final_updates = {
+          make_update("FAILED", failed_state(Step::Restart),
+                      "cannot save the job state before the restart: " + saved.error().message())};
+      return fire(Trigger::StepFailed);
+    }
     const auto budget = s.step_deadline[static_cast<int>(Step::Restart)] +
                         s.step_deadline[static_cast<int>(Step::Version)] +
                         s.step_deadline[static_cast<int>(Step::Ready)] +

@@ -78,6 +78,8 @@ class MemoryStateStore final : public StateStore {
  public:
   [[nodiscard]] Result<std::optional<JobState>> load() override { return state_; }
   [[nodiscard]] Status save(const JobState& state) override {
+    if (fail_saves_with)
+      return fail(*fail_saves_with);
     state_ = state;
     ++saves_;
     return {};
@@ -88,6 +90,8 @@ class MemoryStateStore final : public StateStore {
   }
   std::optional<JobState> state_;
   int saves_ = 0;
+  /// When set, save() fails with this message (a full disk, for example).
+  std::optional<std::string> fail_saves_with;
 };
 
 }  // namespace upparat::state

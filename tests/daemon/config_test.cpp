@@ -90,6 +90,7 @@ TEST_F(ConfigTest, FullConfiguration) {
            "poll_interval = 0\nmax_url_refusals = 3\n"
            "[jobs.deadlines]\ninstall = 60\n"
            "[download]\ndirectory = \"/data/dl\"\nallow_http = true\nmax_bytes_per_second = 1000\n"
+           "reserve_bytes = 4096\n"
            "[retry]\nretry_interval = 2\nmax_retries = 3\n"
            "[steps]\ninstall = \"script\"\nversion = \"script\"\n"
            "[plugins.script]\npath = \"upparat-script.so\"\ninstall = \"/bin/true\"\n"
@@ -107,6 +108,7 @@ TEST_F(ConfigTest, FullConfiguration) {
   EXPECT_EQ(config->jobs.deadlines.at("download").count(), 86400);
   EXPECT_EQ(config->download.directory, "/data/dl");
   EXPECT_EQ(config->download.max_bytes_per_second, 1000u);
+  EXPECT_EQ(config->download.reserve_bytes, 4096u);
   EXPECT_EQ(config->retry.max_retries, 3);
   EXPECT_EQ(config->steps.at("install"), "script");
   EXPECT_EQ(config->steps.count("restart"), 0u);

@@ -685,6 +685,30 @@ TEST(Machine, ShutdownDuringTheDownloadBeforeAResumedInstallKeepsTheInstallCount
   EXPECT_EQ(w.store.state_->unfinished_starts, 2);
 }
 
+// The saved step must say `reboot` before the restart is announced or started: with the old
+// `install` saved, the next boot would install again and restart again, on every boot.
+TEST(Machine, RestartIsNotStartedWhenTheRebootStepCannotBeSaved) {
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install)
+      w.store.fail_saves_with = "write state.json.tmp: No space left on device";
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_EQ(w.cloud.states("upparat_1"),
+            (Strings{"download_start", "installation_start", "restart_hook_failed"}));
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED restart_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"),
+            "cannot save the job state before the restart: write state.json.tmp: No space left "
+            "on device");
+  EXPECT_FALSE(std::any_of(w.steps_run.begin(), w.steps_run.end(),
+                           [](const RunStep& r) { return r.step == Step::Restart; }));
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+}
+
 TEST(Machine, ShutdownDuringRestartStopsAndReportsNothing) {
   World w;
   w.use(Hooks{});

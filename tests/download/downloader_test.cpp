@@ -776,5 +776,23 @@ TEST_F(DownloaderTest, NotEnoughFreeSpaceIsCheckedFirst) {
   EXPECT_NE(result2.reason.find("not enough free space"), std::string::npos) << result2.reason;
 }
 
+// A download that fits but would leave less than reserve_bytes free fails before it starts:
+// the job state, which shares the filesystem, must still be saved before the restart.
+TEST_F(DownloaderTest, ReserveBytesAreKeptFree) {
+  const auto data = put("reserve", 100 * 1024, 36);
+  auto disk = std::make_shared<FailingFileSystem>(1ULL << 40);
+  disk->available_ = data.size() + 1000;
+  Downloader d(settings_, disk);
+  ResumeState resume;
+  const auto result = run(d, request("reserve", data), resume);
+  ASSERT_EQ(result.outcome, Outcome::Failed);
+  EXPECT_NE(result.reason.find("reserve_bytes"), std::string::npos) << result.reason;
+  EXPECT_EQ(server_->stats(kBucket, "reserve").get_requests, 0u);
+  // With room for the file and the reserve, it downloads.
+  disk->available_ = data.size() + settings_.reserve_bytes;
+  ResumeState resume2;
+  EXPECT_EQ(run(d, request("reserve", data), resume2).outcome, Outcome::Complete);
+}
+
 }  // namespace
 }  // namespace upparat::download
