@@ -177,6 +177,7 @@ enum class TimerPurpose {
   Refetch,
   Poll,      // monitor: the safety-net get
   UrlRetry,  // download: the back-off before describing again for a fresh URL
+  Ended,     // the next try of an ended execution's minimal terminal update
 };
 
 enum class RequestPurpose { Get, Select, Stream };
@@ -267,6 +268,17 @@ struct Machine::Impl {
     std::optional<std::filesystem::path> file;
   };
   std::optional<Job> job;
+  // The final update of the job was refused once: the minimal one went out.
+  std::optional<jobs::Update> final_minimal;
+  // Executions ended locally (their terminal update refused for good), by job id: never
+  // worked on again; their minimal update is retried with back-off.
+  struct Ended {
+    EndedExecution execution;
+    int tries = 0;
+    std::uint64_t timer = 0;
+    std::set<std::string> tokens;  // of the try in flight
+  };
+  std::map<std::string, Ended> ended;
   std::optional<std::string> selected;  // job id picked from get, before its describe
   std::optional<JobState> durable;      // what is (to be) saved for the job
 
@@ -545,11 +557,12 @@ struct Machine::Impl {
   void on_get_accepted(const jobs::PendingJobs& pending) {
     std::vector<jobs::JobSummary> in_progress;
     std::vector<jobs::JobSummary> queued;
+    forget_ended_not_listed(pending);
     for (const auto& j : pending.in_progress)
-      if (ours(j.job_id) && jobs::valid_job_id(j.job_id))
+      if (ours(j.job_id) && jobs::valid_job_id(j.job_id) && !is_ended(j))
         in_progress.push_back(j);
     for (const auto& j : pending.queued)
-      if (ours(j.job_id) && jobs::valid_job_id(j.job_id))
+      if (ours(j.job_id) && jobs::valid_job_id(j.job_id) && !is_ended(j))
         queued.push_back(j);
     if (in_progress.size() > 1) {
       final_updates.clear();
@@ -1099,12 +1112,156 @@ struct Machine::Impl {
       out.push_back(RemoveDownload{durable->job_id});
     forget_durable();
     url_refusals = 0;
+    final_minimal.reset();
     job.reset();
     selected.reset();
     if (cancel_check) {
       cancel_timer(cancel_check->timer);
       cancel_check.reset();
     }
+  }
+
+  // ---------------------------------------------------------------- refused final updates
+
+  // The final update was refused for good (InvalidRequest, for example). The job is never
+  // worked on again: once more with minimal statusDetails, then it ends locally.
+  void on_final_refused(const jobs::UpdateOutcome& o) {
+    if (!job || o.update.job_id != job->id || phase != Phase::Finishing) {
+      refetch_later = true;  // error_multiple_in_progress: the next get shows what is left
+      return;
+    }
+    if (!final_minimal) {
+      final_minimal = make_update(o.update.status, o.update.state, "none");
+      spdlog::error(
+          "job {}: the final update {} {} was refused ({}: {}): sending it again with "
+          "minimal status details",
+          job->id, o.update.status, o.update.state, o.code, o.message);
+      if (durable && durable->step == "finish") {
+        durable->final_message = "none";
+        (void)persist();
+      }
+      if (job->status == "QUEUED") {
+        jobs::Update start = *final_minimal;
+        start.status = "IN_PROGRESS";
+        final_tokens.insert(enqueue(start));
+      }
+      final_tokens.insert(enqueue(*final_minimal));
+      return;
+    }
+    // The rest of this try (the terminal update after a refused IN_PROGRESS) goes too.
+    final_tokens.clear();
+    updates.drop_job(job->id);
+    const jobs::Update minimal = *final_minimal;
+    spdlog::critical(
+        "job {} (execution {}): the cloud refuses its final update {} {} even with minimal "
+        "status details ({}: {}). The job is ended on this device and never run again; the "
+        "update is retried with back-off up to every hour. Check the job in the AWS IoT "
+        "console.",
+        job->id, job->execution, minimal.status, minimal.state, o.code, o.message);
+    EndedExecution e{job->id, job->execution, minimal.status, minimal.state,
+                     job->status == "QUEUED"};
+    Ended record;
+    record.execution = e;
+    record.tries = 1;
+    record.timer = set_timer(TimerPurpose::Ended, ended_delay(record.tries));
+    ended[job->id] = std::move(record);
+    save_ended();
+  }
+
+  // 1 min, 2, 4, ... capped at 1 h.
+  milliseconds ended_delay(int tries) const {
+    milliseconds delay = s.ended_retry_base;
+    for (int i = 0; i < tries && delay < s.ended_retry_cap; ++i)
+      delay *= 2;
+    return std::min(delay, s.ended_retry_cap);
+  }
+
+  void save_ended() {
+    std::vector<EndedExecution> list;
+    for (const auto& [id, e] : ended)
+      list.push_back(e.execution);
+    if (auto saved = store.save_ended(list); !saved)
+      spdlog::error("cannot save the ended executions: {}", saved.error().message());
+  }
+
+  bool is_ended(const jobs::JobSummary& j) const {
+    auto it = ended.find(j.job_id);
+    return it != ended.end() && it->second.execution.execution_number == j.execution_number;
+  }
+
+  // An ended execution that the cloud no longer lists as pending is over there too.
+  void forget_ended_not_listed(const jobs::PendingJobs& pending) {
+    bool changed = false;
+    for (auto it = ended.begin(); it != ended.end();) {
+      auto listed = [&](const std::vector<jobs::JobSummary>& list) {
+        return std::any_of(list.begin(), list.end(), [&](const auto& j) {
+          return j.job_id == it->first &&
+                 j.execution_number == it->second.execution.execution_number;
+        });
+      };
+      if (listed(pending.in_progress) || listed(pending.queued)) {
+        ++it;
+        continue;
+      }
+      spdlog::info("job {}: no longer pending in the cloud, no longer retried", it->first);
+      cancel_timer(it->second.timer);
+      updates.drop_job(it->first);
+      it = ended.erase(it);
+      changed = true;
+    }
+    if (changed)
+      save_ended();
+  }
+
+  void retry_ended(std::uint64_t timer) {
+    for (auto& [id, e] : ended) {
+      if (e.timer != timer)
+        continue;
+      e.timer = 0;
+      ++e.tries;
+      jobs::Update u;
+      u.job_id = id;
+      u.state = e.execution.state;
+      u.message = "none";
+      if (e.execution.queued) {
+        u.status = "IN_PROGRESS";
+        e.tokens.insert(enqueue(u));
+      }
+      u.status = e.execution.status;
+      e.tokens.insert(enqueue(u));
+      return;
+    }
+  }
+
+  // True when `o` answers a try of an ended execution.
+  bool on_ended_outcome(const jobs::UpdateOutcome& o) {
+    auto it = ended.find(o.update.job_id);
+    if (it == ended.end() || it->second.tokens.erase(o.client_token) == 0)
+      return false;
+    Ended& e = it->second;
+    const bool terminal = o.update.status != "IN_PROGRESS";
+    if (o.result == jobs::UpdateResult::Gone ||
+        (o.result == jobs::UpdateResult::Accepted && terminal)) {
+      spdlog::warn(
+          "job {}: the final update {} {} was {} at last", it->first, o.update.status,
+          o.update.state,
+          o.result == jobs::UpdateResult::Gone ? "overtaken (the job is gone)" : "accepted");
+      updates.drop_job(it->first);
+      cancel_timer(e.timer);
+      ended.erase(it);
+      save_ended();
+      return true;
+    }
+    if (o.result == jobs::UpdateResult::Rejected) {
+      e.tokens.clear();
+      updates.drop_job(it->first);
+      const auto delay = ended_delay(e.tries);
+      spdlog::error("job {}: the final update {} {} is still refused ({}); next try in {} s",
+                    it->first, o.update.status, o.update.state, o.code,
+                    duration_cast<seconds>(delay).count());
+      e.timer = set_timer(TimerPurpose::Ended, delay);
+    }
+    return true;
   }
 
   // ---------------------------------------------------------------- events
@@ -1118,6 +1275,20 @@ struct Machine::Impl {
       durable = **loaded;
       spdlog::info("saved state: job {} (execution {}) at step {}", durable->job_id,
                    durable->execution_number, durable->step);
+    }
+    if (auto saved = store.load_ended(); !saved) {
+      spdlog::error("ignoring the saved ended executions: {}", saved.error().message());
+    } else {
+      for (auto& e : *saved) {
+        spdlog::error(
+            "job {} (execution {}) ended locally: its final update {} {} is still "
+            "refused; retrying it",
+            e.job_id, e.execution_number, e.status, e.state);
+        Ended record;
+        record.execution = e;
+        record.timer = set_timer(TimerPurpose::Ended, ended_delay(0));
+        ended[e.job_id] = std::move(record);
+      }
     }
     out.push_back(CleanDownloads{durable ? durable->job_id : ""});
     status("connecting");
@@ -1274,9 +1445,14 @@ struct Machine::Impl {
   void on_update_outcome(const jobs::UpdateOutcome& o) {
     if (o.result == jobs::UpdateResult::Gone && job && o.update.job_id == job->id && has_job(phase))
       return job_gone(job->id);
+    if (on_ended_outcome(o))
+      return;
+    if (o.result == jobs::UpdateResult::Accepted && job && o.update.job_id == job->id &&
+        o.update.status == "IN_PROGRESS")
+      job->status = "IN_PROGRESS";
     if (final_tokens.erase(o.client_token) != 0) {
       if (o.result == jobs::UpdateResult::Rejected)
-        refetch_later = true;
+        on_final_refused(o);
       return maybe_done();
     }
     if (!awaited_token.empty() && o.client_token == awaited_token) {
@@ -1420,6 +1596,8 @@ struct Machine::Impl {
           fire(Trigger::UrlExpired);
         }
         return;
+      case TimerPurpose::Ended:
+        return retry_ended(t.id);
       case TimerPurpose::Refetch:
         if (refetch_timer == t.id && phase == Phase::FetchJobs) {
           refetch_timer = 0;

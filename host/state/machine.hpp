@@ -120,6 +120,10 @@ struct MachineSettings {
   int max_url_refusals = 5;
   std::chrono::milliseconds url_refused_backoff_base{30000};
   std::chrono::milliseconds url_refused_backoff_cap{600000};
+  /// An execution whose final update is refused even with minimal statusDetails ends on the
+  /// device; the minimal update is retried after base * 2^n, capped.
+  std::chrono::milliseconds ended_retry_base{60000};
+  std::chrono::milliseconds ended_retry_cap{3600000};
   /// A step whose attempt was started this many times without finishing fails the job
   /// ("daemon died N times during <step>"); restart excepted.
   int max_unfinished_starts = 3;

@@ -45,6 +45,77 @@ bool JobState::operator==(const JobState& o) const {
          final_state == o.final_state && final_message == o.final_message && store == o.store;
 }
 
+bool EndedExecution::operator==(const EndedExecution& o) const {
+  return job_id == o.job_id && execution_number == o.execution_number && status == o.status &&
+         state == o.state && queued == o.queued;
+}
+
+std::string to_json(const std::vector<EndedExecution>& ended) {
+  rapidjson::StringBuffer buffer;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+  w.StartObject();
+  w.Key("format");
+  w.Int(kFormatVersion);
+  w.Key("ended");
+  w.StartArray();
+  for (const auto& e : ended) {
+    w.StartObject();
+    w.Key("job_id");
+    w.String(e.job_id.c_str());
+    w.Key("execution_number");
+    w.Int64(e.execution_number);
+    w.Key("status");
+    w.String(e.status.c_str());
+    w.Key("state");
+    w.String(e.state.c_str());
+    w.Key("queued");
+    w.Bool(e.queued);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+Result<std::vector<EndedExecution>> ended_from_json(const std::string& text) {
+  rapidjson::Document d;
+  d.Parse(text.data(), text.size());
+  if (d.HasParseError() || !d.IsObject())
+    return fail("not a JSON object");
+  auto format = d.FindMember("format");
+  if (format == d.MemberEnd() || !format->value.IsInt() || format->value.GetInt() != kFormatVersion)
+    return fail("unknown format (expected \"format\": " + std::to_string(kFormatVersion) + ")");
+  auto list = d.FindMember("ended");
+  if (list == d.MemberEnd() || !list->value.IsArray())
+    return fail("no \"ended\" list");
+  std::vector<EndedExecution> out;
+  for (const auto& v : list->value.GetArray()) {
+    auto text_of = [&](const char* key) -> std::optional<std::string> {
+      auto m = v.FindMember(key);
+      if (m == v.MemberEnd() || !m->value.IsString() || m->value.GetStringLength() == 0)
+        return std::nullopt;
+      return std::string(m->value.GetString(), m->value.GetStringLength());
+    };
+    if (!v.IsObject())
+      return fail("an entry of \"ended\" is not an object");
+    auto exec = v.FindMember("execution_number");
+    auto queued = v.FindMember("queued");
+    EndedExecution e;
+    auto job_id = text_of("job_id");
+    auto status = text_of("status");
+    auto state = text_of("state");
+    if (!job_id || !status || !state || exec == v.MemberEnd() || !exec->value.IsInt64())
+      return fail("an entry of \"ended\" lacks job_id, execution_number, status or state");
+    e.job_id = *job_id;
+    e.execution_number = exec->value.GetInt64();
+    e.status = *status;
+    e.state = *state;
+    e.queued = queued != v.MemberEnd() && queued->value.IsBool() && queued->value.GetBool();
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 std::string to_json(const JobState& s) {
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
@@ -148,26 +219,57 @@ std::filesystem::path FileStateStore::path() const {
   return directory_ / "state.json";
 }
 
-Result<std::optional<JobState>> FileStateStore::load() {
-  std::ifstream in(path(), std::ios::binary);
+Result<std::optional<std::string>> FileStateStore::read_file(const std::string& name) const {
+  const std::filesystem::path file = directory_ / name;
+  std::ifstream in(file, std::ios::binary);
   if (!in) {
     std::error_code ec;
-    if (!std::filesystem::exists(path(), ec))
-      return std::optional<JobState>{};
-    return fail("cannot read " + path().string());
+    if (!std::filesystem::exists(file, ec))
+      return std::optional<std::string>{};
+    return fail("cannot read " + file.string());
   }
   std::stringstream text;
   text << in.rdbuf();
-  auto state = job_state_from_json(text.str());
+  return std::optional<std::string>(text.str());
+}
+
+Result<std::optional<JobState>> FileStateStore::load() {
+  auto text = read_file("state.json");
+  if (!text)
+    return fail(text.error());
+  if (!*text)
+    return std::optional<JobState>{};
+  auto state = job_state_from_json(**text);
   if (!state)
     return fail(state.error().context(path().string()));
   return std::optional<JobState>(std::move(*state));
 }
 
+Result<std::vector<EndedExecution>> FileStateStore::load_ended() {
+  auto text = read_file("ended.json");
+  if (!text)
+    return fail(text.error());
+  if (!*text)
+    return std::vector<EndedExecution>{};
+  auto ended = ended_from_json(**text);
+  if (!ended)
+    return fail(ended.error().context((directory_ / "ended.json").string()));
+  return ended;
+}
+
 Status FileStateStore::save(const JobState& state) {
-  const std::filesystem::path target = path();
-  const std::filesystem::path temp = directory_ / "state.json.tmp";
-  const std::string data = to_json(state);
+  return write_file("state.json", to_json(state));
+}
+
+Status FileStateStore::save_ended(const std::vector<EndedExecution>& ended) {
+  if (ended.empty())
+    return remove_file("ended.json");
+  return write_file("ended.json", to_json(ended));
+}
+
+Status FileStateStore::write_file(const std::string& name, const std::string& data) {
+  const std::filesystem::path target = directory_ / name;
+  const std::filesystem::path temp = directory_ / (name + ".tmp");
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0)
     return fail("cannot create " + temp.string() + ": " + errno_text());
@@ -201,8 +303,13 @@ Status FileStateStore::save(const JobState& state) {
 }
 
 Status FileStateStore::clear() {
-  if (::unlink(path().c_str()) != 0 && errno != ENOENT)
-    return fail("cannot remove " + path().string() + ": " + errno_text());
+  return remove_file("state.json");
+}
+
+Status FileStateStore::remove_file(const std::string& name) {
+  const std::filesystem::path file = directory_ / name;
+  if (::unlink(file.c_str()) != 0 && errno != ENOENT)
+    return fail("cannot remove " + file.string() + ": " + errno_text());
   const int dir = ::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir >= 0) {
     (void)::fsync(dir);

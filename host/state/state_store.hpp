@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/error.hpp"
 #include "download/downloader.hpp"
@@ -43,9 +44,26 @@ struct JobState {
   bool operator==(const JobState& o) const;
 };
 
+/// An execution whose terminal update the cloud refused for good, even with minimal
+/// statusDetails. It is never worked on again; its minimal update is retried with back-off.
+struct EndedExecution {
+  std::string job_id;
+  std::int64_t execution_number = 0;
+  /// The minimal terminal update to retry.
+  std::string status;
+  std::string state;
+  /// The cloud still had it QUEUED: an IN_PROGRESS update goes first.
+  bool queued = false;
+
+  bool operator==(const EndedExecution& o) const;
+};
+
 /// JSON text of a JobState, and back (fails on malformed or incomplete text).
 [[nodiscard]] std::string to_json(const JobState& state);
 [[nodiscard]] Result<JobState> job_state_from_json(const std::string& text);
+/// JSON text of the ended executions, and back.
+[[nodiscard]] std::string to_json(const std::vector<EndedExecution>& ended);
+[[nodiscard]] Result<std::vector<EndedExecution>> ended_from_json(const std::string& text);
 
 /// Where the machine keeps its JobState.
 class StateStore {
@@ -57,19 +75,30 @@ class StateStore {
   [[nodiscard]] virtual Status save(const JobState& state) = 0;
   /// Removes the saved state (no job in progress).
   [[nodiscard]] virtual Status clear() = 0;
+  /// The executions ended locally (empty when none were saved). Kept apart from the job
+  /// state: they outlive the job being worked on.
+  [[nodiscard]] virtual Result<std::vector<EndedExecution>> load_ended() = 0;
+  /// Replaces the saved list atomically (an empty list removes it).
+  [[nodiscard]] virtual Status save_ended(const std::vector<EndedExecution>& ended) = 0;
 };
 
-/// `<directory>/state.json`, written to a temp file, fsynced, renamed over the old one, and
-/// the directory fsynced.
+/// `<directory>/state.json` and `<directory>/ended.json`, each written to a temp file,
+/// fsynced, renamed over the old one, and the directory fsynced.
 class FileStateStore final : public StateStore {
  public:
   explicit FileStateStore(std::filesystem::path directory);
   [[nodiscard]] Result<std::optional<JobState>> load() override;
   [[nodiscard]] Status save(const JobState& state) override;
   [[nodiscard]] Status clear() override;
+  [[nodiscard]] Result<std::vector<EndedExecution>> load_ended() override;
+  [[nodiscard]] Status save_ended(const std::vector<EndedExecution>& ended) override;
   [[nodiscard]] std::filesystem::path path() const;
 
  private:
+  /// The text of `<directory>/<name>`, or nullopt when it does not exist.
+  [[nodiscard]] Result<std::optional<std::string>> read_file(const std::string& name) const;
+  [[nodiscard]] Status write_file(const std::string& name, const std::string& data);
+  [[nodiscard]] Status remove_file(const std::string& name);
   std::filesystem::path directory_;
 };
 
@@ -88,7 +117,15 @@ class MemoryStateStore final : public StateStore {
     state_.reset();
     return {};
   }
+  [[nodiscard]] Result<std::vector<EndedExecution>> load_ended() override { return ended_; }
+  [[nodiscard]] Status save_ended(const std::vector<EndedExecution>& ended) override {
+    if (fail_saves_with)
+      return fail(*fail_saves_with);
+    ended_ = ended;
+    return {};
+  }
   std::optional<JobState> state_;
+  std::vector<EndedExecution> ended_;
   int saves_ = 0;
   /// When set, save() fails with this message (a full disk, for example).
   std::optional<std::string> fail_saves_with;

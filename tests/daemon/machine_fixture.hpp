@@ -67,6 +67,9 @@ class FakeCloud {
   int throttle_updates = 0;         // answer the next N updates with RequestThrottled
   bool answer = true;               // false: requests pile up in `held`
   bool lose_updates = false;        // true: updates are recorded, then lost (no answer)
+  // Updates for which this is true are refused with InvalidRequest (as AWS refuses a
+  // statusDetails value it does not accept).
+  std::function<bool(const SentUpdate&)> refuse;
   std::vector<Publish> held;
   int gets = 0;
   int describes = 0;
@@ -174,6 +177,8 @@ class FakeCloud {
     updates.push_back(u);
     if (lose_updates)
       return {};
+    if (refuse && refuse(u))
+      return reject("InvalidRequest");
     if (throttle_updates > 0) {
       --throttle_updates;
       return reject("RequestThrottled");

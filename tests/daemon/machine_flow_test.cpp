@@ -824,6 +824,87 @@ TEST(Machine, UpdateRejectedAsTerminalCancels) {
 
 // ---- updates: order, duplicates, throttling ------------------------------------------------
 
+// ---- a final update the cloud refuses ---------------------------------------------------
+
+int steps_of(const World& w, Step step) {
+  return static_cast<int>(std::count_if(w.steps_run.begin(), w.steps_run.end(),
+                                        [&](const RunStep& r) { return r.step == step; }));
+}
+
+std::vector<std::string> statuses(const World& w, const std::string& id) {
+  std::vector<std::string> out;
+  for (const auto& u : w.cloud.updates)
+    if (u.job_id == id)
+      out.push_back(u.status + " " + u.state + " " + u.message);
+  return out;
+}
+
+// A refused final update must not make the daemon run the job again: it is sent once more
+// with minimal statusDetails (a QUEUED job is set IN_PROGRESS first).
+TEST(Machine, RefusedFinalUpdateIsSentAgainMinimalAndTheJobIsNotRedone) {
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Version)
+      return failed("bad \xef\xbf\xbe reason");
+    return classic(r);
+  };
+  w.cloud.refuse = [](const SentUpdate& u) { return u.message != "none"; };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED version_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"), "none");
+  EXPECT_EQ(steps_of(w, Step::Version), 1);
+  const auto sent = statuses(w, "upparat_1");
+  ASSERT_EQ(sent.size(), 3u);
+  EXPECT_EQ(sent[1], "IN_PROGRESS version_hook_failed none");
+  EXPECT_EQ(sent[2], "FAILED version_hook_failed none");
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_FALSE(w.store.state_);
+}
+
+// Refused even when minimal: the execution ends on the device. It is skipped when jobs are
+// selected (so later jobs run), also after a restart, and the minimal update is retried with
+// back-off until the cloud takes it.
+TEST(Machine, FinalUpdateRefusedForGoodEndsTheExecutionLocally) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  bool refusing = true;
+  w.cloud.refuse = [&](const SentUpdate& u) {
+    return refusing && u.job_id == "upparat_1" && u.status != "IN_PROGRESS";
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  EXPECT_EQ(w.cloud.jobs.at("upparat_1").status, "IN_PROGRESS");
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  ASSERT_EQ(w.store.ended_.size(), 1u);
+  EXPECT_EQ(w.store.ended_[0].job_id, "upparat_1");
+  EXPECT_EQ(w.store.ended_[0].status, "SUCCEEDED");
+  EXPECT_EQ(w.store.ended_[0].state, "complete_soft_restart");
+  const int installs = steps_of(w, Step::Install);
+  EXPECT_EQ(installs, 1);
+
+  // A later job runs; the ended one is not run again, also after a restart.
+  w.cloud.add(queued("upparat_2", "2.0", false, 2000));
+  w.notify();
+  EXPECT_EQ(final_state(w, "upparat_2"), "SUCCEEDED complete_soft_restart");
+  w.boot();
+  w.connect();
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_EQ(steps_of(w, Step::Install), installs + 1);
+
+  // The minimal update is retried with back-off; once accepted, the record goes.
+  const auto tries = w.cloud.updates.size();
+  w.advance(std::chrono::minutes(1));
+  EXPECT_GT(w.cloud.updates.size(), tries);
+  refusing = false;
+  w.advance(std::chrono::hours(1));
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
+  EXPECT_TRUE(w.store.ended_.empty());
+  EXPECT_EQ(steps_of(w, Step::Install), installs + 1);
+}
+
 TEST(Machine, ThrottledUpdatesAreRetriedWithBackoff) {
   World w;
   w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));

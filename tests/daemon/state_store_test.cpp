@@ -60,6 +60,28 @@ TEST(StateStore, RefusesMalformed) {
   EXPECT_TRUE(job_state_from_json(R"({"format":1,"job_id":"a","execution_number":1,"step":"x"})"));
 }
 
+TEST(FileStateStore, EndedExecutionsApartFromTheJobState) {
+  Dir dir;
+  FileStateStore store(dir.path());
+  auto none = store.load_ended();
+  ASSERT_TRUE(none) << none.error().message();
+  EXPECT_TRUE(none->empty());
+  const std::vector<EndedExecution> ended{{"upparat_1", 2, "FAILED", "version_mismatch", true},
+                                          {"upparat_2", 1, "SUCCEEDED", "complete_ready", false}};
+  ASSERT_TRUE(store.save_ended(ended));
+  ASSERT_TRUE(store.save(sample()));
+  ASSERT_TRUE(store.clear());  // the job state goes, the ended executions stay
+  auto loaded = store.load_ended();
+  ASSERT_TRUE(loaded) << loaded.error().message();
+  EXPECT_EQ(*loaded, ended);
+  ASSERT_TRUE(store.save_ended({}));
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "ended.json"));
+  std::ofstream(dir.path() / "ended.json") << R"({"format":1,"ended":[{"job_id":"a"}]})";
+  auto bad = store.load_ended();
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("ended.json"), std::string::npos);
+}
+
 TEST(FileStateStore, SaveLoadClear) {
   Dir dir;
   FileStateStore store(dir.path());
