@@ -46,7 +46,7 @@ std::string get(const Args& args, const std::string& key, const std::string& fal
   return it == args.end() ? fallback : it->second;
 }
 
-// The progress budget of the daemon (issue 5: about 30 messages per download at most): an
+// The progress budget of the daemon (about 30 messages per download at most): an
 // update is published when 5 % more is on disk than at the last one, or 30 s have passed.
 struct Budget {
   std::uint64_t last_bytes = 0;

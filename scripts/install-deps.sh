@@ -20,7 +20,7 @@ packages=(
   mosquitto nginx-light openssl curl procps util-linux
   # tests/systemd: the unit under a real systemd in a container
   systemd-container debootstrap
-  # later steps (native plugins, packaging)
+  # native plugins (RAUC over D-Bus, SWUpdate's IPC) and packaging
   rauc swupdate libswupdate-dev libsdbus-c++-dev dbus squashfs-tools cpio
 )
 
