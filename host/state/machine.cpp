@@ -13,6 +13,8 @@
 #include "jobs/messages.hpp"
 #include "jobs/topics.hpp"
 #include "jobs/update_queue.hpp"
+#include "state/job_selection.hpp"
+#include "state/progress_budget.hpp"
 
 namespace upparat::state {
 namespace {
@@ -332,8 +334,7 @@ struct Machine::Impl {
   bool attempt_counted = false;
 
   // Progress budget.
-  std::optional<TimePoint> last_progress;
-  int last_percent = -1;
+  ProgressBudget progress{s.progress_percent, s.progress_interval};
   std::optional<std::string> pending_line;
   std::uint64_t progress_timer = 0;
 
@@ -555,23 +556,19 @@ struct Machine::Impl {
   }
 
   void on_get_accepted(const jobs::PendingJobs& pending) {
-    std::vector<jobs::JobSummary> in_progress;
-    std::vector<jobs::JobSummary> queued;
     forget_ended_not_listed(pending);
-    for (const auto& j : pending.in_progress)
-      if (ours(j.job_id) && jobs::valid_job_id(j.job_id) && !is_ended(j))
-        in_progress.push_back(j);
-    for (const auto& j : pending.queued)
-      if (ours(j.job_id) && jobs::valid_job_id(j.job_id) && !is_ended(j))
-        queued.push_back(j);
-    if (in_progress.size() > 1) {
+    const Selection selection = select_job(pending, [&](const jobs::JobSummary& j) {
+      return ours(j.job_id) && jobs::valid_job_id(j.job_id) && !is_ended(j);
+    });
+    const auto& in_progress = selection.multiple_in_progress;
+    if (!in_progress.empty()) {
       final_updates.clear();
       std::string ids;
-      for (const auto& j : in_progress)
-        ids += (ids.empty() ? "" : ", ") + j.job_id;
-      for (const auto& j : in_progress) {
+      for (const auto& id : in_progress)
+        ids += (ids.empty() ? "" : ", ") + id;
+      for (const auto& id : in_progress) {
         jobs::Update u;
-        u.job_id = j.job_id;
+        u.job_id = id;
         u.status = "FAILED";
         u.state = "error_multiple_in_progress";
         u.message = sanitize_status_detail(std::to_string(in_progress.size()) +
@@ -581,21 +578,16 @@ struct Machine::Impl {
       spdlog::error("{} jobs IN_PROGRESS ({}): failing all of them", in_progress.size(), ids);
       // None of them goes on: their downloads and the saved state go (no job is set, so
       // end_job() does not run after this).
-      for (const auto& j : in_progress)
-        out.push_back(RemoveDownload{j.job_id});
+      for (const auto& id : in_progress)
+        out.push_back(RemoveDownload{id});
       if (durable) {
         out.push_back(RemoveDownload{durable->job_id});
         forget_durable();
       }
       return fire(Trigger::MultipleInProgress);
     }
-    if (in_progress.size() == 1) {
-      selected = in_progress.front().job_id;
-    } else if (!queued.empty()) {
-      // Oldest queuedAt first; ties keep AWS's queue order.
-      std::stable_sort(queued.begin(), queued.end(),
-                       [](const auto& a, const auto& b) { return a.queued_at < b.queued_at; });
-      selected = queued.front().job_id;
+    if (selection.job_id) {
+      selected = selection.job_id;
     } else {
       if (notified_during_get) {
         // Stale: a notify listed jobs after this get was sent. Wait for them as if that
@@ -909,8 +901,7 @@ struct Machine::Impl {
                       duration_cast<seconds>(s.step_timeout_margin)));
     deadline_timer =
         set_timer(TimerPurpose::StepDeadline, s.step_deadline[static_cast<int>(Step::Download)]);
-    last_progress = now();
-    last_percent = 0;
+    progress.start_download(now());
     attempt_starts();
     Work w{next_id++, true, Step::Download};
     work = w;
@@ -924,17 +915,8 @@ struct Machine::Impl {
   }
 
   void on_download_progress(const download::Progress& p) {
-    const auto percent = p.percent();
-    bool due = false;
-    if (percent)
-      due = *percent - last_percent >= s.progress_percent;
-    else
-      due = !last_progress || now() - *last_progress >= s.progress_interval;
-    if (!due)
+    if (!progress.download_due(p.percent(), now()))
       return;
-    last_progress = now();
-    if (percent)
-      last_percent = *percent;
     update("IN_PROGRESS", "download_progress",
            "{\"downloaded_bytes\": " + std::to_string(p.bytes) + "}", {}, true);
   }
@@ -1007,8 +989,7 @@ struct Machine::Impl {
     awaited_token = update("IN_PROGRESS", "installation_start", "none",
                            to_minutes(s.step_deadline[static_cast<int>(Step::Install)] +
                                       duration_cast<seconds>(s.step_timeout_margin)));
-    last_progress.reset();
-    last_percent = -1;
+    progress.start_install();
   }
 
   void on_install_accepted() {
@@ -1018,23 +999,24 @@ struct Machine::Impl {
 
   void on_install_progress(const StepProgress& p) {
     pending_line = p.line;
-    const bool percent_due = p.percent >= 0 && p.percent - last_percent >= s.progress_percent;
-    const bool time_due = !last_progress || now() - *last_progress >= s.progress_interval;
-    if (percent_due || time_due)
-      return flush_line(p.percent);
+    if (progress.line_due(p.percent, now()))
+      return send_line();
     if (progress_timer == 0)
-      progress_timer =
-          set_timer(TimerPurpose::Progress,
-                    duration_cast<milliseconds>(*last_progress + s.progress_interval - now()));
+      progress_timer = set_timer(TimerPurpose::Progress,
+                                 duration_cast<milliseconds>(progress.line_due_at() - now()));
   }
 
-  void flush_line(int percent = -1) {
+  // The waiting line's time came.
+  void flush_line() {
+    if (pending_line)
+      progress.sent(-1, now());
+    send_line();
+  }
+
+  void send_line() {
     cancel_timer(progress_timer);
     if (!pending_line)
       return;
-    last_progress = now();
-    if (percent >= 0)
-      last_percent = percent;
     update("IN_PROGRESS", "installation_progress", *pending_line, {}, true);
     pending_line.reset();
   }
