@@ -111,6 +111,43 @@ constexpr Transition kTransitions[] = {
     {Phase::Stopping, Trigger::WorkEnded, Phase::FetchJobs},
 };
 
+// How a job continues from its saved step after a restart of the daemon (the same job and
+// execution). `step`: the step whose attempts count towards "daemon died N times" (none for
+// the steps whose purpose is to end the process, and for finish). No trigger: start over as
+// a new job, keeping the saved counts. `streaming`: the trigger when the install plugin
+// installs from the URL.
+struct ResumeRule {
+  SavedStep saved;
+  std::optional<Trigger> trigger;
+  std::optional<Step> step;
+  Trigger streaming;
+};
+
+constexpr ResumeRule kResume[] = {
+    {SavedStep::VerifyJob, std::nullopt, Step::Version, Trigger::Redo},
+    {SavedStep::DownloadGate, Trigger::Redo, Step::Download, Trigger::Redo},
+    {SavedStep::Download, Trigger::Redo, Step::Download, Trigger::Redo},
+    {SavedStep::Install, Trigger::ResumeDownload, Step::Install, Trigger::ResumeStream},
+    {SavedStep::Reboot, Trigger::ResumeReboot, std::nullopt, Trigger::ResumeReboot},
+    {SavedStep::Restart, Trigger::AlreadyRebooted, std::nullopt, Trigger::AlreadyRebooted},
+    {SavedStep::VerifyInstallation, Trigger::AlreadyRebooted, Step::Version,
+     Trigger::AlreadyRebooted},
+    {SavedStep::Ready, Trigger::AlreadyRebooted, Step::Ready, Trigger::AlreadyRebooted},
+    {SavedStep::Finish, Trigger::ResumeFinish, std::nullopt, Trigger::ResumeFinish},
+};
+
+constexpr bool resume_rows_in_order() {
+  for (std::size_t i = 0; i < std::size(kResume); ++i)
+    if (static_cast<std::size_t>(kResume[i].saved) != i)
+      return false;
+  return std::size(kResume) == static_cast<std::size_t>(SavedStep::Finish) + 1;
+}
+static_assert(resume_rows_in_order(), "kResume has one row per SavedStep, in enum order");
+
+const ResumeRule& resume_rule(SavedStep saved) {
+  return kResume[static_cast<std::size_t>(saved)];
+}
+
 // From every phase that works on a job (has_job(): DescribeJob .. Finishing); `from` unused.
 constexpr Transition kAnyJob[] = {
     {Phase::Idle, Trigger::StepFailed, Phase::Finishing},
@@ -468,12 +505,12 @@ struct Machine::Impl {
         return send_request(RequestPurpose::Select, *selected);
       case Phase::VerifyJob:
         status("job " + job->id + ": checking the installed version");
-        return begin_step(Step::Version, "verify_job");
+        return begin_step(Step::Version, SavedStep::VerifyJob);
       case Phase::DownloadGate:
         status("job " + job->id + ": waiting for the download to be allowed");
         if (job->doc.force)
           return gate_open();
-        return begin_step(Step::Download, "download_gate");
+        return begin_step(Step::Download, SavedStep::DownloadGate);
       case Phase::Download:
         return enter_download();
       case Phase::DescribeForInstall:
@@ -484,13 +521,13 @@ struct Machine::Impl {
         return enter_reboot_ack();
       case Phase::Restart:
         status("job " + job->id + ": restarting");
-        return begin_step(Step::Restart, "restart");
+        return begin_step(Step::Restart, SavedStep::Restart);
       case Phase::VerifyInstallation:
         status("job " + job->id + ": verifying the installation");
-        return begin_step(Step::Version, "verify_installation");
+        return begin_step(Step::Version, SavedStep::VerifyInstallation);
       case Phase::Ready:
         status("job " + job->id + ": checking readiness");
-        return begin_step(Step::Ready, "ready");
+        return begin_step(Step::Ready, SavedStep::Ready);
       case Phase::Finishing:
         return enter_finishing();
       case Phase::Stopping:
@@ -644,34 +681,21 @@ struct Machine::Impl {
     spdlog::info("job {} ({}): version {}, file {}{}", job->id, e.status, job->doc.version,
                  redact_url(job->doc.file), job->doc.force ? ", forced" : "");
     if (local) {
-      const std::string& step_name = durable->step;
-      if (step_name == "finish") {
-        final_updates = {
-            make_update(durable->final_status, durable->final_state, durable->final_message)};
-        return fire(Trigger::ResumeFinish);
-      }
-      if (step_name != "restart" && step_name != "reboot" &&
-          durable->unfinished_starts >= s.max_unfinished_starts) {
-        const Step st = step_name == "verify_job" || step_name == "verify_installation"
-                            ? Step::Version
-                        : step_name == "download" || step_name == "download_gate" ? Step::Download
-                        : step_name == "install"                                  ? Step::Install
-                                                                                  : Step::Ready;
-        final_updates = {make_update("FAILED", failed_state(st),
+      const ResumeRule& rule = resume_rule(durable->step);
+      if (rule.step && durable->unfinished_starts >= s.max_unfinished_starts) {
+        final_updates = {make_update("FAILED", failed_state(*rule.step),
                                      "daemon died " + std::to_string(durable->unfinished_starts) +
-                                         " times during " + std::string(plugin::step_name(st)))};
+                                         " times during " +
+                                         std::string(plugin::step_name(*rule.step)))};
         return fire(Trigger::DaemonDied);
       }
-      spdlog::info("job {}: continuing from the saved step {}", job->id, step_name);
-      if (step_name == "reboot")
-        return fire(Trigger::ResumeReboot);
-      if (step_name == "restart" || step_name == "verify_installation" || step_name == "ready")
-        return fire(Trigger::AlreadyRebooted);
-      if (step_name == "install")
-        return fire(s.install_from_url ? Trigger::ResumeStream : Trigger::ResumeDownload);
-      if (step_name == "download" || step_name == "download_gate")
-        return fire(Trigger::Redo);
-      // verify_job: start over as if new
+      spdlog::info("job {}: continuing from the saved step {}", job->id, to_string(durable->step));
+      if (durable->step == SavedStep::Finish)
+        final_updates = {
+            make_update(durable->final_status, durable->final_state, durable->final_message)};
+      if (rule.trigger)
+        return fire(s.install_from_url ? rule.streaming : *rule.trigger);
+      // verify_job: start over as if new, keeping the saved counts
     } else {
       durable = JobState{};
       durable->job_id = job->id;
@@ -716,14 +740,14 @@ struct Machine::Impl {
   // On the way back to a saved step, the step before it runs again (the download gate
   // before a resumed download, the download before a resumed install). That run is a check,
   // not an attempt of the saved step: it neither replaces the saved step nor counts.
-  static bool rerun_before(const std::string& saved, const std::string& durable_step) {
-    return (durable_step == "download_gate" && saved == "download") ||
-           (durable_step == "download" && saved == "install");
+  static bool rerun_before(SavedStep saved, SavedStep durable_step) {
+    return (durable_step == SavedStep::DownloadGate && saved == SavedStep::Download) ||
+           (durable_step == SavedStep::Download && saved == SavedStep::Install);
   }
 
   // Makes `durable_step` the saved step (keeping its counters when it already was), or marks
   // the step as a re-run before the saved one.
-  void save_step_start(const std::string& durable_step) {
+  void save_step_start(SavedStep durable_step) {
     step_first_start = now();
     step_elapsed_base = 0;
     retry_count = 0;
@@ -744,7 +768,7 @@ struct Machine::Impl {
   }
 
   // Starts the step of the current phase (first attempt).
-  void begin_step(Step st, const std::string& durable_step) {
+  void begin_step(Step st, SavedStep durable_step) {
     step = st;
     save_step_start(durable_step);
     const seconds deadline = s.step_deadline[static_cast<int>(st)] - seconds(step_elapsed_base);
@@ -894,7 +918,7 @@ struct Machine::Impl {
     step = Step::Download;
     // Resuming an install downloads again first (quick: the file is complete); that is not
     // an attempt of the install.
-    save_step_start("download");
+    save_step_start(SavedStep::Download);
     out.push_back(CleanDownloads{job->id});
     update("IN_PROGRESS", "download_start", "none",
            to_minutes(s.step_deadline[static_cast<int>(Step::Download)] +
@@ -973,8 +997,8 @@ struct Machine::Impl {
   void enter_install() {
     status("job " + job->id + ": installing");
     step = Step::Install;
-    if (durable->step != "install") {
-      durable->step = "install";
+    if (durable->step != SavedStep::Install) {
+      durable->step = SavedStep::Install;
       durable->unfinished_starts = 0;
       durable->retry_count = 0;
       durable->step_elapsed_seconds = 0;
@@ -994,7 +1018,7 @@ struct Machine::Impl {
 
   void on_install_accepted() {
     awaited_token.clear();
-    begin_step(Step::Install, "install");
+    begin_step(Step::Install, SavedStep::Install);
   }
 
   void on_install_progress(const StepProgress& p) {
@@ -1027,7 +1051,7 @@ struct Machine::Impl {
       return fire(Trigger::NoRestarter);
     }
     status("job " + job->id + ": reboot starts");
-    durable->step = "reboot";
+    durable->step = SavedStep::Reboot;
     durable->unfinished_starts = 0;
     if (auto saved = persist(); !saved) {
       // Restarting now would resume the install after the reboot (the saved step is still
@@ -1049,7 +1073,7 @@ struct Machine::Impl {
   void enter_finishing() {
     final_tokens.clear();
     if (job && durable && final_updates.size() == 1) {
-      durable->step = "finish";
+      durable->step = SavedStep::Finish;
       durable->final_status = final_updates.front().status;
       durable->final_state = final_updates.front().state;
       durable->final_message = final_updates.front().message;
@@ -1118,7 +1142,7 @@ struct Machine::Impl {
           "job {}: the final update {} {} was refused ({}: {}): sending it again with "
           "minimal status details",
           job->id, o.update.status, o.update.state, o.code, o.message);
-      if (durable && durable->step == "finish") {
+      if (durable && durable->step == SavedStep::Finish) {
         durable->final_message = "none";
         (void)persist();
       }
@@ -1256,7 +1280,7 @@ struct Machine::Impl {
     } else if (*loaded) {
       durable = **loaded;
       spdlog::info("saved state: job {} (execution {}) at step {}", durable->job_id,
-                   durable->execution_number, durable->step);
+                   durable->execution_number, to_string(durable->step));
     }
     if (auto saved = store.load_ended(); !saved) {
       spdlog::error("ignoring the saved ended executions: {}", saved.error().message());

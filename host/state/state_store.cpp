@@ -35,7 +35,37 @@ Status write_all(int fd, const std::string& data) {
   return {};
 }
 
+constexpr std::pair<SavedStep, const char*> kSavedStepNames[] = {
+    {SavedStep::VerifyJob, "verify_job"},
+    {SavedStep::DownloadGate, "download_gate"},
+    {SavedStep::Download, "download"},
+    {SavedStep::Install, "install"},
+    {SavedStep::Reboot, "reboot"},
+    {SavedStep::Restart, "restart"},
+    {SavedStep::VerifyInstallation, "verify_installation"},
+    {SavedStep::Ready, "ready"},
+    {SavedStep::Finish, "finish"},
+};
+
+std::optional<SavedStep> parse_saved_step(std::string_view name) {
+  for (const auto& [step, text] : kSavedStepNames) {
+    if (name == text) {
+      return step;
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+const char* to_string(SavedStep step) {
+  for (const auto& [s, text] : kSavedStepNames) {
+    if (s == step) {
+      return text;
+    }
+  }
+  return "?";
+}
 
 bool JobState::operator==(const JobState& o) const {
   return job_id == o.job_id && execution_number == o.execution_number && step == o.step &&
@@ -129,7 +159,7 @@ std::string to_json(const JobState& s) {
   str("job_id", s.job_id);
   w.Key("execution_number");
   w.Int64(s.execution_number);
-  str("step", s.step);
+  str("step", to_string(s.step));
   w.Key("unfinished_starts");
   w.Int(s.unfinished_starts);
   w.Key("retry_count");
@@ -178,7 +208,10 @@ Result<JobState> job_state_from_json(const std::string& text) {
     return fail("job_id, execution_number or step missing");
   s.job_id = job_id->GetString();
   s.execution_number = exec->GetInt64();
-  s.step = step->GetString();
+  const auto parsed = parse_saved_step(step->GetString());
+  if (!parsed)
+    return fail(std::string("unknown step '") + step->GetString() + "'");
+  s.step = *parsed;
   if (const auto* v = get("unfinished_starts"); v && v->IsInt())
     s.unfinished_starts = v->GetInt();
   if (const auto* v = get("retry_count"); v && v->IsInt())

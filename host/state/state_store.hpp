@@ -16,15 +16,31 @@
 
 namespace upparat::state {
 
+/// The step being done, as saved. On disk: "verify_job", "download_gate", "download",
+/// "install", "reboot" (reboot_start saved, maybe not yet acknowledged), "restart",
+/// "verify_installation", "ready", "finish" (the final update is being sent). A saved state
+/// with another step is refused as a whole.
+enum class SavedStep {
+  VerifyJob,
+  DownloadGate,
+  Download,
+  Install,
+  Reboot,
+  Restart,
+  VerifyInstallation,
+  Ready,
+  Finish,
+};
+
+/// The on-disk name of a saved step (for the log, too).
+[[nodiscard]] const char* to_string(SavedStep step);
+
 /// What survives a restart of the daemon. Times are saved as elapsed seconds (the monotonic
 /// clock does not survive a reboot).
 struct JobState {
   std::string job_id;
   std::int64_t execution_number = 0;
-  /// The step being done: "verify_job", "download_gate", "download", "install", "reboot"
-  /// (reboot_start saved, maybe not yet acknowledged), "restart", "verify_installation",
-  /// "ready", or "finish" (the final update below is being sent).
-  std::string step;
+  SavedStep step = SavedStep::VerifyJob;
   /// How often the current step's attempt was started without finishing (daemon died).
   int unfinished_starts = 0;
   /// RETRY_LATER retries of the current step so far, and its elapsed time before the restart.
@@ -34,7 +50,7 @@ struct JobState {
   std::string version;
   bool force = false;
   download::ResumeState resume;
-  /// For step "finish": the terminal update to (re)send.
+  /// For SavedStep::Finish: the terminal update to (re)send.
   std::string final_status;
   std::string final_state;
   std::string final_message;

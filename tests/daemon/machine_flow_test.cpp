@@ -244,7 +244,7 @@ TEST(Machine, FullFlowSendsStepTimeoutsAndJobContext) {
   EXPECT_TRUE(install->store);
   // reboot_start is saved before it is sent, and acknowledged before restart runs
   ASSERT_TRUE(w.store.state_);
-  EXPECT_EQ(w.store.state_->step, "restart");
+  EXPECT_EQ(w.store.state_->step, SavedStep::Restart);
   EXPECT_EQ(final_state(w, "upparat_7"), "IN_PROGRESS reboot_start");
 }
 
@@ -460,7 +460,7 @@ TEST(Machine, RestartBeforeRebootStartWasAcceptedSendsItAgain) {
   w.cloud.add(queued("upparat_1"));
   w.connect();
   ASSERT_EQ(w.phase(), Phase::RebootAck);
-  EXPECT_EQ(w.store.state_->step, "reboot");
+  EXPECT_EQ(w.store.state_->step, SavedStep::Reboot);
   EXPECT_FALSE(w.running_step) << "no restart before reboot_start is accepted";
   w.cloud.lose_updates = false;
   w.script = classic;
@@ -502,7 +502,7 @@ TEST(Machine, LocalStateWinsOverCloudDetails) {
   JobState s;
   s.job_id = "upparat_1";
   s.execution_number = 1;
-  s.step = "download";
+  s.step = SavedStep::Download;
   s.resume = {1234, "etag"};
   w.store.state_ = s;
   w.cloud.jobs["upparat_1"].status = "IN_PROGRESS";
@@ -533,7 +533,7 @@ TEST(Machine, StaleLocalStateOfAnotherExecutionIsIgnored) {
   JobState s;
   s.job_id = "upparat_1";
   s.execution_number = 7;
-  s.step = "restart";
+  s.step = SavedStep::Restart;
   w.store.state_ = s;
   w.cloud.add(queued("upparat_1"));
   w.boot();
@@ -653,7 +653,7 @@ TEST(Machine, DownloadGateDyingThreeTimesFailsTheJob) {
   w.connect();
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(w.running_step && w.running_step->step == Step::Download) << i;
-    EXPECT_EQ(w.store.state_->step, "download_gate");
+    EXPECT_EQ(w.store.state_->step, SavedStep::DownloadGate);
     w.boot();
     w.connect();
   }
@@ -669,7 +669,7 @@ TEST(Machine, ShutdownDuringTheDownloadBeforeAResumedInstallKeepsTheInstallCount
   JobState s;
   s.job_id = "upparat_1";
   s.execution_number = 1;
-  s.step = "install";
+  s.step = SavedStep::Install;
   s.unfinished_starts = 2;
   w.store.state_ = s;
   CloudJob j = queued("upparat_1");
@@ -681,7 +681,7 @@ TEST(Machine, ShutdownDuringTheDownloadBeforeAResumedInstallKeepsTheInstallCount
   ASSERT_TRUE(w.running_download);
   w.handle(ShutdownRequested{});
   ASSERT_TRUE(w.store.state_);
-  EXPECT_EQ(w.store.state_->step, "install");
+  EXPECT_EQ(w.store.state_->step, SavedStep::Install);
   EXPECT_EQ(w.store.state_->unfinished_starts, 2);
 }
 
@@ -721,7 +721,7 @@ TEST(Machine, ShutdownDuringRestartStopsAndReportsNothing) {
   EXPECT_TRUE(w.exited);
   EXPECT_EQ(w.stopped.size(), stops);
   EXPECT_EQ(w.cloud.updates.size(), updates);
-  EXPECT_EQ(w.store.state_->step, "restart");
+  EXPECT_EQ(w.store.state_->step, SavedStep::Restart);
 }
 
 // ---- cancellation ----------------------------------------------------------------------
@@ -1243,7 +1243,7 @@ TEST(Machine, DownloadResumeStateIsSaved) {
   w.handle(DownloadResumeState{w.running_download->work, {4096, "\"e1\""}});
   ASSERT_TRUE(w.store.state_);
   EXPECT_EQ(w.store.state_->resume, (download::ResumeState{4096, "\"e1\""}));
-  EXPECT_EQ(w.store.state_->step, "download");
+  EXPECT_EQ(w.store.state_->step, SavedStep::Download);
 }
 
 TEST(Machine, DownloadFailureFailsTheJob) {
@@ -1331,7 +1331,7 @@ TEST(Machine, FinalUpdateSurvivesARestart) {
   v.connect();
   ASSERT_EQ(v.phase(), Phase::Finishing);
   ASSERT_TRUE(v.store.state_);
-  EXPECT_EQ(v.store.state_->step, "finish");
+  EXPECT_EQ(v.store.state_->step, SavedStep::Finish);
   EXPECT_EQ(v.store.state_->final_state, "complete_soft_restart");
   v.cloud.lose_updates = false;
   v.script = classic;

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "state/lock_file.hpp"
+#include "state/machine.hpp"
 #include "state/state_store.hpp"
 
 namespace upparat::state {
@@ -32,7 +33,7 @@ JobState sample() {
   JobState s;
   s.job_id = "upparat_1";
   s.execution_number = 3;
-  s.step = "install";
+  s.step = SavedStep::Install;
   s.unfinished_starts = 2;
   s.retry_count = 1;
   s.step_elapsed_seconds = 77;
@@ -52,12 +53,55 @@ TEST(StateStore, JsonRoundTrip) {
   EXPECT_EQ(*back, sample());
 }
 
+TEST(StateStore, EverySavedStepHasItsName) {
+  for (auto step : {SavedStep::VerifyJob, SavedStep::DownloadGate, SavedStep::Download,
+                    SavedStep::Install, SavedStep::Reboot, SavedStep::Restart,
+                    SavedStep::VerifyInstallation, SavedStep::Ready, SavedStep::Finish}) {
+    JobState s = sample();
+    s.step = step;
+    auto back = job_state_from_json(to_json(s));
+    ASSERT_TRUE(back) << to_string(step) << ": " << back.error().message();
+    EXPECT_EQ(back->step, step) << to_string(step);
+  }
+  EXPECT_STREQ(to_string(SavedStep::DownloadGate), "download_gate");
+}
+
+// A saved step this daemon does not know (written by a newer version, or damaged) makes the
+// whole saved state unusable: the daemon discards it rather than guess where to continue.
+TEST(StateStore, UnknownSavedStepIsRefused) {
+  auto state = job_state_from_json(
+      R"({"format":1,"job_id":"upparat_1","execution_number":1,"step":"flash_bootloader"})");
+  ASSERT_FALSE(state);
+  EXPECT_EQ(state.error().message(), "unknown step 'flash_bootloader'");
+}
+
+TEST(FileStateStore, DaemonDiscardsASavedStateWithAnUnknownStep) {
+  Dir dir;
+  std::ofstream(dir.path() / "state.json")
+      << R"({"format":1,"job_id":"upparat_1","execution_number":1,"step":"flash_bootloader"})";
+  FileStateStore store(dir.path());
+  SteadyClock clock;
+  MachineSettings settings;
+  settings.thing_name = "thing-1";
+  Machine machine(settings, store, clock);
+  const auto actions = machine.handle(Started{});
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "state.json"));
+  // Without a saved job, every earlier download goes.
+  bool clean_all = false;
+  for (const auto& a : actions)
+    if (const auto* c = std::get_if<CleanDownloads>(&a))
+      clean_all = c->keep_job_id.empty();
+  EXPECT_TRUE(clean_all);
+}
+
 TEST(StateStore, RefusesMalformed) {
   EXPECT_FALSE(job_state_from_json(""));
   EXPECT_FALSE(job_state_from_json("{}"));
   EXPECT_FALSE(job_state_from_json(R"({"format":2,"job_id":"a","execution_number":1,"step":"x"})"));
-  EXPECT_FALSE(job_state_from_json(R"({"format":1,"job_id":"","execution_number":1,"step":"x"})"));
-  EXPECT_TRUE(job_state_from_json(R"({"format":1,"job_id":"a","execution_number":1,"step":"x"})"));
+  EXPECT_FALSE(
+      job_state_from_json(R"({"format":1,"job_id":"","execution_number":1,"step":"install"})"));
+  EXPECT_TRUE(
+      job_state_from_json(R"({"format":1,"job_id":"a","execution_number":1,"step":"install"})"));
 }
 
 TEST(FileStateStore, EndedExecutionsApartFromTheJobState) {
@@ -90,7 +134,7 @@ TEST(FileStateStore, SaveLoadClear) {
   EXPECT_FALSE(*empty);
   ASSERT_TRUE(store.save(sample()));
   JobState second = sample();
-  second.step = "reboot";
+  second.step = SavedStep::Reboot;
   ASSERT_TRUE(store.save(second));
   auto loaded = store.load();
   ASSERT_TRUE(loaded && *loaded);
