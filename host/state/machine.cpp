@@ -1,12 +1,14 @@
 #include "state/machine.hpp"
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <random>
 #include <set>
 
 #include <spdlog/spdlog.h>
 
+#include "common/invariant.hpp"
 #include "common/sanitize.hpp"
 #include "common/url.hpp"
 #include "jobs/document.hpp"
@@ -62,13 +64,105 @@ enum class Trigger {
   StepFailed,          // FAILED <step>_hook_failed (failure, timeout, retries exhausted)
   Done,                // the final update(s) answered and no work left
   Gone,                // the job was cancelled or deleted
+  UpdateRefused,       // installation_start / reboot_start refused: the job starts over later
+  GetStale,            // get: nothing pending, but a notify listed jobs since it was sent
+  Bug,                 // a broken invariant: the job fails
   WorkEnded,           // the stopped work reported back
+};
+
+const char* to_string(Trigger t) {
+  switch (t) {
+    case Trigger::Connect:
+      return "connect";
+    case Trigger::NoJobs:
+      return "no_jobs";
+    case Trigger::JobSelected:
+      return "job_selected";
+    case Trigger::MultipleInProgress:
+      return "multiple_in_progress";
+    case Trigger::JobsNotified:
+      return "jobs_notified";
+    case Trigger::InvalidDocument:
+      return "invalid_document";
+    case Trigger::CheckVersion:
+      return "check_version";
+    case Trigger::Redo:
+      return "redo";
+    case Trigger::ResumeDownload:
+      return "resume_download";
+    case Trigger::ResumeStream:
+      return "resume_stream";
+    case Trigger::ResumeReboot:
+      return "resume_reboot";
+    case Trigger::AlreadyRebooted:
+      return "already_rebooted";
+    case Trigger::ResumeFinish:
+      return "resume_finish";
+    case Trigger::DaemonDied:
+      return "daemon_died";
+    case Trigger::VersionInstalled:
+      return "version_installed";
+    case Trigger::VersionDiffers:
+      return "version_differs";
+    case Trigger::GateOpen:
+      return "gate_open";
+    case Trigger::GateOpenStream:
+      return "gate_open_stream";
+    case Trigger::Downloaded:
+      return "downloaded";
+    case Trigger::UrlExpired:
+      return "url_expired";
+    case Trigger::FreshUrl:
+      return "fresh_url";
+    case Trigger::Installed:
+      return "installed";
+    case Trigger::NoInstaller:
+      return "no_installer";
+    case Trigger::RebootAccepted:
+      return "reboot_accepted";
+    case Trigger::SoftRestart:
+      return "soft_restart";
+    case Trigger::NoRestarter:
+      return "no_restarter";
+    case Trigger::VersionMatches:
+      return "version_matches";
+    case Trigger::VersionMismatch:
+      return "version_mismatch";
+    case Trigger::NoVersionCheck:
+      return "no_version_check";
+    case Trigger::Healthy:
+      return "healthy";
+    case Trigger::NoReadyCheck:
+      return "no_ready_check";
+    case Trigger::StepFailed:
+      return "step_failed";
+    case Trigger::Done:
+      return "done";
+    case Trigger::Gone:
+      return "gone";
+    case Trigger::UpdateRefused:
+      return "update_refused";
+    case Trigger::GetStale:
+      return "get_stale";
+    case Trigger::Bug:
+      return "bug";
+    case Trigger::WorkEnded:
+      return "work_ended";
+  }
+  return "?";
+}
+
+// What a transition does besides leaving one phase and entering the next.
+enum class OnTransition {
+  Nothing,
+  EndJob,  // the job is over: its download and saved state go, the job is forgotten
 };
 
 struct Transition {
   Phase from;
   Trigger trigger;
   Phase to;
+  OnTransition action = OnTransition::Nothing;
 };
 
 // ALL transitions, with kAnyJob below. One more, outside the table because it must also stop
@@ -79,6 +173,7 @@ constexpr Transition kTransitions[] = {
     {Phase::FetchJobs, Trigger::NoJobs, Phase::Monitor},
     {Phase::FetchJobs, Trigger::JobSelected, Phase::DescribeJob},
     {Phase::FetchJobs, Trigger::MultipleInProgress, Phase::Finishing},
+    {Phase::FetchJobs, Trigger::GetStale, Phase::FetchJobs},
     {Phase::Monitor, Trigger::JobsNotified, Phase::FetchJobs},
     {Phase::DescribeJob, Trigger::InvalidDocument, Phase::Finishing},
     {Phase::DescribeJob, Trigger::CheckVersion, Phase::VerifyJob},
@@ -107,8 +202,8 @@ constexpr Transition kTransitions[] = {
     {Phase::VerifyInstallation, Trigger::NoVersionCheck, Phase::Finishing},
     {Phase::Ready, Trigger::Healthy, Phase::Finishing},
     {Phase::Ready, Trigger::NoReadyCheck, Phase::Finishing},
-    {Phase::Finishing, Trigger::Done, Phase::FetchJobs},
-    {Phase::Stopping, Trigger::WorkEnded, Phase::FetchJobs},
+    {Phase::Finishing, Trigger::Done, Phase::FetchJobs, OnTransition::EndJob},
+    {Phase::Stopping, Trigger::WorkEnded, Phase::FetchJobs, OnTransition::EndJob},
 };
 
 // How a job continues from its saved step after a restart of the daemon (the same job and
@@ -151,7 +246,9 @@ const ResumeRule& resume_rule(SavedStep saved) {
 // From every phase that works on a job (has_job(): DescribeJob .. Finishing); `from` unused.
 constexpr Transition kAnyJob[] = {
     {Phase::Idle, Trigger::StepFailed, Phase::Finishing},
+    {Phase::Idle, Trigger::Bug, Phase::Finishing},
     {Phase::Idle, Trigger::Gone, Phase::Stopping},
+    {Phase::Idle, Trigger::UpdateRefused, Phase::Stopping},
 };
 
 bool has_job(Phase p) {
@@ -376,6 +473,7 @@ struct Machine::Impl {
   std::uint64_t progress_timer = 0;
 
   std::map<std::uint64_t, TimerPurpose> timers;
+  std::deque<Trigger> triggers;  // fired, not yet taken (see take_transitions)
 
   // ---------------------------------------------------------------- plumbing
 
@@ -459,26 +557,46 @@ struct Machine::Impl {
 
   // ---------------------------------------------------------------- the table
 
-  void fire(Trigger trigger) {
-    const Phase from = phase;
-    const Transition* found = nullptr;
-    for (const auto& t : kTransitions)
-      if (t.from == from && t.trigger == trigger)
-        found = &t;
-    if (!found && has_job(from))
-      for (const auto& t : kAnyJob)
-        if (t.trigger == trigger)
+  // Queues a trigger; handle() takes the transitions one after the other, so that entering a
+  // phase never runs inside the transition that led there (Mender's PostEvent).
+  void fire(Trigger trigger) { triggers.push_back(trigger); }
+
+  void take_transitions() {
+    while (!triggers.empty()) {
+      const Trigger trigger = triggers.front();
+      triggers.pop_front();
+      const Phase from = phase;
+      const Transition* found = nullptr;
+      for (const auto& t : kTransitions)
+        if (t.from == from && t.trigger == trigger)
           found = &t;
-    if (!found) {
-      // A bug, not bad input: every trigger is fired from a phase that expects it.
-      spdlog::error("state machine: no transition from {} on trigger {}", to_string(from),
-                    static_cast<int>(trigger));
-      return;
+      if (!found && has_job(from))
+        for (const auto& t : kAnyJob)
+          if (t.trigger == trigger)
+            found = &t;
+      // Every trigger is fired from a phase that expects it.
+      if (!UPPARAT_CHECK(found, std::string("no transition from ") + to_string(from) + " on " +
+                                    to_string(trigger))) {
+        triggers.clear();
+        bug("no transition from " + std::string(to_string(from)) + " on " + to_string(trigger));
+        continue;
+      }
+      leave(from);
+      phase = found->to;
+      spdlog::debug("state machine: {} -> {} on {}", to_string(from), to_string(phase),
+                    to_string(trigger));
+      if (found->action == OnTransition::EndJob)
+        end_job();
+      enter(phase);
     }
-    leave(from);
-    phase = found->to;
-    spdlog::debug("state machine: {} -> {}", to_string(from), to_string(phase));
-    enter(phase);
+  }
+
+  // After a broken invariant (logged by UPPARAT_CHECK in release builds): the job fails.
+  void bug(const std::string& what) {
+    if (job && has_job(phase) && phase != Phase::Finishing) {
+      final_updates = {make_update("FAILED", failed_state(step), "internal error: " + what)};
+      fire(Trigger::Bug);
+    }
   }
 
   void leave(Phase) {
@@ -630,8 +748,7 @@ struct Machine::Impl {
         // Stale: a notify listed jobs after this get was sent. Wait for them as if that
         // notify came now, which fetches again.
         spdlog::debug("get answered nothing pending, but a notify listed jobs since: again");
-        fire(Trigger::NoJobs);
-        return fire(Trigger::JobsNotified);
+        return fire(Trigger::GetStale);
       }
       if (durable) {
         spdlog::info("job {} of the saved state is no longer pending: forgetting it",
@@ -1468,7 +1585,7 @@ struct Machine::Impl {
         spdlog::error("job {}: {} was rejected ({}): giving the job up for now", job->id,
                       o.update.state, o.code);
         refetch_later = true;
-        return fire(Trigger::Gone);
+        return fire(Trigger::UpdateRefused);
       }
       if (phase == Phase::Install)
         return on_install_accepted();
@@ -1644,9 +1761,7 @@ struct Machine::Impl {
   std::vector<Action> handle(const Event& event) {
     out.clear();
     std::visit([this](const auto& e) { on(e); }, event);
-    // Leaving Finishing / Stopping for FetchJobs ends the job.
-    if (phase == Phase::FetchJobs && job)
-      end_job();
+    take_transitions();
     pump_updates();
     if (phase == Phase::ShuttingDown && !exited) {
       const std::size_t before = out.size();

@@ -49,7 +49,7 @@
 #include <variant>
 #include <vector>
 
-#include "download/downloader.hpp"
+#include "download/types.hpp"
 #include "plugin/plugin.hpp"
 #include "state/state_store.hpp"
 

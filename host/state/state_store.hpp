@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "common/error.hpp"
-#include "download/downloader.hpp"
+#include "download/types.hpp"
 
 namespace upparat::state {
 
