@@ -277,6 +277,10 @@ std::string build_update_request(const UpdateRequest& r) {
       w.Key("expectedVersion");
       w.Int64(*r.expected_version);
     }
+    if (r.execution_number) {
+      w.Key("executionNumber");
+      w.Int64(*r.execution_number);
+    }
     key_string(w, "clientToken", r.client_token);
   });
 }

@@ -80,7 +80,8 @@ struct Rejected {
 
 /// `{"clientToken":T}`
 [[nodiscard]] std::string build_get_request(std::string_view client_token);
-/// `{"includeJobDocument":true,"clientToken":T}` (and executionNumber when given)
+/// `{"executionNumber"?:N,"includeJobDocument":true,"clientToken":T}`. With executionNumber
+/// the answer is about that execution only (ResourceNotFound when it does not exist).
 [[nodiscard]] std::string build_describe_request(std::string_view client_token,
                                                  std::optional<std::int64_t> execution_number = {});
 
@@ -90,11 +91,15 @@ struct UpdateRequest {
   std::string message;  ///< statusDetails.message; sanitised here ("" -> "none")
   std::optional<int> step_timeout_minutes;
   std::optional<std::int64_t> expected_version;
+  /// The execution the update is for: an update never lands on a newer execution of the job
+  /// (a retry after a time-out or failure).
+  std::optional<std::int64_t> execution_number;
   std::string client_token;
 };
 
 /// `{"status":S,"statusDetails":{"state":..,"message":..},"stepTimeoutInMinutes"?,
-/// "expectedVersion"?,"clientToken":T}`. The message passes sanitize_status_detail().
+/// "expectedVersion"?,"executionNumber"?,"clientToken":T}`. The message passes
+/// sanitize_status_detail().
 [[nodiscard]] std::string build_update_request(const UpdateRequest& request);
 
 }  // namespace upparat::jobs

@@ -42,6 +42,8 @@ std::vector<Outgoing> UpdateQueue::poll(TimePoint now) {
     request.state = head.update.state;
     request.message = head.update.message;
     request.step_timeout_minutes = head.update.step_timeout_minutes;
+    if (head.update.execution_number > 0)
+      request.execution_number = head.update.execution_number;
     request.client_token = head.token;
     out.push_back({update_topic(thing_, job_id), build_update_request(request)});
   }

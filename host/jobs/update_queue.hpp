@@ -26,6 +26,8 @@ struct Update {
   std::string state;
   std::string message = "none";
   std::optional<int> step_timeout_minutes;
+  /// The job's execution (sent as executionNumber); 0 = not known, left out.
+  std::int64_t execution_number = 0;
   /// download_progress / installation_progress: dropped when anything else is queued after
   /// it before it went out, replaced by a newer progress update.
   bool progress = false;

@@ -130,6 +130,12 @@ TEST(JobsMessages, Requests) {
   EXPECT_EQ(build_update_request(u),
             R"({"status":"IN_PROGRESS","statusDetails":{"state":"installation_progress",)"
             R"("message":"none"},"expectedVersion":3,"clientToken":"t"})");
+  u.execution_number = 2;
+  EXPECT_EQ(build_update_request(u),
+            R"({"status":"IN_PROGRESS","statusDetails":{"state":"installation_progress",)"
+            R"("message":"none"},"expectedVersion":3,"executionNumber":2,"clientToken":"t"})");
+  EXPECT_EQ(build_describe_request("t", 4),
+            R"({"executionNumber":4,"includeJobDocument":true,"clientToken":"t"})");
 }
 
 // ---- job documents ----

@@ -81,6 +81,18 @@ TEST_F(UpdateQueueTest, OneInFlightPerJobInOrder) {
   EXPECT_FALSE(q.next_wakeup());
 }
 
+TEST_F(UpdateQueueTest, UpdatesNameTheirExecution) {
+  Update u = state("j", "IN_PROGRESS", "download_start");
+  u.execution_number = 3;
+  q.enqueue(u);
+  auto out = q.poll(now);
+  ASSERT_EQ(out.size(), 1u);
+  rapidjson::Document d;
+  d.Parse(out[0].payload.c_str());
+  ASSERT_TRUE(d.HasMember("executionNumber")) << out[0].payload;
+  EXPECT_EQ(d["executionNumber"].GetInt64(), 3);
+}
+
 TEST_F(UpdateQueueTest, JobsAreIndependent) {
   q.enqueue(state("a", "FAILED", "error_multiple_in_progress"));
   q.enqueue(state("b", "FAILED", "error_multiple_in_progress"));
