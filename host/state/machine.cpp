@@ -559,6 +559,7 @@ struct Machine::Impl {
       for (const auto& j : in_progress)
         ids += (ids.empty() ? "" : ", ") + j.job_id;
       for (const auto& j : in_progress) {
+        updates.set_version(j.job_id, j.execution_number, j.version_number);
         jobs::Update u;
         u.job_id = j.job_id;
         u.execution_number = j.execution_number;
@@ -635,6 +636,8 @@ struct Machine::Impl {
     else if (local)
       j.kv = std::make_shared<plugin::KeyValueStore>(durable->store);
     job = std::move(j);
+    // The starting point of expectedVersion (also after a reboot or a re-describe).
+    updates.set_version(e.job_id, e.execution_number, e.version_number);
     auto doc = jobs::parse_job_document(e.document_json, s.allow_http);
     if (!doc) {
       spdlog::error("job {}: invalid job document: {}", e.job_id, doc.error().message());
@@ -710,6 +713,7 @@ struct Machine::Impl {
   void on_stream_described(const jobs::Execution& e) {
     if (jobs::is_terminal_status(e.status) || other_execution(e, job->execution))
       return job_gone(e.job_id);
+    updates.set_version(e.job_id, e.execution_number, e.version_number);
     auto doc = jobs::parse_job_document(e.document_json, s.allow_http);
     if (doc)
       job->doc.file = doc->file;
@@ -1242,10 +1246,12 @@ struct Machine::Impl {
     if (cancel_check && a.client_token == cancel_check->token && job_id == cancel_check->job_id) {
       cancel_timer(cancel_check->timer);
       cancel_check.reset();
-      if (job && job->id == job_id && has_job(phase) &&
-          (jobs::is_terminal_status(a.execution.status) ||
-           other_execution(a.execution, job->execution)))
-        job_gone(job_id);
+      if (!job || job->id != job_id || !has_job(phase))
+        return;
+      if (jobs::is_terminal_status(a.execution.status) ||
+          other_execution(a.execution, job->execution))
+        return job_gone(job_id);
+      updates.set_version(job_id, a.execution.execution_number, a.execution.version_number);
       return;
     }
     if (!request || a.client_token != request->token || job_id != request->job_id)

@@ -51,6 +51,8 @@ struct SentUpdate {
   std::optional<int> step_timeout;
   std::string token;
   std::optional<std::int64_t> execution_number;  ///< as sent
+  std::optional<std::int64_t> expected_version;  ///< as sent
+  bool include_state = false;                    ///< includeJobExecutionState
   std::int64_t applied_to = 0;                   ///< the execution it changed (0: refused or lost)
 };
 
@@ -69,6 +71,7 @@ class FakeCloud {
   int throttle_updates = 0;         // answer the next N updates with RequestThrottled
   bool answer = true;               // false: requests pile up in `held`
   bool lose_updates = false;        // true: updates are recorded, then lost (no answer)
+  int lose_answers = 0;             // the next N updates are handled, their answers lost
   std::vector<Publish> held;
   int gets = 0;
   int describes = 0;
@@ -212,6 +215,10 @@ class FakeCloud {
       u.step_timeout = d["stepTimeoutInMinutes"].GetInt();
     u.token = token;
     u.execution_number = number;
+    if (d.HasMember("expectedVersion"))
+      u.expected_version = d["expectedVersion"].GetInt64();
+    u.include_state =
+        d.HasMember("includeJobExecutionState") && d["includeJobExecutionState"].GetBool();
     updates.push_back(u);
     if (lose_updates)
       return {};
@@ -224,14 +231,25 @@ class FakeCloud {
     if (earlier)
       return reject("InvalidStateTransition", execution_state(*earlier));
     CloudJob& j = it->second;
+    auto answered = [&](std::vector<MqttMessage> answer) {
+      if (lose_answers > 0) {
+        --lose_answers;
+        return std::vector<MqttMessage>{};
+      }
+      return answer;
+    };
     if (jobs::is_terminal_status(j.status))
-      return reject("InvalidStateTransition", execution_state(j));
+      return answered(reject("InvalidStateTransition", execution_state(j)));
+    if (u.expected_version && *u.expected_version != j.version)
+      return answered(reject("VersionMismatch", execution_state(j)));
     j.status = u.status;
     j.details = {{"state", u.state}, {"message", u.message}};
     j.step_timeout = u.step_timeout;
     ++j.version;
     updates.back().applied_to = j.execution;
-    return {{p.topic + "/accepted", "{\"timestamp\":1700000000" + tok + "}"}};
+    const std::string state =
+        u.include_state ? ",\"executionState\":" + execution_state(j) : std::string();
+    return answered({{p.topic + "/accepted", "{\"timestamp\":1700000000" + state + tok + "}"}});
   }
 
   /// The states the cloud applied to one execution of a job, in order.
