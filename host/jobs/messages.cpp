@@ -259,15 +259,19 @@ std::string build_describe_request(std::string_view client_token,
   });
 }
 
+std::map<std::string, std::string> status_details_of(const UpdateRequest& r) {
+  return {{"state", sanitize_status_detail(r.state)},
+          {"message", sanitize_status_detail(r.message)}};
+}
+
 std::string build_update_request(const UpdateRequest& r) {
-  const std::string message = sanitize_status_detail(r.message);
-  const std::string state = sanitize_status_detail(r.state);
+  const auto details = status_details_of(r);
   return write_object([&](auto& w) {
     key_string(w, "status", r.status);
     w.Key("statusDetails");
     w.StartObject();
-    key_string(w, "state", state);
-    key_string(w, "message", message);
+    key_string(w, "state", details.at("state"));
+    key_string(w, "message", details.at("message"));
     w.EndObject();
     if (r.step_timeout_minutes) {
       w.Key("stepTimeoutInMinutes");
@@ -276,6 +280,14 @@ std::string build_update_request(const UpdateRequest& r) {
     if (r.expected_version) {
       w.Key("expectedVersion");
       w.Int64(*r.expected_version);
+    }
+    if (r.execution_number) {
+      w.Key("executionNumber");
+      w.Int64(*r.execution_number);
+    }
+    if (r.include_execution_state) {
+      w.Key("includeJobExecutionState");
+      w.Bool(true);
     }
     key_string(w, "clientToken", r.client_token);
   });

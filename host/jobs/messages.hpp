@@ -80,7 +80,8 @@ struct Rejected {
 
 /// `{"clientToken":T}`
 [[nodiscard]] std::string build_get_request(std::string_view client_token);
-/// `{"includeJobDocument":true,"clientToken":T}` (and executionNumber when given)
+/// `{"executionNumber"?:N,"includeJobDocument":true,"clientToken":T}`. With executionNumber
+/// the answer is about that execution only (ResourceNotFound when it does not exist).
 [[nodiscard]] std::string build_describe_request(std::string_view client_token,
                                                  std::optional<std::int64_t> execution_number = {});
 
@@ -90,11 +91,21 @@ struct UpdateRequest {
   std::string message;  ///< statusDetails.message; sanitised here ("" -> "none")
   std::optional<int> step_timeout_minutes;
   std::optional<std::int64_t> expected_version;
+  /// The execution the update is for: an update never lands on a newer execution of the job
+  /// (a retry after a time-out or failure).
+  std::optional<std::int64_t> execution_number;
+  /// Ask for the executionState (with its versionNumber) in the accepted answer.
+  bool include_execution_state = false;
   std::string client_token;
 };
 
 /// `{"status":S,"statusDetails":{"state":..,"message":..},"stepTimeoutInMinutes"?,
-/// "expectedVersion"?,"clientToken":T}`. The message passes sanitize_status_detail().
+/// "expectedVersion"?,"executionNumber"?,"includeJobExecutionState"?:true,"clientToken":T}`.
+/// The statusDetails are status_details_of(request).
 [[nodiscard]] std::string build_update_request(const UpdateRequest& request);
+
+/// The statusDetails build_update_request() sends: state and message, each passed through
+/// sanitize_status_detail(). A cloud that applied the update shows exactly these.
+[[nodiscard]] std::map<std::string, std::string> status_details_of(const UpdateRequest& request);
 
 }  // namespace upparat::jobs

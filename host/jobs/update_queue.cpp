@@ -7,6 +7,17 @@
 #include "jobs/topics.hpp"
 
 namespace upparat::jobs {
+namespace {
+
+UpdateRequest request_of(const Update& u) {
+  UpdateRequest request;
+  request.status = u.status;
+  request.state = u.state;
+  request.message = u.message;
+  return request;
+}
+
+}  // namespace
 
 UpdateQueue::UpdateQueue(std::string thing, UpdateQueueSettings settings, std::string token_prefix)
     : thing_(std::move(thing)), settings_(settings), token_prefix_(std::move(token_prefix)) {}
@@ -26,6 +37,13 @@ std::string UpdateQueue::enqueue(Update update) {
   return queue.back().token;
 }
 
+std::optional<std::int64_t> UpdateQueue::expected_version(const Update& update) const {
+  auto it = versions_.find(update.job_id);
+  if (it == versions_.end() || it->second.execution != update.execution_number)
+    return std::nullopt;
+  return it->second.version;
+}
+
 std::vector<Outgoing> UpdateQueue::poll(TimePoint now) {
   std::vector<Outgoing> out;
   for (auto& [job_id, queue] : jobs_) {
@@ -37,11 +55,16 @@ std::vector<Outgoing> UpdateQueue::poll(TimePoint now) {
       continue;
     head.state = EntryState::InFlight;
     head.due = now + settings_.resend;
-    UpdateRequest request;
-    request.status = head.update.status;
-    request.state = head.update.state;
-    request.message = head.update.message;
+    if (!head.versioned) {
+      head.versioned = true;
+      head.expected = expected_version(head.update);
+    }
+    UpdateRequest request = request_of(head.update);
     request.step_timeout_minutes = head.update.step_timeout_minutes;
+    request.expected_version = head.expected;
+    if (head.update.execution_number > 0)
+      request.execution_number = head.update.execution_number;
+    request.include_execution_state = true;
     request.client_token = head.token;
     out.push_back({update_topic(thing_, job_id), build_update_request(request)});
   }
@@ -61,6 +84,18 @@ std::optional<TimePoint> UpdateQueue::next_wakeup() const {
   return next;
 }
 
+void UpdateQueue::pop_head(Jobs::iterator it, UpdateResult result) {
+  const bool ended =
+      result == UpdateResult::Accepted && is_terminal_status(it->second.front().update.status);
+  it->second.pop_front();
+  if (!it->second.empty())
+    return;
+  // Nothing can change the execution after its terminal update: its version is of no use.
+  if (ended)
+    versions_.erase(it->first);
+  jobs_.erase(it);
+}
+
 std::optional<UpdateOutcome> UpdateQueue::on_accepted(const std::string& job_id,
                                                       const UpdateAccepted& answer) {
   auto it = jobs_.find(job_id);
@@ -69,12 +104,78 @@ std::optional<UpdateOutcome> UpdateQueue::on_accepted(const std::string& job_id,
   Entry& head = it->second.front();
   if (head.state == EntryState::Queued || head.token != *answer.client_token)
     return std::nullopt;
+  if (answer.execution_state && answer.execution_state->version_number > 0)
+    set_version(job_id, head.update.execution_number, answer.execution_state->version_number);
+  else if (head.expected)
+    set_version(job_id, head.update.execution_number, *head.expected + 1);  // +1 per update
   UpdateOutcome outcome{head.token, head.update, UpdateResult::Accepted,
                         {},         {},          answer.execution_state};
-  it->second.pop_front();
-  if (it->second.empty())
-    jobs_.erase(it);
+  pop_head(it, outcome.result);
   return outcome;
+}
+
+std::chrono::milliseconds UpdateQueue::backoff(int failures) const {
+  const int shift = std::min(failures, 20);
+  auto delay = settings_.backoff_base * (1LL << shift);
+  if (delay > settings_.backoff_cap)
+    delay = settings_.backoff_cap;
+  return delay;
+}
+
+std::optional<UpdateOutcome> UpdateQueue::on_version_mismatch(Jobs::iterator it,
+                                                              const Rejected& answer,
+                                                              TimePoint now) {
+  const std::string& job_id = it->first;
+  Entry& head = it->second.front();
+  const ExecutionState& state = *answer.execution_state;
+  set_version(job_id, head.update.execution_number, state.version_number);
+  UpdateOutcome outcome{head.token,  head.update,    UpdateResult::Accepted,
+                        answer.code, answer.message, answer.execution_state};
+  const bool our_status = state.status == head.update.status;
+  if (is_terminal_status(state.status)) {
+    if (our_status) {
+      // Our own terminal update was applied and its answer lost.
+      spdlog::info("update of job {} ({} {}): VersionMismatch, already {}: applied", job_id,
+                   head.update.status, head.update.state, state.status);
+      pop_head(it, outcome.result);
+      return outcome;
+    }
+    outcome.result = UpdateResult::Gone;
+    spdlog::info("update of job {} rejected with VersionMismatch: the execution is {}", job_id,
+                 state.status);
+    versions_.erase(job_id);
+    jobs_.erase(it);
+    return outcome;
+  }
+  if (our_status && state.status_details == status_details_of(request_of(head.update))) {
+    // A copy of this update was applied (a resend or a duplicate): its answer was lost.
+    spdlog::debug("update of job {} ({}): VersionMismatch, the cloud shows it: applied", job_id,
+                  head.update.state);
+    pop_head(it, outcome.result);
+    return outcome;
+  }
+  if (head.update.progress && it->second.size() > 1) {
+    spdlog::debug("update of job {} ({}): VersionMismatch, superseded by a newer update", job_id,
+                  head.update.state);
+    it->second.pop_front();
+    return std::nullopt;
+  }
+  // Someone else changed the execution: send ours again on top of it.
+  head.versioned = false;
+  if (head.mismatches++ == 0) {
+    head.state = EntryState::Queued;
+  } else {
+    const auto delay = backoff(head.mismatches - 2);
+    head.state = EntryState::Backoff;
+    head.due = now + delay;
+  }
+  spdlog::info(
+      "update of job {} ({} {}): VersionMismatch, the cloud shows {} {} version {}: "
+      "sending it again",
+      job_id, head.update.status, head.update.state, state.status,
+      state.status_details.count("state") ? state.status_details.at("state") : "",
+      state.version_number);
+  return std::nullopt;
 }
 
 std::optional<UpdateOutcome> UpdateQueue::on_rejected(const std::string& job_id,
@@ -86,10 +187,7 @@ std::optional<UpdateOutcome> UpdateQueue::on_rejected(const std::string& job_id,
   if (head.state == EntryState::Queued || head.token != *answer.client_token)
     return std::nullopt;
   if (answer.code == "RequestThrottled" || answer.code == "InternalError") {
-    const int shift = std::min(head.failures, 20);
-    auto delay = settings_.backoff_base * (1LL << shift);
-    if (delay > settings_.backoff_cap)
-      delay = settings_.backoff_cap;
+    const auto delay = backoff(head.failures);
     ++head.failures;
     head.state = EntryState::Backoff;
     head.due = now + delay;
@@ -97,6 +195,8 @@ std::optional<UpdateOutcome> UpdateQueue::on_rejected(const std::string& job_id,
                  head.update.state, answer.code, delay.count());
     return std::nullopt;
   }
+  if (answer.code == "VersionMismatch" && answer.execution_state)
+    return on_version_mismatch(it, answer, now);
   UpdateOutcome outcome{head.token,  head.update,    UpdateResult::Rejected,
                         answer.code, answer.message, answer.execution_state};
   const bool terminal_state =
@@ -110,15 +210,14 @@ std::optional<UpdateOutcome> UpdateQueue::on_rejected(const std::string& job_id,
     outcome.result = UpdateResult::Gone;
     spdlog::info("update of job {} rejected with {}: the job was cancelled or deleted", job_id,
                  answer.code);
+    versions_.erase(job_id);
     jobs_.erase(it);
     return outcome;
   } else {
     spdlog::error("update of job {} ({} {}) rejected with {}: {}", job_id, head.update.status,
                   head.update.state, answer.code, answer.message);
   }
-  it->second.pop_front();
-  if (it->second.empty())
-    jobs_.erase(it);
+  pop_head(it, outcome.result);
   return outcome;
 }
 
@@ -130,6 +229,26 @@ void UpdateQueue::resend_all() {
 
 void UpdateQueue::drop_job(const std::string& job_id) {
   jobs_.erase(job_id);
+  versions_.erase(job_id);
+}
+
+void UpdateQueue::set_version(const std::string& job_id, std::int64_t execution_number,
+                              std::int64_t version) {
+  if (version <= 0)
+    return;
+  auto [it, inserted] = versions_.try_emplace(job_id, KnownVersion{execution_number, version});
+  if (inserted)
+    return;
+  KnownVersion& known = it->second;
+  if (known.execution != execution_number || version > known.version)
+    known = KnownVersion{execution_number, version};
+}
+
+std::optional<std::int64_t> UpdateQueue::version(const std::string& job_id) const {
+  auto it = versions_.find(job_id);
+  if (it == versions_.end())
+    return std::nullopt;
+  return it->second.version;
 }
 
 bool UpdateQueue::empty() const {

@@ -15,12 +15,12 @@ Selection select_job(const jobs::PendingJobs& pending,
   }
   if (in_progress.size() > 1) {
     for (const auto* j : in_progress) {
-      out.multiple_in_progress.push_back(j->job_id);
+      out.multiple_in_progress.push_back(*j);
     }
     return out;
   }
   if (in_progress.size() == 1) {
-    out.job_id = in_progress.front()->job_id;
+    out.job = *in_progress.front();
     return out;
   }
   const jobs::JobSummary* oldest = nullptr;
@@ -31,7 +31,7 @@ Selection select_job(const jobs::PendingJobs& pending,
     }
   }
   if (oldest) {
-    out.job_id = oldest->job_id;
+    out.job = *oldest;
   }
   return out;
 }

@@ -15,9 +15,9 @@ namespace upparat::state {
 
 struct Selection {
   /// Our IN_PROGRESS jobs when there is more than one of them, else empty.
-  std::vector<std::string> multiple_in_progress;
+  std::vector<jobs::JobSummary> multiple_in_progress;
   /// The job to work on; nullopt when none is pending (or when multiple_in_progress is set).
-  std::optional<std::string> job_id;
+  std::optional<jobs::JobSummary> job;
 };
 
 /// `ours` says whether a listed job is the daemon's to work on (prefix, valid id, not ended

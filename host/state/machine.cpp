@@ -53,6 +53,13 @@ std::string trim(std::string s) {
   return s;
 }
 
+// An execution number to send (0: not known, left out).
+std::optional<std::int64_t> known_execution(std::int64_t execution_number) {
+  if (execution_number > 0)
+    return execution_number;
+  return std::nullopt;
+}
+
 int to_minutes(seconds s) {
   const auto minutes = (s.count() + 59) / 60;
   return static_cast<int>(std::clamp<long long>(minutes, 1, 10080));
@@ -136,6 +143,7 @@ struct Machine::Impl {
   };
   std::map<std::string, Ended> ended;
   std::optional<std::string> selected;  // job id picked from get, before its describe
+  std::int64_t selected_execution = 0;  // its execution number (0: not known)
   std::optional<JobState> durable;      // what is (to be) saved for the job
 
   // The outstanding get / describe of the flow, and the cancellation check.
@@ -267,6 +275,7 @@ struct Machine::Impl {
                      bool progress = false) {
     jobs::Update u;
     u.job_id = job->id;
+    u.execution_number = job->execution;
     u.status = status;
     u.state = state;
     u.message = sanitize_status_detail(message);
@@ -381,8 +390,11 @@ struct Machine::Impl {
       r.topic = jobs::get_topic(s.thing_name);
       r.payload = jobs::build_get_request(r.token);
     } else {
+      // Pinned to the execution: a retry's new execution is not this one.
+      const std::int64_t execution =
+          purpose == RequestPurpose::Select ? selected_execution : job->execution;
       r.topic = jobs::describe_topic(s.thing_name, job_id);
-      r.payload = jobs::build_describe_request(r.token);
+      r.payload = jobs::build_describe_request(r.token, known_execution(execution));
     }
     publish(r.topic, r.payload);
     r.timer = set_timer(TimerPurpose::Request, s.request_resend);
@@ -432,11 +444,13 @@ struct Machine::Impl {
     if (!in_progress.empty()) {
       final_updates.clear();
       std::string ids;
-      for (const auto& id : in_progress)
-        ids += (ids.empty() ? "" : ", ") + id;
-      for (const auto& id : in_progress) {
+      for (const auto& j : in_progress)
+        ids += (ids.empty() ? "" : ", ") + j.job_id;
+      for (const auto& j : in_progress) {
+        updates.set_version(j.job_id, j.execution_number, j.version_number);
         jobs::Update u;
-        u.job_id = id;
+        u.job_id = j.job_id;
+        u.execution_number = j.execution_number;
         u.status = "FAILED";
         u.state = "error_multiple_in_progress";
         u.message = sanitize_status_detail(std::to_string(in_progress.size()) +
@@ -446,16 +460,17 @@ struct Machine::Impl {
       spdlog::error("{} jobs IN_PROGRESS ({}): failing all of them", in_progress.size(), ids);
       // None of them goes on: their downloads and the saved state go (no job is set, so
       // end_job() does not run after this).
-      for (const auto& id : in_progress)
-        out.push_back(RemoveDownload{id});
+      for (const auto& j : in_progress)
+        out.push_back(RemoveDownload{j.job_id});
       if (durable) {
         out.push_back(RemoveDownload{durable->job_id});
         forget_durable();
       }
       return fire(Trigger::MultipleInProgress);
     }
-    if (selection.job_id) {
-      selected = selection.job_id;
+    if (selection.job) {
+      selected = selection.job->job_id;
+      selected_execution = selection.job->execution_number;
     } else {
       if (notified_during_get) {
         // Stale: a notify listed jobs after this get was sent. Wait for them as if that
@@ -480,8 +495,9 @@ struct Machine::Impl {
       return;
     const bool local =
         durable && durable->job_id == e.job_id && durable->execution_number == e.execution_number;
-    if (jobs::is_terminal_status(e.status)) {
-      spdlog::info("job {} is {}: nothing to do", e.job_id, e.status);
+    if (jobs::is_terminal_status(e.status) || other_execution(e, selected_execution)) {
+      spdlog::info("job {} execution {} is {}: nothing to do", e.job_id, e.execution_number,
+                   e.status);
       refetch_later = true;  // get listed it as pending: give the cloud time to agree
       return job_gone(e.job_id);
     }
@@ -501,6 +517,8 @@ struct Machine::Impl {
     else if (local)
       j.kv = std::make_shared<plugin::KeyValueStore>(durable->store);
     job = std::move(j);
+    // The starting point of expectedVersion (also after a reboot or a re-describe).
+    updates.set_version(e.job_id, e.execution_number, e.version_number);
     auto doc = jobs::parse_job_document(e.document_json, s.allow_http);
     if (!doc) {
       spdlog::error("job {}: invalid job document: {}", e.job_id, doc.error().message());
@@ -548,15 +566,22 @@ struct Machine::Impl {
                            const std::string& message) {
     jobs::Update u;
     u.job_id = job ? job->id : *selected;
+    u.execution_number = job ? job->execution : selected_execution;
     u.status = status;
     u.state = state;
     u.message = sanitize_status_detail(message);
     return u;
   }
 
+  // A describe pinned to `execution` answered another one (a cloud that ignored the field).
+  static bool other_execution(const jobs::Execution& e, std::int64_t execution) {
+    return execution > 0 && e.execution_number > 0 && e.execution_number != execution;
+  }
+
   void on_stream_described(const jobs::Execution& e) {
-    if (jobs::is_terminal_status(e.status))
+    if (jobs::is_terminal_status(e.status) || other_execution(e, job->execution))
       return job_gone(e.job_id);
+    updates.set_version(e.job_id, e.execution_number, e.version_number);
     auto doc = jobs::parse_job_document(e.document_json, s.allow_http);
     if (doc)
       job->doc.file = doc->file;
@@ -805,6 +830,7 @@ struct Machine::Impl {
     }
     update("IN_PROGRESS", "download_interrupt", r.reason.empty() ? "none" : r.reason);
     selected = job->id;
+    selected_execution = job->execution;
     if (url_refusals < 2) {
       spdlog::warn("job {}: the download URL expired: describing the job again", job->id);
       return fire(Trigger::UrlExpired);
@@ -951,6 +977,7 @@ struct Machine::Impl {
     final_minimal.reset();
     job.reset();
     selected.reset();
+    selected_execution = 0;
     if (cancel_check) {
       cancel_timer(cancel_check->timer);
       cancel_check.reset();
@@ -1029,13 +1056,13 @@ struct Machine::Impl {
   void forget_ended_not_listed(const jobs::PendingJobs& pending) {
     bool changed = false;
     for (auto it = ended.begin(); it != ended.end();) {
-      auto listed = [&](const std::vector<jobs::JobSummary>& list) {
-        return std::any_of(list.begin(), list.end(), [&](const auto& j) {
-          return j.job_id == it->first &&
-                 j.execution_number == it->second.execution.execution_number;
-        });
-      };
-      if (listed(pending.in_progress) || listed(pending.queued)) {
+      const jobs::JobSummary* listed = nullptr;
+      for (const auto* list : {&pending.in_progress, &pending.queued})
+        for (const auto& j : *list)
+          if (j.job_id == it->first && j.execution_number == it->second.execution.execution_number)
+            listed = &j;
+      if (listed) {
+        updates.set_version(listed->job_id, listed->execution_number, listed->version_number);
         ++it;
         continue;
       }
@@ -1057,6 +1084,7 @@ struct Machine::Impl {
       ++e.tries;
       jobs::Update u;
       u.job_id = id;
+      u.execution_number = e.execution.execution_number;
       u.state = e.execution.state;
       u.message = "none";
       if (e.execution.queued) {
@@ -1224,13 +1252,18 @@ struct Machine::Impl {
     }
     if (!job || !has_job(phase) || phase == Phase::Finishing)
       return;
+    // Listed with another execution number: a retry queued a new execution after ours timed
+    // out or failed. That one is not ours to report on; the describe below decides.
     auto listed = [&](const std::vector<jobs::JobSummary>& list) {
-      return std::any_of(list.begin(), list.end(),
-                         [&](const auto& j) { return j.job_id == job->id; });
+      return std::any_of(list.begin(), list.end(), [&](const auto& j) {
+        return j.job_id == job->id && (j.execution_number == 0 || job->execution == 0 ||
+                                       j.execution_number == job->execution);
+      });
     };
     if (listed(pending->in_progress) || listed(pending->queued))
       return;
-    // Not listed: cancelled, deleted, or just beyond notify's 15 entries. Ask.
+    // Not listed: cancelled, deleted, retried, or just beyond notify's 15 entries. Ask about
+    // our execution.
     if (cancel_check)
       return;
     Request r;
@@ -1238,7 +1271,7 @@ struct Machine::Impl {
     r.job_id = job->id;
     r.token = new_token();
     r.topic = jobs::describe_topic(s.thing_name, job->id);
-    r.payload = jobs::build_describe_request(r.token);
+    r.payload = jobs::build_describe_request(r.token, known_execution(job->execution));
     publish(r.topic, r.payload);
     r.timer = set_timer(TimerPurpose::CancelCheck, s.request_resend);
     cancel_check = std::move(r);
@@ -1248,9 +1281,12 @@ struct Machine::Impl {
     if (cancel_check && a.client_token == cancel_check->token && job_id == cancel_check->job_id) {
       cancel_timer(cancel_check->timer);
       cancel_check.reset();
-      if (job && job->id == job_id && jobs::is_terminal_status(a.execution.status) &&
-          has_job(phase))
-        job_gone(job_id);
+      if (!job || job->id != job_id || !has_job(phase))
+        return;
+      if (jobs::is_terminal_status(a.execution.status) ||
+          other_execution(a.execution, job->execution))
+        return job_gone(job_id);
+      updates.set_version(job_id, a.execution.execution_number, a.execution.version_number);
       return;
     }
     if (!request || a.client_token != request->token || job_id != request->job_id)

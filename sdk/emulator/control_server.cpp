@@ -140,6 +140,7 @@ std::string faults_to_json(const Faults& f, const ModelOptions& o) {
     put(w, "code", f.reject_updates_code);
     w.EndObject();
     put(w, "terminalStateReachedOnDescribe", o.terminal_state_reached_on_describe);
+    put(w, "versionMismatchBeforeTerminal", o.version_mismatch_before_terminal);
     w.EndObject();
   });
 }
@@ -304,6 +305,8 @@ struct ControlServer::Impl {
       ModelOptions o = ctx.model->options();
       o.terminal_state_reached_on_describe =
           json_bool(body, "terminalStateReachedOnDescribe", o.terminal_state_reached_on_describe);
+      o.version_mismatch_before_terminal =
+          json_bool(body, "versionMismatchBeforeTerminal", o.version_mismatch_before_terminal);
       ctx.model->set_options(o);
       ctx.model->set_faults(f);
       reply(res, 200, faults_to_json(f, o));
@@ -313,6 +316,7 @@ struct ControlServer::Impl {
       ctx.model->set_faults({});
       ModelOptions o = ctx.model->options();
       o.terminal_state_reached_on_describe = false;
+      o.version_mismatch_before_terminal = false;
       ctx.model->set_options(o);
       reply(res, 200, faults_to_json({}, o));
     });

@@ -670,17 +670,22 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
       if (!e || (number && *number != e->execution_number)) {
         return reject("ResourceNotFound", "No job execution of " + job_id + " for thing " + thing);
       }
+      const bool stale = expected && *expected != e->version_number;
+      auto version_mismatch = [&] {
+        return reject("VersionMismatch",
+                      "expectedVersion " + std::to_string(*expected) + " does not match version " +
+                          std::to_string(e->version_number),
+                      e);
+      };
+      if (stale && options_.version_mismatch_before_terminal)
+        return version_mismatch();
       if (is_terminal(e->status)) {
         return reject(
             "InvalidStateTransition",
             std::string("The job execution is ") + to_string(e->status) + ", a terminal state", e);
       }
-      if (expected && *expected != e->version_number) {
-        return reject("VersionMismatch",
-                      "expectedVersion " + std::to_string(*expected) + " does not match version " +
-                          std::to_string(e->version_number),
-                      e);
-      }
+      if (stale)
+        return version_mismatch();
       auto old_head = head_id_locked(thing);
       bool changed = e->status != *status;
       if (has_details)

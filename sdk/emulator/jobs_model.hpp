@@ -124,6 +124,10 @@ struct ModelOptions {
   /// Answer a describe of a terminal execution with TerminalStateReached instead of the
   /// execution (AWS documents this loosely; a device must handle both).
   bool terminal_state_reached_on_describe = false;
+  /// An update with a wrong expectedVersion to a terminal execution is VersionMismatch (the
+  /// version is checked first) instead of InvalidStateTransition. AWS does not document which
+  /// check comes first; both answers carry the executionState, and a device must handle both.
+  bool version_mismatch_before_terminal = false;
   /// notify lists at most this many executions.
   std::size_t notify_limit = 15;
 };

@@ -130,6 +130,21 @@ TEST(JobsMessages, Requests) {
   EXPECT_EQ(build_update_request(u),
             R"({"status":"IN_PROGRESS","statusDetails":{"state":"installation_progress",)"
             R"("message":"none"},"expectedVersion":3,"clientToken":"t"})");
+  u.execution_number = 2;
+  EXPECT_EQ(build_update_request(u),
+            R"({"status":"IN_PROGRESS","statusDetails":{"state":"installation_progress",)"
+            R"("message":"none"},"expectedVersion":3,"executionNumber":2,"clientToken":"t"})");
+  u.include_execution_state = true;
+  EXPECT_EQ(build_update_request(u),
+            R"({"status":"IN_PROGRESS","statusDetails":{"state":"installation_progress",)"
+            R"("message":"none"},"expectedVersion":3,"executionNumber":2,)"
+            R"("includeJobExecutionState":true,"clientToken":"t"})");
+  // What a cloud that applied the update shows: the sanitised details as sent.
+  u.message = "50%\x01\n";
+  EXPECT_EQ(status_details_of(u), (std::map<std::string, std::string>{
+                                      {"state", "installation_progress"}, {"message", "50%"}}));
+  EXPECT_EQ(build_describe_request("t", 4),
+            R"({"executionNumber":4,"includeJobDocument":true,"clientToken":"t"})");
 }
 
 // ---- job documents ----

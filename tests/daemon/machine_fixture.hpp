@@ -50,6 +50,10 @@ struct SentUpdate {
   std::string message;
   std::optional<int> step_timeout;
   std::string token;
+  std::optional<std::int64_t> execution_number;  ///< as sent
+  std::optional<std::int64_t> expected_version;  ///< as sent
+  bool include_state = false;                    ///< includeJobExecutionState
+  std::int64_t applied_to = 0;                   ///< the execution it changed (0: refused or lost)
 };
 
 inline std::string doc(
@@ -70,11 +74,35 @@ class FakeCloud {
   // Updates for which this is true are refused with InvalidRequest (as AWS refuses a
   // statusDetails value it does not accept).
   std::function<bool(const SentUpdate&)> refuse;
+  int lose_answers = 0;  // the next N updates are handled, their answers lost
   std::vector<Publish> held;
   int gets = 0;
   int describes = 0;
+  /// The executionNumber of each describe (nullopt: none sent).
+  std::vector<std::optional<std::int64_t>> described_executions;
+  /// Earlier executions of a job (after retry()), still answered when named by number.
+  std::map<std::string, std::vector<CloudJob>> past;
+  /// Earlier executions are unknown: naming one is ResourceNotFound (as the emulator does).
+  bool forget_past = false;
+  /// A describe answers the current execution whatever executionNumber it names.
+  bool describe_ignores_number = false;
 
   void add(CloudJob job) { jobs[job.id] = std::move(job); }
+
+  /// The job's execution ends with `status` (e.g. its in-progress timer expired) and a retry
+  /// queues the next execution: executionNumber + 1, QUEUED, versionNumber 1.
+  void retry(const std::string& id, const std::string& status = "TIMED_OUT") {
+    CloudJob& j = jobs.at(id);
+    CloudJob old = j;
+    old.status = status;
+    ++old.version;
+    past[id].push_back(old);
+    j.execution = old.execution + 1;
+    j.status = "QUEUED";
+    j.details.clear();
+    j.version = 1;
+    j.step_timeout.reset();
+  }
 
   static std::string summary(const CloudJob& j) {
     return "{\"jobId\":\"" + j.id + "\",\"queuedAt\":" + std::to_string(j.queued_at) +
@@ -142,7 +170,23 @@ class FakeCloud {
     const auto slash = rest.find('/');
     const std::string id = rest.substr(0, slash);
     const std::string op = rest.substr(slash + 1);
+    rapidjson::Document d;
+    d.Parse(p.payload.c_str());
+    std::optional<std::int64_t> number;
+    if (d.IsObject() && d.HasMember("executionNumber"))
+      number = d["executionNumber"].GetInt64();
     auto it = jobs.find(id);
+    // A request naming an earlier execution is about that one.
+    const CloudJob* earlier = nullptr;
+    const bool ignored = op == "get" && describe_ignores_number;
+    if (it != jobs.end() && number && *number != it->second.execution && !ignored) {
+      if (!forget_past)
+        for (const auto& j : past[id])
+          if (j.execution == *number)
+            earlier = &j;
+      if (!earlier)
+        it = jobs.end();
+    }
     auto reject = [&](const std::string& code, const std::string& state = "") {
       return std::vector<MqttMessage>{
           {p.topic + "/rejected", "{\"code\":\"" + code + "\",\"message\":\"m\"" + tok +
@@ -151,9 +195,10 @@ class FakeCloud {
     };
     if (op == "get") {
       ++describes;
+      described_executions.push_back(number);
       if (it == jobs.end())
         return reject("ResourceNotFound");
-      const CloudJob& j = it->second;
+      const CloudJob& j = earlier ? *earlier : it->second;
       return {{p.topic + "/accepted",
                "{\"execution\":{\"jobId\":\"" + j.id + "\",\"thingName\":\"" + kThing +
                    "\",\"jobDocument\":" + j.document + ",\"status\":\"" + j.status +
@@ -164,8 +209,6 @@ class FakeCloud {
                    "},\"timestamp\":1700000000" + tok + "}"}};
     }
     // update
-    rapidjson::Document d;
-    d.Parse(p.payload.c_str());
     SentUpdate u;
     u.job_id = id;
     u.status = d["status"].GetString();
@@ -174,6 +217,11 @@ class FakeCloud {
     if (d.HasMember("stepTimeoutInMinutes"))
       u.step_timeout = d["stepTimeoutInMinutes"].GetInt();
     u.token = token;
+    u.execution_number = number;
+    if (d.HasMember("expectedVersion"))
+      u.expected_version = d["expectedVersion"].GetInt64();
+    u.include_state =
+        d.HasMember("includeJobExecutionState") && d["includeJobExecutionState"].GetBool();
     updates.push_back(u);
     if (lose_updates)
       return {};
@@ -185,14 +233,37 @@ class FakeCloud {
     }
     if (it == jobs.end())
       return reject("ResourceNotFound");
+    if (earlier)
+      return reject("InvalidStateTransition", execution_state(*earlier));
     CloudJob& j = it->second;
+    auto answered = [&](std::vector<MqttMessage> answer) {
+      if (lose_answers > 0) {
+        --lose_answers;
+        return std::vector<MqttMessage>{};
+      }
+      return answer;
+    };
     if (jobs::is_terminal_status(j.status))
-      return reject("InvalidStateTransition", execution_state(j));
+      return answered(reject("InvalidStateTransition", execution_state(j)));
+    if (u.expected_version && *u.expected_version != j.version)
+      return answered(reject("VersionMismatch", execution_state(j)));
     j.status = u.status;
     j.details = {{"state", u.state}, {"message", u.message}};
     j.step_timeout = u.step_timeout;
     ++j.version;
-    return {{p.topic + "/accepted", "{\"timestamp\":1700000000" + tok + "}"}};
+    updates.back().applied_to = j.execution;
+    const std::string state =
+        u.include_state ? ",\"executionState\":" + execution_state(j) : std::string();
+    return answered({{p.topic + "/accepted", "{\"timestamp\":1700000000" + state + tok + "}"}});
+  }
+
+  /// The states the cloud applied to one execution of a job, in order.
+  std::vector<std::string> applied(const std::string& job_id, std::int64_t execution) const {
+    std::vector<std::string> out;
+    for (const auto& u : updates)
+      if (u.job_id == job_id && u.applied_to == execution)
+        out.push_back(u.state);
+    return out;
   }
 
   /// The states of the updates sent for a job, in order (duplicates collapsed).

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <sstream>
 
 #include "machine_fixture.hpp"
 
@@ -822,6 +823,89 @@ TEST(Machine, UpdateRejectedAsTerminalCancels) {
   EXPECT_EQ(w.phase(), Phase::Monitor);
 }
 
+// ---- execution numbers: a retry's new execution is not ours -------------------------------
+
+// How the cloud answers a describe that names our execution after a retry queued the next one.
+enum class PastExecution { Answered, NotFound, NumberIgnored };
+
+void PrintTo(PastExecution p, std::ostream* os) {
+  *os << (p == PastExecution::Answered   ? "Answered"
+          : p == PastExecution::NotFound ? "NotFound"
+                                         : "NumberIgnored");
+}
+
+class RetriedExecution : public ::testing::TestWithParam<PastExecution> {};
+
+// The in-progress timer of execution 1 expires and a retry queues execution 2: notify lists the
+// job QUEUED again, with executionNumber 2. That is not our execution going on: the work on
+// execution 1 stops and execution 2 is done from the start.
+TEST_P(RetriedExecution, NotifyOfTheNextExecutionStopsTheWorkOnOurs) {
+  World w;
+  w.cloud.forget_past = GetParam() == PastExecution::NotFound;
+  w.cloud.describe_ignores_number = GetParam() == PastExecution::NumberIgnored;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  const auto first = w.running_download->work;
+  const auto describes = w.cloud.describes;
+  w.cloud.retry("upparat_1");
+  w.notify();
+  EXPECT_NE(std::find(w.stopped.begin(), w.stopped.end(), first), w.stopped.end())
+      << "the download of execution 1 goes on";
+  EXPECT_GT(w.cloud.describes, describes);
+  ASSERT_GE(w.cloud.described_executions.size(), 2u);
+  EXPECT_EQ(w.cloud.described_executions[1], std::optional<std::int64_t>(1))
+      << "the check names our execution";
+  // Execution 2 is picked and done from the start (version check, then download).
+  ASSERT_TRUE(w.running_download);
+  EXPECT_NE(w.running_download->work, first);
+  ASSERT_TRUE(w.store.state_);
+  EXPECT_EQ(w.store.state_->execution_number, 2);
+  EXPECT_EQ(w.steps_run.back().job.execution_number, 2);
+  EXPECT_EQ(w.cloud.applied("upparat_1", 2), Strings{"download_start"});
+  for (const auto& u : w.cloud.updates)
+    EXPECT_TRUE(u.execution_number.has_value()) << u.state << " without executionNumber";
+}
+
+INSTANTIATE_TEST_SUITE_P(Cloud, RetriedExecution,
+                         ::testing::Values(PastExecution::Answered, PastExecution::NotFound,
+                                           PastExecution::NumberIgnored),
+                         [](const auto& info) {
+                           std::ostringstream os;
+                           PrintTo(info.param, &os);
+                           return os.str();
+                         });
+
+// The notify of the retry is lost: the next update of ours names execution 1, is refused, and
+// never lands on execution 2.
+TEST(Machine, UpdatesNeverLandOnTheNextExecution) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  auto classic = w.script;
+  bool hang = true;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install && hang)
+      return std::nullopt;
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
+  w.cloud.retry("upparat_1");
+  hang = false;
+  w.finish_step(ok());  // -> reboot_start for execution 1
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
+  EXPECT_EQ(w.cloud.applied("upparat_1", 1), (Strings{"download_start", "installation_start"}));
+  EXPECT_EQ(w.cloud.applied("upparat_1", 2), (Strings{"download_start", "installation_start",
+                                                      "reboot_start", "complete_soft_restart"}))
+      << "execution 2 is installed by itself, not finished with execution 1's install";
+  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
+                          [](auto& r) { return r.step == Step::Install; }),
+            2);
+}
+
 // ---- updates: order, duplicates, throttling ------------------------------------------------
 
 // ---- a final update the cloud refuses ---------------------------------------------------
@@ -1021,6 +1105,106 @@ TEST(Machine, StaleAndDuplicatedAnswersAreIgnored) {
   EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
                           [](auto& r) { return r.step == Step::Install; }),
             1);
+}
+
+// ---- expectedVersion: a resent, duplicated or late update is never applied twice ---------
+
+// Every update carries the execution's versionNumber as expectedVersion and asks for the
+// executionState: from the describe at the start, from each accepted answer after it, and from
+// the describe of the new daemon after the reboot. None meets a VersionMismatch.
+TEST(Machine, EveryUpdateCarriesTheExpectedVersion) {
+  World w;
+  w.use(Hooks{});
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Restart);
+  w.reboot();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_ready");
+  std::int64_t version = 1;  // a new execution
+  for (const auto& u : w.cloud.updates) {
+    EXPECT_EQ(u.expected_version, std::optional<std::int64_t>(version)) << u.state;
+    EXPECT_TRUE(u.include_state) << u.state;
+    EXPECT_EQ(u.applied_to, 1) << u.state;
+    ++version;
+  }
+  EXPECT_EQ(w.cloud.jobs.at("upparat_1").version, 5);
+}
+
+// installation_start is applied but its answer is lost; the resend (same token, same
+// expectedVersion) meets VersionMismatch showing exactly what it sent: it was accepted, and it
+// is not applied a second time.
+TEST(Machine, ResentUpdateWhoseAnswerWasLostIsNotAppliedAgain) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  w.cloud.lose_answers = 1;
+  w.finish_download(download::Outcome::Complete);
+  ASSERT_EQ(w.phase(), Phase::Install);
+  EXPECT_FALSE(w.running_step) << "no install before installation_start is answered";
+  w.advance(31s);  // resent
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
+  EXPECT_EQ(w.cloud.applied("upparat_1", 1), (Strings{"download_start", "installation_start",
+                                                      "reboot_start", "complete_soft_restart"}));
+  EXPECT_EQ(w.cloud.jobs.at("upparat_1").version, 5) << "versionNumber jumped";
+  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
+                          [](auto& r) { return r.step == Step::Install; }),
+            1);
+}
+
+// A copy of installation_progress (a QoS 1 duplicate, or the network's late copy) reaches the
+// cloud after reboot_start was applied: it changes nothing.
+TEST(Machine, LateCopyOfAnOlderUpdateDoesNotOverwriteANewerOne) {
+  World w;
+  w.use(Hooks{});
+  auto classic = w.script;
+  bool hang = true;
+  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install && hang)
+      return std::nullopt;
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
+  w.handle(StepProgress{w.running_step->work, "writing slot B", 50});
+  ASSERT_EQ(final_state(w, "upparat_1"), "IN_PROGRESS installation_progress");
+  const Publish copy = w.published.back();
+  ASSERT_NE(copy.payload.find("installation_progress"), std::string::npos);
+  hang = false;
+  w.finish_step(ok());
+  ASSERT_EQ(w.phase(), Phase::Restart);
+  ASSERT_EQ(final_state(w, "upparat_1"), "IN_PROGRESS reboot_start");
+  for (auto& m : w.cloud.respond(copy))
+    w.handle(m);
+  EXPECT_EQ(final_state(w, "upparat_1"), "IN_PROGRESS reboot_start");
+  EXPECT_EQ(w.phase(), Phase::Restart);
+  w.reboot();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_ready");
+}
+
+// Someone else changed the execution since we last saw it: our update meets VersionMismatch
+// with other statusDetails, and is sent again on top of that change.
+TEST(Machine, UpdateMeetingAnotherChangeIsSentAgainWithTheNewVersion) {
+  World w;
+  w.use(Hooks{});
+  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  CloudJob& j = w.cloud.jobs.at("upparat_1");
+  j.details = {{"state", "operator_note"}};
+  ++j.version;  // 3
+  w.handle(DownloadProgress{w.running_download->work, {500, 1000}});
+  EXPECT_EQ(final_state(w, "upparat_1"), "IN_PROGRESS download_progress");
+  ASSERT_EQ(w.cloud.updates.size(), 3u);
+  EXPECT_EQ(w.cloud.updates[1].token, w.cloud.updates[2].token);
+  EXPECT_EQ(w.cloud.updates[1].applied_to, 0) << "refused: it expected version 2";
+  EXPECT_EQ(w.cloud.updates[2].expected_version, std::optional<std::int64_t>(3));
+  EXPECT_EQ(w.cloud.updates[2].applied_to, 1);
+  EXPECT_TRUE(w.running_download);
 }
 
 // ---- retries and deadlines ----------------------------------------------------------------

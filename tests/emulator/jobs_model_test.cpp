@@ -392,6 +392,29 @@ TEST_F(JobsModelTest, UpdateRunsTheStateMachine) {
   EXPECT_EQ(e.history.back().status, ExecStatus::Succeeded);
 }
 
+TEST_F(JobsModelTest, StaleVersionOnATerminalExecutionByOption) {
+  create("job1");
+  (void)only(send(T + "/job1/update", R"({"status":"IN_PROGRESS","statusDetails":{"state":"a"}})"),
+             T + "/job1/update/accepted");
+  ASSERT_TRUE(model_.cancel_job("job1", true));
+  // Default: the terminal state is checked first.
+  const std::string stale = R"({"status":"IN_PROGRESS","expectedVersion":2,"clientToken":"c"})";
+  auto r = only(send(T + "/job1/update", stale), T + "/job1/update/rejected");
+  EXPECT_STREQ(r["code"].GetString(), "InvalidStateTransition");
+  auto options = model_.options();
+  options.version_mismatch_before_terminal = true;
+  model_.set_options(options);
+  r = only(send(T + "/job1/update", stale), T + "/job1/update/rejected");
+  EXPECT_STREQ(r["code"].GetString(), "VersionMismatch");
+  EXPECT_STREQ(r["executionState"]["status"].GetString(), "CANCELED");
+  EXPECT_STREQ(r["executionState"]["statusDetails"]["state"].GetString(), "a");
+  EXPECT_EQ(r["executionState"]["versionNumber"].GetInt64(), 3);
+  // The right version still meets the terminal state.
+  r = only(send(T + "/job1/update", R"({"status":"IN_PROGRESS","expectedVersion":3})"),
+           T + "/job1/update/rejected");
+  EXPECT_STREQ(r["code"].GetString(), "InvalidStateTransition");
+}
+
 TEST_F(JobsModelTest, UpdateAllowsQueuedToTerminal) {
   for (std::string status : {"SUCCEEDED", "FAILED", "REJECTED"}) {
     create("j" + status);

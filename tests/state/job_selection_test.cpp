@@ -19,7 +19,7 @@ bool prefixed(const jobs::JobSummary& j) {
 
 TEST(JobSelection, NothingPending) {
   const auto s = select_job({}, prefixed);
-  EXPECT_FALSE(s.job_id);
+  EXPECT_FALSE(s.job);
   EXPECT_TRUE(s.multiple_in_progress.empty());
 }
 
@@ -27,14 +27,14 @@ TEST(JobSelection, InProgressBeforeQueued) {
   jobs::PendingJobs p;
   p.queued = {job("upparat_q", 1)};
   p.in_progress = {job("other"), job("upparat_ip", 5000)};
-  EXPECT_EQ(select_job(p, prefixed).job_id, "upparat_ip");
+  EXPECT_EQ(select_job(p, prefixed).job->job_id, "upparat_ip");
 }
 
 TEST(JobSelection, OldestQueuedFirstAndTiesKeepTheQueueOrder) {
   jobs::PendingJobs p;
   p.queued = {job("upparat_b", 2000), job("other", 1), job("upparat_a", 1000),
               job("upparat_c", 1000)};
-  EXPECT_EQ(select_job(p, prefixed).job_id, "upparat_a");
+  EXPECT_EQ(select_job(p, prefixed).job->job_id, "upparat_a");
 }
 
 TEST(JobSelection, MoreThanOneInProgressOfOursIsInvalid) {
@@ -42,8 +42,10 @@ TEST(JobSelection, MoreThanOneInProgressOfOursIsInvalid) {
   p.in_progress = {job("upparat_1"), job("other"), job("upparat_2")};
   p.queued = {job("upparat_3")};
   const auto s = select_job(p, prefixed);
-  EXPECT_FALSE(s.job_id);
-  EXPECT_EQ(s.multiple_in_progress, (std::vector<std::string>{"upparat_1", "upparat_2"}));
+  EXPECT_FALSE(s.job);
+  ASSERT_EQ(s.multiple_in_progress.size(), 2u);
+  EXPECT_EQ(s.multiple_in_progress[0].job_id, "upparat_1");
+  EXPECT_EQ(s.multiple_in_progress[1].job_id, "upparat_2");
 }
 
 TEST(JobSelection, OnlyJobsThePredicateCallsOurs) {
@@ -52,7 +54,8 @@ TEST(JobSelection, OnlyJobsThePredicateCallsOurs) {
   p.queued = {job("other"), job("upparat_next")};
   const auto s = select_job(
       p, [](const jobs::JobSummary& j) { return prefixed(j) && j.job_id != "upparat_ended"; });
-  EXPECT_EQ(s.job_id, "upparat_next");
+  ASSERT_TRUE(s.job);
+  EXPECT_EQ(s.job->job_id, "upparat_next");
 }
 
 }  // namespace
