@@ -60,7 +60,9 @@ class StateStore {
 };
 
 /// `<directory>/state.json`, written to a temp file, fsynced, renamed over the old one, and
-/// the directory fsynced.
+/// the directory fsynced. Every access opens the folder with open_owned_directory() (owned by
+/// root or the daemon's user from / down) and its files with openat(O_NOFOLLOW): a symbolic
+/// link at `state.json` or `state.json.tmp` is refused, never followed.
 class FileStateStore final : public StateStore {
  public:
   explicit FileStateStore(std::filesystem::path directory);
