@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
@@ -11,6 +12,7 @@
 
 #include "config/config.hpp"
 #include "daemon/daemon.hpp"
+#include "daemon/folders.hpp"
 
 #ifndef UPPARAT_VERSION
 #define UPPARAT_VERSION "0.0.0"
@@ -109,6 +111,10 @@ int main(int argc, char** argv) {
     spdlog::warn("{}: {}", config->file.string(), warning);
 
   if (check_only) {
+    if (auto ok = upparat::daemon::check_folders(*config, ::geteuid()); !ok) {
+      spdlog::error("{}", ok.error().message());
+      return upparat::daemon::kExitConfig;
+    }
     if (auto ok = upparat::daemon::check_plugins(*config); !ok) {
       spdlog::error("{}", ok.error().message());
       return upparat::daemon::kExitConfig;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 
 namespace upparat {
 namespace {
@@ -42,11 +43,32 @@ std::size_t decode_utf8(std::string_view text, std::size_t i, std::uint32_t& cod
   return length;
 }
 
-bool is_control(std::uint32_t code_point) {
-  return code_point < 0x20 || code_point == 0x7F || (code_point >= 0x80 && code_point <= 0x9F);
+struct CodePointRange {
+  std::uint32_t first;
+  std::uint32_t last;
+};
+
+// Every code point outside these ranges is of general category C: control, format, surrogate,
+// private use or unassigned (in the Unicode version named in the file).
+constexpr CodePointRange kNotCategoryC[] = {
+#include "common/unicode_not_c.inc"
+};
+
+// UTF-16 code units of a code point: astral characters take a surrogate pair.
+std::size_t utf16_units(std::uint32_t code_point) {
+  return code_point > 0xFFFF ? 2 : 1;
 }
 
 }  // namespace
+
+bool is_unicode_category_c(std::uint32_t code_point) {
+  // The first range whose last code point is not below code_point is the only one that can
+  // hold it.
+  const auto* it = std::lower_bound(
+      std::begin(kNotCategoryC), std::end(kNotCategoryC), code_point,
+      [](const CodePointRange& range, std::uint32_t value) { return range.last < value; });
+  return it == std::end(kNotCategoryC) || code_point < it->first;
+}
 
 bool is_valid_utf8(std::string_view text) {
   std::size_t i = 0;
@@ -64,22 +86,29 @@ bool is_valid_utf8(std::string_view text) {
 std::string sanitize_status_detail(std::string_view text) {
   std::string out;
   out.reserve(std::min(text.size(), kStatusDetailMaxChars * 4));
-  std::size_t chars = 0;
+  std::size_t units = 0;
   std::size_t i = 0;
-  while (i < text.size() && chars < kStatusDetailMaxChars) {
+  while (i < text.size()) {
     std::uint32_t code_point = 0;
     const std::size_t length = decode_utf8(text, i, code_point);
+    // U+FFFD and the space take one unit; a kept astral character takes two and is dropped
+    // whole when only one is left.
+    const std::size_t needed =
+        length == 0 || is_unicode_category_c(code_point) ? 1 : utf16_units(code_point);
+    if (units + needed > kStatusDetailMaxChars) {
+      break;
+    }
     if (length == 0) {
       out += kReplacement;
       ++i;
-    } else if (is_control(code_point)) {
+    } else if (is_unicode_category_c(code_point)) {
       out += ' ';
       i += length;
     } else {
       out.append(text.substr(i, length));
       i += length;
     }
-    ++chars;
+    units += needed;
   }
   // Trim spaces at both ends (they often come from newlines turned into spaces).
   const auto first = out.find_first_not_of(' ');

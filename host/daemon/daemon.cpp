@@ -19,6 +19,7 @@
 #include <thread>
 #include <type_traits>
 
+#include "daemon/folders.hpp"
 #include "download/downloader.hpp"
 #include "jobs/topics.hpp"
 #include "mqtt/session.hpp"
@@ -444,10 +445,8 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   const auto& state_dir = config.service.state_directory;
-  std::error_code ec;
-  fs::create_directories(state_dir, ec);
-  if (ec)
-    return fail("cannot create the state directory " + state_dir.string() + ": " + ec.message());
+  if (auto ok = prepare_folders(config, ::geteuid()); !ok)
+    return fail(ok.error());
   auto lock = state::LockFile::acquire(state_dir / "upparat.lock");
   if (!lock)
     return fail(lock.error());

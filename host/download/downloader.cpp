@@ -1,6 +1,7 @@
 #include "download/downloader.hpp"
 
 #include <curl/curl.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <spdlog/spdlog.h>
@@ -18,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/safe_fs.hpp"
 #include "common/url.hpp"
 #include "download/file_system.hpp"
 
@@ -318,6 +320,7 @@ class Run {
   const std::filesystem::path final_;
   const std::string shown_url_;
 
+  UniqueFd dir_;  // the download folder (prepare_directory)
   int fd_ = -1;
   std::uint64_t file_bytes_ = 0;  // written to fd_
   std::uint64_t synced_ = 0;      // of which fsynced
@@ -443,8 +446,10 @@ void Run::delete_part() {
     fs_.close(fd_);
     fd_ = -1;
   }
-  std::error_code ec;
-  std::filesystem::remove(part_, ec);
+  if (dir_.valid()) {
+    if (auto st = remove_in(dir_.get(), part_); !st)
+      spdlog::warn("download {}: {}", request_.job_id, st.error().message());
+  }
   file_bytes_ = synced_ = 0;
   buffer_.clear();
   etag_.clear();
@@ -506,25 +511,22 @@ DownloadResult Run::finish(Outcome outcome, std::string reason) {
 }
 
 Status Run::prepare_directory() {
-  const auto& dir = settings_.directory;
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) {
-    if (!std::filesystem::create_directories(dir, ec) && ec) {
-      return fail("cannot create download directory " + dir.string() + ": " + ec.message());
-    }
-    // Only a directory we create gets our mode: a configured existing one is left as it is.
-    if (::chmod(dir.c_str(), settings_.directory_mode) != 0) {
-      return fail("chmod " + dir.string() + ": " + std::strerror(errno));
-    }
-    if (settings_.group && ::chown(dir.c_str(), static_cast<uid_t>(-1), *settings_.group) != 0) {
-      return fail("chown " + dir.string() + ": " + std::strerror(errno));
-    }
-  }
+  // Checked from / down; a missing folder is created with our mode (a configured existing one
+  // is left as it is).
+  OwnedDirectoryOptions options;
+  options.uid = ::geteuid();
+  options.missing = Missing::Create;
+  options.mode = settings_.directory_mode;
+  options.group = settings_.group;
+  auto dir = open_owned_directory(settings_.directory, options);
+  if (!dir)
+    return fail(dir.error().context("download folder " + settings_.directory.string()));
+  dir_ = std::move(*dir);
   return {};
 }
 
 Status Run::open_part() {
-  auto fd = fs_.open(part_, O_RDWR | O_CREAT, settings_.file_mode);
+  auto fd = fs_.open(dir_.get(), part_, O_RDWR | O_CREAT, settings_.file_mode);
   if (!fd)
     return fail(fd.error());
   fd_ = *fd;
@@ -598,22 +600,24 @@ Status Run::hash_prefix() {
 }
 
 std::optional<DownloadResult> Run::use_existing_final() {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(final_, ec))
-    return std::nullopt;
-  const auto size = std::filesystem::file_size(final_, ec);
-  bool ok = !ec && (!request_.size || size == *request_.size);
+  struct stat st {};
+  const auto name = final_.filename();
+  if (::fstatat(dir_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+    return std::nullopt;  // nothing there; anything but a file is replaced by the rename
+  auto file = open_file_in(dir_.get(), final_, O_RDONLY);
+  std::uint64_t size = 0;
+  bool ok = file && ::fstat(file->get(), &st) == 0;
+  if (ok) {
+    size = static_cast<std::uint64_t>(st.st_size);
+    ok = !request_.size || size == *request_.size;
+  }
   if (ok && request_.sha256) {
     Sha256 hash;
-    const int fd = ::open(final_.c_str(), O_RDONLY | O_CLOEXEC);
-    ok = fd >= 0;
     std::vector<char> chunk(1024 * 1024);
-    while (ok) {
-      if (stop_.requested()) {
-        ::close(fd);
+    for (;;) {
+      if (stop_.requested())
         return finish(Outcome::Cancelled, "stopped");
-      }
-      const auto got = ::read(fd, chunk.data(), chunk.size());
+      const auto got = ::read(file->get(), chunk.data(), chunk.size());
       if (got < 0 && errno == EINTR)
         continue;
       if (got < 0)
@@ -622,14 +626,13 @@ std::optional<DownloadResult> Run::use_existing_final() {
         break;
       hash.update(chunk.data(), static_cast<std::size_t>(got));
     }
-    if (fd >= 0)
-      ::close(fd);
     ok = ok && hash.hex() == lower(*request_.sha256);
   }
   if (!ok) {
-    spdlog::warn("download {}: removing {}: it does not match the job document", request_.job_id,
-                 final_.string());
-    std::filesystem::remove(final_, ec);
+    spdlog::warn("download {}: removing {}: {}", request_.job_id, final_.string(),
+                 file ? "it does not match the job document" : file.error().message());
+    if (auto st = remove_in(dir_.get(), final_); !st)
+      spdlog::warn("download {}: {}", request_.job_id, st.error().message());
     return std::nullopt;
   }
   spdlog::info("download {}: {} is already complete", request_.job_id, final_.string());
@@ -992,11 +995,11 @@ std::optional<DownloadResult> Run::verify_and_commit(bool& retried_after_mismatc
     delete_part();
     return failed("the download does not match the job document twice: " + mismatch);
   }
-  if (auto st = fs_.rename(part_, final_); !st) {
+  if (auto st = fs_.rename(dir_.get(), part_, final_); !st) {
     delete_part();
     return failed(st.error().message());
   }
-  if (auto st = fs_.sync_directory(settings_.directory); !st) {
+  if (auto st = fs_.sync_directory(dir_.get(), settings_.directory); !st) {
     spdlog::warn("download {}: {}", request_.job_id, st.error().message());
   }
   return finish(Outcome::Complete, "");
@@ -1165,55 +1168,77 @@ DownloadResult Downloader::run(const Request& request, ResumeState& resume, cons
   }
 }
 
+namespace {
+
+// The download folder for clean() and remove(): an empty descriptor when it does not exist.
+Result<UniqueFd> open_existing_directory(const std::filesystem::path& directory) {
+  OwnedDirectoryOptions options;
+  options.uid = ::geteuid();
+  options.missing = Missing::Ignore;
+  auto dir = open_owned_directory(directory, options);
+  if (!dir)
+    return fail(dir.error().context("download folder " + directory.string()));
+  return dir;
+}
+
+}  // namespace
+
 Status Downloader::remove(const std::string& job_id) {
   if (!valid_job_id(job_id))
     return fail("invalid job id");
   impl_->cache.reset();
+  auto dir = open_existing_directory(impl_->settings.directory);
+  if (!dir)
+    return fail(dir.error());
+  if (!dir->valid())
+    return {};
   for (const auto& path : {final_path(job_id), part_path(job_id)}) {
-    std::error_code ec;
-    std::filesystem::remove(path, ec);
-    if (ec)
-      return fail("remove " + path.string() + ": " + ec.message());
+    if (auto st = remove_in(dir->get(), path); !st)
+      return st;
   }
   return {};
 }
 
 Status Downloader::clean(const std::string& keep_job_id) {
-  const auto& dir = impl_->settings.directory;
-  std::error_code ec;
-  if (!std::filesystem::exists(dir, ec))
+  const auto& directory = impl_->settings.directory;
+  auto dir = open_existing_directory(directory);
+  if (!dir)
+    return fail(dir.error());
+  if (!dir->valid())
     return {};
-  std::filesystem::directory_iterator it(dir, ec);
-  if (ec)
-    return fail("listing " + dir.string() + ": " + ec.message());
+  // fdopendir() takes its own descriptor: the listing is of the folder that was checked.
+  const int listing_fd = ::dup(dir->get());
+  DIR* listing = listing_fd < 0 ? nullptr : ::fdopendir(listing_fd);
+  if (listing == nullptr) {
+    const std::string err = std::strerror(errno);
+    if (listing_fd >= 0)
+      ::close(listing_fd);
+    return fail("listing " + directory.string() + ": " + err);
+  }
+  ::rewinddir(listing);
   std::string errors;
-  for (; it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    if (ec)
-      break;
-    const auto name = it->path().filename().string();
+  while (const dirent* entry = ::readdir(listing)) {
+    const std::string name = entry->d_name;
     std::string job = name;
     if (job.size() > 5 && job.compare(job.size() - 5, 5, ".part") == 0) {
       job.resize(job.size() - 5);
     }
-    // Only our own files: anything else in the directory is left alone.
+    // Only our own files: anything else in the directory (folders, links) is left alone.
     if (!valid_job_id(job) || (!keep_job_id.empty() && job == keep_job_id))
       continue;
-    std::error_code type_ec;
-    if (!it->is_regular_file(type_ec))
+    struct stat st {};
+    if (::fstatat(dir->get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
       continue;
-    spdlog::info("download: removing {} (not the current job's)", it->path().string());
-    std::error_code rm_ec;
-    std::filesystem::remove(it->path(), rm_ec);
-    if (rm_ec)
-      errors += (errors.empty() ? "" : "; ") + it->path().string() + ": " + rm_ec.message();
+    spdlog::info("download: removing {} (not the current job's)", (directory / name).string());
+    if (auto st = remove_in(dir->get(), directory / name); !st)
+      errors += (errors.empty() ? "" : "; ") + st.error().message();
   }
-  if (ec)
-    return fail("listing " + dir.string() + ": " + ec.message());
+  ::closedir(listing);
   if (keep_job_id.empty() || keep_job_id != (impl_->cache ? impl_->cache->job_id : "")) {
     impl_->cache.reset();
   }
   if (!errors.empty())
-    return fail("cannot remove " + errors);
+    return fail(errors);
   return {};
 }
 

@@ -21,7 +21,10 @@ class FileSystem;  // download/file_system.hpp: the seam for disk writes (tests 
 /// How downloads are made. The defaults suit a device in the field.
 struct Settings {
   /// Where `<jobId>.part` and the finished `<jobId>` live. Not /tmp: it may be RAM, or
-  /// private to the daemon's unit and unreadable by the installer's service.
+  /// private to the daemon's unit and unreadable by the installer's service. Opened with
+  /// open_owned_directory() (common/safe_fs.hpp) on every run(), clean() and remove(): every
+  /// folder from / down must be owned by root or the daemon's user and not group/other
+  /// writable; its files are opened with openat(O_NOFOLLOW) and never through a link.
   std::filesystem::path directory = "/var/lib/upparat/downloads";
   /// CA bundle for HTTPS verification ("" = libcurl's default store). Verification is
   /// always on.

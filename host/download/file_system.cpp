@@ -9,6 +9,8 @@
 #include <cstring>
 #include <string>
 
+#include "common/safe_fs.hpp"
+
 namespace upparat::download {
 namespace {
 
@@ -18,14 +20,12 @@ std::string errno_text() {
 
 }  // namespace
 
-Result<int> FileSystem::open(const std::filesystem::path& path, int flags, mode_t mode) {
-  int fd = -1;
-  do {
-    fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
-  } while (fd < 0 && errno == EINTR);
-  if (fd < 0)
-    return fail("open " + path.string() + ": " + errno_text());
-  return fd;
+Result<int> FileSystem::open(int directory, const std::filesystem::path& path, int flags,
+                             mode_t mode) {
+  auto fd = open_file_in(directory, path, flags, mode);
+  if (!fd)
+    return fail(fd.error());
+  return fd->release();
 }
 
 void FileSystem::close(int fd) {
@@ -33,18 +33,8 @@ void FileSystem::close(int fd) {
 }
 
 Status FileSystem::write_all(int fd, const char* data, std::size_t size) {
-  while (size > 0) {
-    const auto written = ::write(fd, data, size);
-    if (written < 0) {
-      if (errno == EINTR)
-        continue;
-      return fail("write: " + errno_text());
-    }
-    if (written == 0)
-      return fail("write: no progress");
-    data += written;
-    size -= static_cast<std::size_t>(written);
-  }
+  if (auto written = upparat::write_all(fd, data, size); !written)
+    return fail(written.error().context("write"));
   return {};
 }
 
@@ -67,22 +57,14 @@ Result<std::uint64_t> FileSystem::size(int fd) {
   return static_cast<std::uint64_t>(st.st_size);
 }
 
-Status FileSystem::rename(const std::filesystem::path& from, const std::filesystem::path& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0) {
-    return fail("rename " + from.string() + " to " + to.string() + ": " + errno_text());
-  }
-  return {};
+Status FileSystem::rename(int directory, const std::filesystem::path& from,
+                          const std::filesystem::path& to) {
+  return rename_in(directory, from, to);
 }
 
-Status FileSystem::sync_directory(const std::filesystem::path& directory) {
-  const int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0)
-    return fail("open " + directory.string() + ": " + errno_text());
-  const int rc = ::fsync(fd);
-  const auto saved = errno;
-  ::close(fd);
-  if (rc != 0)
-    return fail("fsync " + directory.string() + ": " + std::strerror(saved));
+Status FileSystem::sync_directory(int directory, const std::filesystem::path& path) {
+  if (::fsync(directory) != 0)
+    return fail("fsync " + path.string() + ": " + errno_text());
   return {};
 }
 

@@ -17,17 +17,23 @@ class FileSystem {
  public:
   virtual ~FileSystem() = default;
 
-  /// open(2) with O_CLOEXEC added; returns the descriptor.
-  virtual Result<int> open(const std::filesystem::path& path, int flags, mode_t mode);
+  /// Opens the regular file `path.filename()` in the folder `directory` (a descriptor of
+  /// `path.parent_path()`) without following a symbolic link (upparat::open_file_in); returns
+  /// the descriptor.
+  virtual Result<int> open(int directory, const std::filesystem::path& path, int flags,
+                           mode_t mode);
   virtual void close(int fd);
   /// Writes all of `data` (retrying short writes and EINTR).
   virtual Status write_all(int fd, const char* data, std::size_t size);
   virtual Status sync(int fd);
   virtual Status truncate(int fd, std::uint64_t length);
   virtual Result<std::uint64_t> size(int fd);
-  virtual Status rename(const std::filesystem::path& from, const std::filesystem::path& to);
-  /// fsyncs a directory so a rename or a new file in it survives a power cut.
-  virtual Status sync_directory(const std::filesystem::path& directory);
+  /// Renames `from` to `to`, both in the folder `directory` (renameat).
+  virtual Status rename(int directory, const std::filesystem::path& from,
+                        const std::filesystem::path& to);
+  /// fsyncs the folder `directory` (shown as `path`) so a rename or a new file in it survives
+  /// a power cut.
+  virtual Status sync_directory(int directory, const std::filesystem::path& path);
   /// Bytes an unprivileged writer may still use on the file system holding `directory`.
   virtual Result<std::uint64_t> available_bytes(const std::filesystem::path& directory);
 };

@@ -5,41 +5,61 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <string>
+
+#include "common/safe_fs.hpp"
 
 namespace upparat::state {
 
-std::optional<pid_t> lock_holder(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  long long pid = 0;
-  if (in >> pid && pid > 0)
+namespace {
+
+std::optional<pid_t> read_pid(int fd) {
+  char text[32] = {};
+  const auto n = ::pread(fd, text, sizeof text - 1, 0);
+  if (n <= 0)
+    return std::nullopt;
+  const long long pid = std::atoll(text);
+  if (pid > 0)
     return static_cast<pid_t>(pid);
   return std::nullopt;
 }
 
+}  // namespace
+
+std::optional<pid_t> lock_holder(const std::filesystem::path& path) {
+  const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (!fd.valid())
+    return std::nullopt;
+  return read_pid(fd.get());
+}
+
 Result<LockFile> LockFile::acquire(const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return fail("cannot open lock file " + path.string() + ": " + std::strerror(errno));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  OwnedDirectoryOptions options;
+  options.uid = ::geteuid();
+  auto dir = open_owned_directory(path.parent_path(), options);
+  if (!dir)
+    return fail(dir.error().context("cannot open lock file " + path.string()));
+  auto opened = open_file_in(dir->get(), path, O_RDWR | O_CREAT, 0644);
+  if (!opened)
+    return fail("cannot open lock file: " + opened.error().message());
+  UniqueFd fd = std::move(*opened);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
-    ::close(fd);
     if (err == EWOULDBLOCK) {
-      const auto pid = lock_holder(path);
+      const auto pid = read_pid(fd.get());
       return fail("another upparat (PID " + (pid ? std::to_string(*pid) : std::string("unknown")) +
                   ") holds " + path.string());
     }
     return fail("cannot lock " + path.string() + ": " + std::strerror(err));
   }
   const std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+  if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), pid.data(), pid.size(), 0) < 0) {
     const int err = errno;
-    ::close(fd);
     return fail("cannot write lock file " + path.string() + ": " + std::strerror(err));
   }
-  return LockFile(path, fd);
+  return LockFile(path, fd.release());
 }
 
 LockFile::LockFile(LockFile&& other) noexcept

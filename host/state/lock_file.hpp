@@ -12,7 +12,8 @@ namespace upparat::state {
 
 /// An exclusive flock() on a file in the state directory, holding the owner's PID. A second
 /// instance fails at once with "another upparat (PID N) holds <path>". Released by the
-/// destructor (and by the kernel when the process dies, so a stale file never blocks).
+/// destructor (and by the kernel when the process dies, so a stale file never blocks). The
+/// folder must pass open_owned_directory(); a symbolic link at the file's name is refused.
 class LockFile {
  public:
   [[nodiscard]] static Result<LockFile> acquire(const std::filesystem::path& path);

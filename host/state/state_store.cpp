@@ -1,38 +1,39 @@
 #include "state/state_store.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "common/safe_fs.hpp"
+
 namespace upparat::state {
 namespace {
 
 constexpr int kFormatVersion = 1;
+// A state file is a few KiB; anything much larger is not ours.
+constexpr std::size_t kMaxStateBytes = 16 * 1024 * 1024;
 
 std::string errno_text() {
   return std::strerror(errno);
 }
 
-Status write_all(int fd, const std::string& data) {
-  std::size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return fail(errno_text());
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  return {};
+// The state folder, checked from / down (see open_owned_directory); an empty descriptor when
+// it does not exist and `missing` is Ignore.
+Result<UniqueFd> open_state_directory(const std::filesystem::path& directory, Missing missing) {
+  OwnedDirectoryOptions options;
+  options.uid = ::geteuid();
+  options.missing = missing;
+  auto fd = open_owned_directory(directory, options);
+  if (!fd)
+    return fail(fd.error().context("state folder " + directory.string()));
+  return fd;
 }
 
 constexpr std::pair<SavedStep, const char*> kSavedStepNames[] = {
@@ -254,22 +255,37 @@ std::filesystem::path FileStateStore::path() const {
 
 Result<std::optional<std::string>> FileStateStore::read_file(const std::string& name) const {
   const std::filesystem::path file = directory_ / name;
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    std::error_code ec;
-    if (!std::filesystem::exists(file, ec))
-      return std::optional<std::string>{};
-    return fail("cannot read " + file.string());
+  auto dir = open_state_directory(directory_, Missing::Ignore);
+  if (!dir)
+    return fail(dir.error());
+  struct stat st {};
+  if (!dir->valid() ||
+      (::fstatat(dir->get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT))
+    return std::optional<std::string>{};
+  auto fd = open_file_in(dir->get(), file, O_RDONLY);
+  if (!fd)
+    return fail("cannot read " + file.string() + ": " + fd.error().message());
+  std::string text;
+  char chunk[16384];
+  for (;;) {
+    const auto n = ::read(fd->get(), chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return fail("cannot read " + file.string() + ": " + errno_text());
+    if (n == 0)
+      break;
+    text.append(chunk, static_cast<std::size_t>(n));
+    if (text.size() > kMaxStateBytes)
+      return fail(file.string() + ": larger than " + std::to_string(kMaxStateBytes) + " bytes");
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  return std::optional<std::string>(text.str());
+  return std::optional<std::string>(std::move(text));
 }
 
 Result<std::optional<JobState>> FileStateStore::load() {
   auto text = read_file("state.json");
   if (!text)
-    return fail(text.error());
+    return fail(text.error().context("cannot read the job state"));
   if (!*text)
     return std::optional<JobState>{};
   auto state = job_state_from_json(**text);
@@ -291,7 +307,9 @@ Result<std::vector<EndedExecution>> FileStateStore::load_ended() {
 }
 
 Status FileStateStore::save(const JobState& state) {
-  return write_file("state.json", to_json(state));
+  if (auto written = write_file("state.json", to_json(state)); !written)
+    return fail(written.error().context("cannot save the job state"));
+  return {};
 }
 
 Status FileStateStore::save_ended(const std::vector<EndedExecution>& ended) {
@@ -303,35 +321,34 @@ Status FileStateStore::save_ended(const std::vector<EndedExecution>& ended) {
 Status FileStateStore::write_file(const std::string& name, const std::string& data) {
   const std::filesystem::path target = directory_ / name;
   const std::filesystem::path temp = directory_ / (name + ".tmp");
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0)
-    return fail("cannot create " + temp.string() + ": " + errno_text());
-  auto written = write_all(fd, data);
-  if (!written) {
-    ::close(fd);
-    ::unlink(temp.c_str());
+  auto dir = open_state_directory(directory_, Missing::Fail);
+  if (!dir)
+    return fail(dir.error());
+  auto fd = open_file_in(dir->get(), temp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (!fd)
+    return fail(fd.error());
+  // A temp file left by an older daemon may have another mode.
+  if (::fchmod(fd->get(), 0600) != 0) {
+    const std::string err = errno_text();
+    (void)remove_in(dir->get(), temp);
+    return fail("cannot chmod " + temp.string() + ": " + err);
+  }
+  if (auto written = write_all(fd->get(), data.data(), data.size()); !written) {
+    (void)remove_in(dir->get(), temp);
     return fail(written.error().context("cannot write " + temp.string()));
   }
-  if (::fsync(fd) != 0) {
+  if (::fsync(fd->get()) != 0) {
     const std::string err = errno_text();
-    ::close(fd);
-    ::unlink(temp.c_str());
+    (void)remove_in(dir->get(), temp);
     return fail("cannot fsync " + temp.string() + ": " + err);
   }
-  ::close(fd);
-  if (::rename(temp.c_str(), target.c_str()) != 0) {
-    const std::string err = errno_text();
-    ::unlink(temp.c_str());
-    return fail("cannot rename to " + target.string() + ": " + err);
+  fd->reset();
+  if (auto renamed = rename_in(dir->get(), temp, target); !renamed) {
+    (void)remove_in(dir->get(), temp);
+    return fail(renamed.error());
   }
-  const int dir = ::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir < 0)
-    return fail("cannot open " + directory_.string() + ": " + errno_text());
-  const int rc = ::fsync(dir);
-  const std::string err = rc != 0 ? errno_text() : "";
-  ::close(dir);
-  if (rc != 0)
-    return fail("cannot fsync " + directory_.string() + ": " + err);
+  if (::fsync(dir->get()) != 0)
+    return fail("cannot fsync " + directory_.string() + ": " + errno_text());
   return {};
 }
 
@@ -340,14 +357,14 @@ Status FileStateStore::clear() {
 }
 
 Status FileStateStore::remove_file(const std::string& name) {
-  const std::filesystem::path file = directory_ / name;
-  if (::unlink(file.c_str()) != 0 && errno != ENOENT)
-    return fail("cannot remove " + file.string() + ": " + errno_text());
-  const int dir = ::open(directory_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    (void)::fsync(dir);
-    ::close(dir);
-  }
+  auto dir = open_state_directory(directory_, Missing::Ignore);
+  if (!dir)
+    return fail(dir.error());
+  if (!dir->valid())
+    return {};
+  if (auto removed = remove_in(dir->get(), directory_ / name); !removed)
+    return removed;
+  (void)::fsync(dir->get());
   return {};
 }
 

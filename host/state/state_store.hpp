@@ -99,7 +99,10 @@ class StateStore {
 };
 
 /// `<directory>/state.json` and `<directory>/ended.json`, each written to a temp file,
-/// fsynced, renamed over the old one, and the directory fsynced.
+/// fsynced, renamed over the old one, and the directory fsynced. Every access opens the folder
+/// with open_owned_directory() (owned by root or the daemon's user from / down) and its files
+/// with openat(O_NOFOLLOW): a symbolic link at a state file or its temp file is refused, never
+/// followed.
 class FileStateStore final : public StateStore {
  public:
   explicit FileStateStore(std::filesystem::path directory);

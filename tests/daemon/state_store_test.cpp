@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "state/lock_file.hpp"
 #include "state/machine.hpp"
@@ -163,6 +164,90 @@ TEST(FileStateStore, MissingDirectoryFailsToSave) {
   auto saved = store.save(sample());
   ASSERT_FALSE(saved);
   EXPECT_NE(saved.error().message().find("/nonexistent/upparat"), std::string::npos);
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::filesystem::perms perms_of(const std::filesystem::path& path) {
+  return std::filesystem::status(path).permissions() & std::filesystem::perms::all;
+}
+
+// A file outside the state folder that a symbolic link planted in it points at.
+class Victim {
+ public:
+  Victim() : path_(dir_.path() / "victim") {
+    std::ofstream(path_) << "precious";
+    std::filesystem::permissions(path_, std::filesystem::perms(0644));
+  }
+  const std::filesystem::path& path() const { return path_; }
+  void expect_unchanged() const {
+    EXPECT_EQ(read_file(path_), "precious");
+    EXPECT_EQ(perms_of(path_), std::filesystem::perms(0644));
+  }
+
+ private:
+  Dir dir_;
+  std::filesystem::path path_;
+};
+
+TEST(FileStateStore, SymlinkAtTheTempFileIsRefusedAndItsTargetUntouched) {
+  Dir dir;
+  Victim victim;
+  std::filesystem::create_symlink(victim.path(), dir.path() / "state.json.tmp");
+  FileStateStore store(dir.path());
+  auto saved = store.save(sample());
+  ASSERT_FALSE(saved);
+  EXPECT_NE(saved.error().message().find("state.json.tmp is a symbolic link"), std::string::npos)
+      << saved.error().message();
+  victim.expect_unchanged();
+  EXPECT_FALSE(std::filesystem::exists(store.path()));
+}
+
+TEST(FileStateStore, SymlinkAtTheStateFileIsNotFollowed) {
+  Dir dir;
+  Victim victim;
+  std::filesystem::create_symlink(victim.path(), dir.path() / "state.json");
+  FileStateStore store(dir.path());
+  auto loaded = store.load();
+  ASSERT_FALSE(loaded);
+  EXPECT_NE(loaded.error().message().find("state.json is a symbolic link"), std::string::npos)
+      << loaded.error().message();
+  // Saving replaces the link itself; clearing removes the new file.
+  ASSERT_TRUE(store.save(sample()));
+  EXPECT_FALSE(std::filesystem::is_symlink(store.path()));
+  victim.expect_unchanged();
+  ASSERT_TRUE(store.clear());
+  victim.expect_unchanged();
+}
+
+TEST(FileStateStore, GroupWritableStateFolderIsRefused) {
+  Dir dir;
+  std::filesystem::permissions(dir.path(), std::filesystem::perms(0770));
+  FileStateStore store(dir.path());
+  auto saved = store.save(sample());
+  ASSERT_FALSE(saved);
+  EXPECT_NE(saved.error().message().find(dir.path().string() + " is writable by its group"),
+            std::string::npos)
+      << saved.error().message();
+  EXPECT_FALSE(std::filesystem::exists(store.path()));
+  EXPECT_FALSE(store.load());
+}
+
+TEST(LockFile, SymlinkIsRefusedAndItsTargetUntouched) {
+  Dir dir;
+  Victim victim;
+  const auto path = dir.path() / "upparat.lock";
+  std::filesystem::create_symlink(victim.path(), path);
+  auto lock = LockFile::acquire(path);
+  ASSERT_FALSE(lock);
+  EXPECT_NE(lock.error().message().find("upparat.lock is a symbolic link"), std::string::npos)
+      << lock.error().message();
+  victim.expect_unchanged();
 }
 
 TEST(LockFile, SecondHolderIsRefusedWithThePid) {

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -641,6 +643,111 @@ TEST_F(DownloaderTest, CleanAndRemove) {
   EXPECT_FALSE(fs::exists(settings_.directory / "upparat_3"));
   EXPECT_FALSE(d.remove("../x").has_value());
   UPPARAT_EXPECT_OK(d.remove("upparat_none"));
+}
+
+// A file outside the download folder that a planted link points at: it must stay as it is.
+class Victim {
+ public:
+  explicit Victim(const fs::path& path) : path_(path) {
+    UPPARAT_EXPECT_OK(test::write_file(path_, content_));
+    EXPECT_EQ(::chmod(path_.c_str(), 0644), 0);
+  }
+  const fs::path& path() const { return path_; }
+  void expect_unchanged() const {
+    EXPECT_EQ(test::file_mode(path_), 0644u);
+    EXPECT_EQ(fs::file_size(path_), content_.size());
+    EXPECT_EQ(must(test::read_file(path_), "read"), content_);
+  }
+
+ private:
+  fs::path path_;
+  std::string content_ = std::string(5000, 'p');
+};
+
+TEST_F(DownloaderTest, SymlinkAtThePartFileIsRefusedAndItsTargetUntouched) {
+  const auto data = put("planted", 100 * 1024, 40);
+  Downloader d(settings_);
+  fs::create_directories(settings_.directory);
+  const Victim victim(tmp_->path() / "victim");
+  const auto r = request("planted", data);
+  fs::create_symlink(victim.path(), d.part_path(r.job_id));
+  ResumeState resume;
+  const auto result = run(d, r, resume);
+  ASSERT_EQ(result.outcome, Outcome::Failed);
+  EXPECT_NE(result.reason.find(d.part_path(r.job_id).string() + " is a symbolic link"),
+            std::string::npos)
+      << result.reason;
+  victim.expect_unchanged();
+  EXPECT_TRUE(fs::is_symlink(d.part_path(r.job_id)));
+  EXPECT_FALSE(fs::exists(d.final_path(r.job_id)));
+  EXPECT_EQ(server_->stats(kBucket, "planted").get_requests, 0u);
+}
+
+TEST_F(DownloaderTest, HardLinkAtThePartFileIsRefusedAndItsOtherNameUntouched) {
+  const auto data = put("linked", 100 * 1024, 41);
+  Downloader d(settings_);
+  fs::create_directories(settings_.directory);
+  const Victim victim(tmp_->path() / "victim");
+  const auto r = request("linked", data);
+  ASSERT_EQ(::link(victim.path().c_str(), d.part_path(r.job_id).c_str()), 0);
+  ResumeState resume;
+  const auto result = run(d, r, resume);
+  ASSERT_EQ(result.outcome, Outcome::Failed);
+  EXPECT_NE(result.reason.find("2 hard links"), std::string::npos) << result.reason;
+  victim.expect_unchanged();
+}
+
+TEST_F(DownloaderTest, SymlinkAtTheFinalFileIsNeverTakenForTheDownload) {
+  // The link points at a file with the very content of the download: it is still replaced by
+  // a real file, so an installer never gets a path that leads elsewhere.
+  const auto data = put("final-link", 5000, 42);
+  Downloader d(settings_);
+  fs::create_directories(settings_.directory);
+  const auto elsewhere = tmp_->path() / "elsewhere";
+  UPPARAT_ASSERT_OK(test::write_file(elsewhere, data));
+  const auto r = request("final-link", data);
+  fs::create_symlink(elsewhere, d.final_path(r.job_id));
+  ResumeState resume;
+  const auto result = run(d, r, resume);
+  ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
+  EXPECT_FALSE(fs::is_symlink(result.file));
+  EXPECT_EQ(read(result.file), data);
+  EXPECT_EQ(read(elsewhere), data);
+  EXPECT_EQ(server_->stats(kBucket, "final-link").get_requests, 1u);
+}
+
+TEST_F(DownloaderTest, GroupWritableDownloadFolderIsRefused) {
+  const auto data = put("shared", 1000, 43);
+  fs::create_directories(settings_.directory);
+  ASSERT_EQ(::chmod(settings_.directory.c_str(), 0775), 0);
+  Downloader d(settings_);
+  ResumeState resume;
+  const auto r = request("shared", data);
+  const auto result = run(d, r, resume);
+  ASSERT_EQ(result.outcome, Outcome::Failed);
+  EXPECT_NE(result.reason.find(settings_.directory.string() + " is writable by its group"),
+            std::string::npos)
+      << result.reason;
+  EXPECT_FALSE(fs::exists(d.part_path(r.job_id)));
+  EXPECT_FALSE(d.clean(""));
+  EXPECT_FALSE(d.remove(r.job_id));
+}
+
+TEST_F(DownloaderTest, DownloadFolderOfAnotherUserIsRefused) {
+  if (::geteuid() != 0)
+    GTEST_SKIP() << "needs root to give the folder to another user (uid 65534); CI runs as root";
+  const auto data = put("theirs", 1000, 44);
+  fs::create_directories(settings_.directory);
+  ASSERT_EQ(::chown(settings_.directory.c_str(), 65534, 65534), 0);
+  Downloader d(settings_);
+  ResumeState resume;
+  const auto r = request("theirs", data);
+  const auto result = run(d, r, resume);
+  ASSERT_EQ(result.outcome, Outcome::Failed);
+  EXPECT_NE(result.reason.find(settings_.directory.string() + " belongs to uid 65534"),
+            std::string::npos)
+      << result.reason;
+  EXPECT_FALSE(fs::exists(d.part_path(r.job_id)));
 }
 
 TEST_F(DownloaderTest, ConfiguredModes) {
