@@ -43,6 +43,11 @@ constexpr std::uint32_t kDescriptorPrefixSize =
 // Size of the text buffer of upparat_result (plugin.h promises at least 1024).
 constexpr std::uint32_t kResultTextCapacity = 4096;
 
+// The longest delay a plugin may ask for with RETRY_LATER (one day). A longer one is cut to
+// this: the daemon's timers convert it to milliseconds and past the steady clock's now, which
+// overflows (undefined behaviour) for values near INT64_MAX.
+constexpr std::int64_t kMaxRetryAfterSeconds = 86400;
+
 std::string abi_string(unsigned major, unsigned minor) {
   return std::to_string(major) + "." + std::to_string(minor);
 }
@@ -561,8 +566,17 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
     case UPPARAT_OK:
       return {Outcome::Ok, trim(written), std::nullopt};
     case UPPARAT_RETRY_LATER: {
+      // Any negative delay (not only -1) means the configured retry_interval: treating it as 0
+      // would let a buggy plugin spend all its retries at once.
       std::optional<std::chrono::seconds> delay;
-      if (result.retry_after_seconds >= 0) {
+      if (result.retry_after_seconds > kMaxRetryAfterSeconds) {
+        spdlog::warn(
+            "plugin {} asked to retry its {} step after {} s: waiting {} s, the longest "
+            "delay a plugin may ask for",
+            impl_->library.info.name, step_name(step), result.retry_after_seconds,
+            kMaxRetryAfterSeconds);
+        delay = std::chrono::seconds(kMaxRetryAfterSeconds);
+      } else if (result.retry_after_seconds >= 0) {
         delay = std::chrono::seconds(result.retry_after_seconds);
       }
       return {Outcome::RetryLater, sanitize_status_detail(written), delay};

@@ -34,7 +34,8 @@ struct StepResult {
   /// trailing whitespace (the version step's installed version). For any other outcome the
   /// reason, passed through sanitize_status_detail(): safe to report to the cloud.
   std::string text;
-  /// For RetryLater: the plugin's own delay, when it gave one.
+  /// For RetryLater: the plugin's own delay, when it gave one (0..86400 s: a longer one is cut
+  /// to 86400 s; a negative one is none, so the configured retry_interval applies).
   std::optional<std::chrono::seconds> retry_after;
 };
 

@@ -604,10 +604,36 @@ TEST(MisbehavingPlugin, ServiceCallsAfterTheStepReturnedAreIgnored) {
 TEST(MisbehavingPlugin, NegativeDelayMeansTheConfiguredInterval) {
   auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
   Harness h;
-  const StepResult r = plugin->run(Step::Restart, job(), h.services());
+  const StepResult r = plugin->run(Step::Restart, job(), h.services());  // -5
   EXPECT_EQ(r.outcome, Outcome::RetryLater);
   EXPECT_EQ(r.text, "later");
   EXPECT_FALSE(r.retry_after);
+  for (const char* delay : {"-1", "-2", "-86401", "-9223372036854775808"}) {
+    const StepResult n = plugin->run(Step::Restart, job(delay), h.services());
+    EXPECT_EQ(n.outcome, Outcome::RetryLater) << delay;
+    EXPECT_FALSE(n.retry_after) << delay << " gave " << n.retry_after->count() << " s";
+  }
+}
+
+TEST(MisbehavingPlugin, DelayIsClampedToOneDay) {
+  LogCapture log;
+  auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
+  Harness h;
+  const std::pair<const char*, std::chrono::seconds> cases[] = {
+      {"0", 0s},
+      {"86400", 86400s},
+      {"86401", 86400s},
+      {"9223372036854775807", 86400s},  // INT64_MAX: overflows any conversion to milliseconds
+  };
+  for (const auto& [delay, expected] : cases) {
+    const StepResult r = plugin->run(Step::Restart, job(delay), h.services());
+    EXPECT_EQ(r.outcome, Outcome::RetryLater) << delay;
+    ASSERT_TRUE(r.retry_after) << delay;
+    EXPECT_EQ(*r.retry_after, expected) << delay << " gave " << r.retry_after->count() << " s";
+  }
+  EXPECT_TRUE(
+      log.contains("plugin fixture-misbehaving asked to retry its restart step after "
+                   "9223372036854775807 s: waiting 86400 s"));
 }
 
 TEST(MisbehavingPlugin, OkTextIsTrimmed) {

@@ -56,8 +56,8 @@ extern "C" {
  *  @{ */
 /** The step succeeded. For @c version, @c upparat_result::text holds the installed version. */
 #define UPPARAT_OK 0
-/** Not now: the host runs the step again after @c retry_after_seconds (or its configured
- *  @c retry_interval when that is negative), at most @c max_retries times. */
+/** Not now: the host runs the step again after @c retry_after_seconds (at most 86400; or its
+ *  configured @c retry_interval when that is negative), at most @c max_retries times. */
 #define UPPARAT_RETRY_LATER 1
 /** The step failed; @c upparat_result::text says why. The job fails. */
 #define UPPARAT_FAILED 2
@@ -178,7 +178,8 @@ typedef struct upparat_result {
   int32_t code;         /**< UPPARAT_OK, UPPARAT_RETRY_LATER, UPPARAT_FAILED or
                              UPPARAT_NOT_SUPPORTED. Preset by the host to UPPARAT_FAILED. */
   /** For UPPARAT_RETRY_LATER: seconds to wait, or -1 for the configured retry_interval.
-   *  Preset to -1. */
+   *  Preset to -1. The host takes a value above 86400 (one day) as 86400, and any negative
+   *  value as -1. */
   int64_t retry_after_seconds;
   /** Host buffer of @c text_capacity bytes, preset to "". The plugin writes a NUL-terminated
    *  UTF-8 text: the installed version (for @c version) or the reason (for

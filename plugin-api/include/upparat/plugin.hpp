@@ -47,7 +47,8 @@ class StepResult {
  public:
   /// Success. For `version`, @p text is the installed version.
   static StepResult ok(std::string text = {}) { return {UPPARAT_OK, std::move(text), -1}; }
-  /// Run the step again later: after @p seconds, or the configured retry_interval when < 0.
+  /// Run the step again later: after @p seconds (the host waits at most 86400), or the
+  /// configured retry_interval when < 0.
   static StepResult retry_later(std::string reason = {}, int64_t seconds = -1) {
     return {UPPARAT_RETRY_LATER, std::move(reason), seconds};
   }
