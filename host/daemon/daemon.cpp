@@ -113,9 +113,7 @@ Status check_streaming(
   if (install == config.steps.end())
     return {};
   const auto& p = config.plugins.at(install->second);
-  auto stream = p.settings.find("stream");
-  if (stream != p.settings.end() && stream->second == "true" &&
-      !plugins.at(install->second)->has_capability(plugin::kCapInstallFromUrl))
+  if (p.stream && !plugins.at(install->second)->has_capability(plugin::kCapInstallFromUrl))
     return fail(config.file.string() + ": [plugins." + install->second +
                 "] stream: the plugin cannot install from a URL (no INSTALL_FROM_URL)");
   return {};
@@ -496,9 +494,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   ms.max_url_refusals = config.jobs.max_url_refusals;
   if (auto install = impl->step_plugins[step_index(plugin::Step::Install)]) {
     const auto& p = config.plugins.at(config.steps.at("install"));
-    auto stream = p.settings.find("stream");
-    ms.install_from_url = install->has_capability(plugin::kCapInstallFromUrl) &&
-                          stream != p.settings.end() && stream->second == "true";
+    ms.install_from_url = install->has_capability(plugin::kCapInstallFromUrl) && p.stream;
   }
   impl->store = std::make_unique<state::FileStateStore>(state_dir);
   impl->machine = std::make_unique<state::Machine>(ms, *impl->store, impl->clock);

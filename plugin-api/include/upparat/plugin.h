@@ -100,7 +100,7 @@ typedef struct upparat_config_entry {
 } upparat_config_entry;
 
 /** A plugin instance's configuration: the `[plugins.NAME]` table of the daemon's configuration
- *  without the host's own keys (`path`). Valid only during @c create. */
+ *  without the host's own keys (`path`, `stream`). Valid only during @c create. */
 typedef struct upparat_config {
   uint32_t struct_size;                /**< sizeof(upparat_config) as the host knows it. */
   uint32_t count;                      /**< Number of entries. */
