@@ -33,11 +33,14 @@ state::MachineSettings machine_settings(const config::Config& config, const Step
   ms.request_resend = config.jobs.update_timeout;
   ms.poll_interval = config.jobs.poll_interval;
   ms.max_url_refusals = config.jobs.max_url_refusals;
+  // A step is configured when its plugin serves it (the script plugin: a hook is set).
   for (std::size_t i = 0; i < ms.step_configured.size(); ++i)
-    ms.step_configured[i] = plugins[i] != nullptr;
+    ms.step_configured[i] =
+        plugins[i] != nullptr && plugins[i]->serves(static_cast<plugin::Step>(i));
   const plugin::LoadedPlugin* installer = plugins[static_cast<std::size_t>(plugin::Step::Install)];
   const auto name = config.steps.find("install");
-  if (installer != nullptr && name != config.steps.end()) {
+  if (installer != nullptr && installer->serves(plugin::Step::Install) &&
+      name != config.steps.end()) {
     const auto table = config.plugins.find(name->second);
     ms.install_from_url = table != config.plugins.end() && table->second.stream &&
                           installer->has_capability(plugin::kCapInstallFromUrl);

@@ -25,8 +25,9 @@ using StepPlugins = std::array<plugin::LoadedPlugin*, 5>;
     const config::Config& config,
     const std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>& plugins);
 
-/// The state machine's settings. A step is configured when it has a plugin; `install_from_url`
-/// when the install plugin has INSTALL_FROM_URL and its table says `stream = true`.
+/// The state machine's settings. A step is configured when it has a plugin that serves it
+/// (LoadedPlugin::serves); `install_from_url` when that install plugin has INSTALL_FROM_URL and
+/// its table says `stream = true`.
 [[nodiscard]] state::MachineSettings machine_settings(const config::Config& config,
                                                       const StepPlugins& plugins);
 

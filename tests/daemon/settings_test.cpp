@@ -156,6 +156,21 @@ TEST(MachineSettingsFromConfig, AStepWithoutAPluginIsNotConfigured) {
               ElementsAre(false, false, false, false, false));
 }
 
+TEST(MachineSettingsFromConfig, AStepItsPluginDoesNotServeIsNotConfigured) {
+  // The script plugin serves the steps with a hook, here install only, for every step.
+  const auto installer = script({"install"});
+  StepPlugins plugins;
+  plugins.fill(installer.get());
+  EXPECT_THAT(machine_settings(config::Config{}, plugins).step_configured,
+              ElementsAre(false, false, true, false, false));
+
+  // A plugin built for ABI 1.0 serves every step it has a function for (restart: none).
+  const auto abi_1_0 = load(UPPARAT_FIXTURE_GOOD_C);
+  plugins.fill(abi_1_0.get());
+  EXPECT_THAT(machine_settings(config::Config{}, plugins).step_configured,
+              ElementsAre(true, true, true, false, true));
+}
+
 TEST(MachineSettingsFromConfig, InstallFromUrlNeedsStreamAndTheCapability) {
   config::Config c;
   c.steps["install"] = "x";
@@ -172,6 +187,11 @@ TEST(MachineSettingsFromConfig, InstallFromUrlNeedsStreamAndTheCapability) {
   const auto no_url = script({"install"});  // no INSTALL_FROM_URL
   plugins[at(Step::Install)] = no_url.get();
   EXPECT_FALSE(machine_settings(c, plugins).install_from_url) << "not able to";
+
+  // The streaming plugin is the install step's, but this instance does not serve install.
+  const auto not_installing = load(UPPARAT_FIXTURE_GOOD, {{"steps", "version"}});
+  plugins[at(Step::Install)] = not_installing.get();
+  EXPECT_FALSE(machine_settings(c, plugins).install_from_url);
 
   // The streaming plugin serves another step; install has no plugin.
   plugins[at(Step::Install)] = nullptr;
