@@ -545,8 +545,12 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
                       "] path: expected a non-empty string, got " + type_name(path->second.type()));
         fs::path p = path->second.as_string().str;
         plugin.path = p.has_parent_path() ? resolve(file, p) : plugin_directory() / p;
+        Section host_keys(file, section, &value);
+        UPPARAT_TRY(stream, host_keys.boolean("stream"));
+        plugin.stream = stream->value_or(false);
         for (const auto& [key, setting] : table) {
-          if (key == "path")
+          // The daemon's own keys are not handed to the plugin.
+          if (key == "path" || key == "stream")
             continue;
           if (setting.is_table())
             flatten(setting, key, plugin.settings);

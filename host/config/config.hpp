@@ -84,9 +84,14 @@ struct Retry {
   int max_retries = 60;
 };
 
+/// A `[plugins.NAME]` table. The daemon's own keys (`path`, `stream`) are parsed here and are
+/// not part of `settings`.
 struct Plugin {
   std::string name;
-  std::filesystem::path path;                   ///< resolved to an absolute path
+  std::filesystem::path path;  ///< resolved to an absolute path
+  /// `stream = true`: as the install plugin, install from the job's URL instead of a
+  /// downloaded file (the plugin must have INSTALL_FROM_URL).
+  bool stream = false;
   std::map<std::string, std::string> settings;  ///< flattened, dotted keys, values as text
 };
 

@@ -20,8 +20,8 @@
 #include <type_traits>
 
 #include "daemon/folders.hpp"
+#include "daemon/settings.hpp"
 #include "download/downloader.hpp"
-#include "jobs/topics.hpp"
 #include "mqtt/session.hpp"
 #include "plugin/plugin.hpp"
 #include "state/lock_file.hpp"
@@ -63,9 +63,6 @@ bool stderr_is_journal() {
                          std::to_string(static_cast<unsigned long long>(st.st_ino));
   return expected == stream;
 }
-
-/// The configured plugin of each step (nullptr: none).
-using StepPlugins = std::array<plugin::LoadedPlugin*, 5>;
 
 Result<std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>> load_plugins(
     const config::Config& config) {
@@ -114,9 +111,7 @@ Status check_streaming(
   if (install == config.steps.end())
     return {};
   const auto& p = config.plugins.at(install->second);
-  auto stream = p.settings.find("stream");
-  if (stream != p.settings.end() && stream->second == "true" &&
-      !plugins.at(install->second)->has_capability(plugin::kCapInstallFromUrl))
+  if (p.stream && !plugins.at(install->second)->has_capability(plugin::kCapInstallFromUrl))
     return fail(config.file.string() + ": [plugins." + install->second +
                 "] stream: the plugin cannot install from a URL (no INSTALL_FROM_URL)");
   return {};
@@ -458,64 +453,13 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   if (auto ok = check_streaming(config, *plugins); !ok)
     return fail(ok.error());
   impl->plugins = std::move(*plugins);
-  for (int i = 0; i < 5; ++i) {
-    auto it = config.steps.find(config::kStepNames[i]);
-    impl->step_plugins[i] = it == config.steps.end() ? nullptr : impl->plugins.at(it->second).get();
-  }
+  impl->step_plugins = step_plugins(config, impl->plugins);
 
-  download::Settings ds;
-  ds.directory = config.download.directory;
-  ds.ca_file = config.download.ca_file.string();
-  ds.proxy = config.download.proxy;
-  ds.allow_http = config.download.allow_http;
-  ds.max_bytes_per_second = config.download.max_bytes_per_second;
-  ds.reserve_bytes = config.download.reserve_bytes;
-  ds.fsync_every = config.download.fsync_interval;
-  ds.backoff_cap = config.download.backoff_cap;
-  if (config.download.group_readable) {
-    ds.directory_mode = 0750;
-    ds.file_mode = 0640;
-  }
-  impl->downloader = std::make_unique<download::Downloader>(ds);
-
-  state::MachineSettings ms;
-  ms.thing_name = config.broker.thing_name;
-  ms.job_prefix = config.jobs.prefix;
-  ms.allow_http = config.download.allow_http;
-  ms.retry_interval = config.retry.retry_interval;
-  ms.max_retries = config.retry.max_retries;
-  for (int i = 0; i < 5; ++i)
-    ms.step_deadline[i] = config.jobs.deadlines.at(config::kStepNames[i]);
-  ms.step_timeout_margin =
-      std::chrono::minutes((config.jobs.step_timeout_margin.count() + 59) / 60);
-  ms.progress_percent = config.jobs.progress_percent;
-  ms.progress_interval = config.jobs.progress_interval;
-  ms.update_resend = config.jobs.update_timeout;
-  ms.request_resend = config.jobs.update_timeout;
-  ms.poll_interval = config.jobs.poll_interval;
-  ms.max_url_refusals = config.jobs.max_url_refusals;
-  if (auto install = impl->step_plugins[step_index(plugin::Step::Install)]) {
-    const auto& p = config.plugins.at(config.steps.at("install"));
-    auto stream = p.settings.find("stream");
-    ms.install_from_url = install->has_capability(plugin::kCapInstallFromUrl) &&
-                          stream != p.settings.end() && stream->second == "true";
-  }
+  impl->downloader = std::make_unique<download::Downloader>(download_settings(config));
   impl->store = std::make_unique<state::FileStateStore>(state_dir);
-  impl->machine = std::make_unique<state::Machine>(ms, *impl->store, impl->clock);
+  impl->machine = std::make_unique<state::Machine>(machine_settings(config, impl->step_plugins),
+                                                   *impl->store, impl->clock);
 
-  mqtt::Settings mq;
-  mq.host = config.broker.host;
-  mq.port = config.broker.port;
-  mq.client_id = config.broker.client_id;
-  mq.cafile = config.broker.cafile.string();
-  mq.certfile = config.broker.certfile.string();
-  mq.keyfile = config.broker.keyfile.string();
-  mq.alpn = config.broker.alpn;
-  mq.plain_tcp = config.broker.plain_tcp;
-  mq.keep_alive = config.broker.keep_alive;
-  mq.reconnect_min = config.broker.reconnect_min;
-  mq.reconnect_max = config.broker.reconnect_max;
-  mq.subscriptions = jobs::subscription_topics(config.broker.thing_name);
   Impl* raw = impl.get();
   mqtt::Callbacks callbacks;
   callbacks.on_message = [raw](std::string topic, std::string payload) {
@@ -525,7 +469,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   };
   callbacks.on_subscribed = [raw] { raw->post(state::Connected{}); };
   callbacks.on_disconnected = [raw](std::string) { raw->post(state::Disconnected{}); };
-  impl->session = std::make_unique<mqtt::Session>(mq, std::move(callbacks));
+  impl->session = std::make_unique<mqtt::Session>(mqtt_settings(config), std::move(callbacks));
   return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
 }
 

@@ -24,24 +24,36 @@ const std::uint16_t kHostAbiMinor = UPPARAT_ABI_MINOR;
 
 static_assert(kCapInstallFromUrl == UPPARAT_CAP_INSTALL_FROM_URL);
 static_assert(kCapInstallNotInterruptible == UPPARAT_CAP_INSTALL_NOT_INTERRUPTIBLE);
+static_assert(kStepVersion == UPPARAT_STEP_VERSION && kStepDownload == UPPARAT_STEP_DOWNLOAD &&
+              kStepInstall == UPPARAT_STEP_INSTALL && kStepRestart == UPPARAT_STEP_RESTART &&
+              kStepReady == UPPARAT_STEP_READY);
 
 namespace {
 
 namespace fs = std::filesystem;
 
-// Sizes of the structs a plugin hands us, as ABI 1.0 laid them out. They never shrink: a
-// plugin built against any 1.x header has at least these, so every field read below exists.
-// (sizeof() would grow with later minors and wrongly refuse plugins built against 1.0.)
+// Sizes of the structs a plugin hands us, as each ABI minor laid them out. They never shrink: a
+// plugin built against 1.N has at least the 1.N sizes, so every field of 1.N read below exists.
+// (sizeof() would grow with later minors and wrongly refuse plugins built against older ones.)
 constexpr std::uint32_t kDescriptorSizeV1_0 =
     offsetof(upparat_plugin_descriptor, functions) + sizeof(upparat_plugin_descriptor::functions);
 constexpr std::uint32_t kFunctionsSizeV1_0 =
     offsetof(upparat_plugin_functions, ready) + sizeof(upparat_plugin_functions::ready);
+// 1.1 appended upparat_plugin_functions::steps.
+constexpr std::uint32_t kFunctionsSizeV1_1 =
+    offsetof(upparat_plugin_functions, steps) + sizeof(upparat_plugin_functions::steps);
+
 // struct_size, abi_major and abi_minor: the prefix every ABI major keeps (see plugin.h).
 constexpr std::uint32_t kDescriptorPrefixSize =
     offsetof(upparat_plugin_descriptor, abi_minor) + sizeof(upparat_plugin_descriptor::abi_minor);
 
 // Size of the text buffer of upparat_result (plugin.h promises at least 1024).
 constexpr std::uint32_t kResultTextCapacity = 4096;
+
+// The longest delay a plugin may ask for with RETRY_LATER (one day). A longer one is cut to
+// this: the daemon's timers convert it to milliseconds and past the steady clock's now, which
+// overflows (undefined behaviour) for values near INT64_MAX.
+constexpr std::int64_t kMaxRetryAfterSeconds = 86400;
 
 std::string abi_string(unsigned major, unsigned minor) {
   return std::to_string(major) + "." + std::to_string(minor);
@@ -199,9 +211,10 @@ Result<Library> open_library(const fs::path& configured) {
     return error("its descriptor has no function table (a bug in the plugin)");
   }
   const upparat_plugin_functions* f = d->functions;
-  if (f->struct_size < kFunctionsSizeV1_0) {
+  const std::uint32_t functions_size = d->abi_minor >= 1 ? kFunctionsSizeV1_1 : kFunctionsSizeV1_0;
+  if (f->struct_size < functions_size) {
     return error("its function table is " + std::to_string(f->struct_size) + " bytes, ABI " +
-                 plugin_abi + " needs at least " + std::to_string(kFunctionsSizeV1_0) +
+                 plugin_abi + " needs at least " + std::to_string(functions_size) +
                  " (a bug in the plugin: set struct_size to sizeof(upparat_plugin_functions))");
   }
   if (f->create == nullptr || f->destroy == nullptr) {
@@ -224,6 +237,27 @@ Result<Library> open_library(const fs::path& configured) {
     info.provides[i] = steps[i] != nullptr;
   }
   return lib;
+}
+
+// The instance's own list of the steps it serves (ABI 1.1), or nullptr: a plugin built for ABI
+// 1.0 has no such field, and a NULL one means "every step with a function".
+using StepsFunction = std::uint32_t (*)(upparat_instance*);
+
+StepsFunction steps_function(const Library& library) {
+  if (library.descriptor->abi_minor < 1) {
+    return nullptr;
+  }
+  return library.descriptor->functions->steps;
+}
+
+std::uint32_t provided_steps(const PluginInfo& info) {
+  std::uint32_t mask = 0;
+  for (std::size_t i = 0; i < 5; ++i) {
+    if (info.provides[i]) {
+      mask |= step_bit(static_cast<Step>(i));
+    }
+  }
+  return mask;
 }
 
 spdlog::level::level_enum to_spdlog_level(std::int32_t level) {
@@ -250,6 +284,10 @@ bool is_blank(std::string_view line) {
 }
 
 }  // namespace
+
+std::uint32_t step_bit(Step step) {
+  return std::uint32_t{1} << static_cast<unsigned>(step);
+}
 
 std::string_view step_name(Step step) {
   switch (step) {
@@ -371,7 +409,8 @@ struct LoadedPlugin::Impl {
   std::string log_name;
   upparat_host host{};
   upparat_instance* instance = nullptr;
-  std::mutex step_mutex;  // steps of one instance never run concurrently
+  std::uint32_t served = 0;  // kStep* bits: the steps the instance serves, fixed after create
+  std::mutex step_mutex;     // steps of one instance never run concurrently
   StepBridge bridge;
 
   ~Impl() {
@@ -445,7 +484,17 @@ Result<std::unique_ptr<LoadedPlugin>> LoadedPlugin::load(
                 "the plugin)");
   }
   if (result.code == UPPARAT_OK && instance != nullptr) {
-    impl->instance = instance;
+    impl->instance = instance;  // from here on ~Impl destroys it
+    impl->served = provided_steps(info);
+    if (auto steps = steps_function(impl->library); steps != nullptr) {
+      try {
+        impl->served &= steps(instance);
+      } catch (...) {
+        return fail(where +
+                    ": its steps function threw an exception (a bug in the plugin: it must not "
+                    "throw)");
+      }
+    }
     spdlog::debug("loaded {} with ABI {}.{}", where, info.abi_major, info.abi_minor);
     return std::unique_ptr<LoadedPlugin>(new LoadedPlugin(std::move(impl)));
   }
@@ -470,6 +519,10 @@ const PluginInfo& LoadedPlugin::info() const {
 
 bool LoadedPlugin::has_capability(std::uint64_t bit) const {
   return (impl_->library.info.capabilities & bit) == bit;
+}
+
+bool LoadedPlugin::serves(Step step) const {
+  return (impl_->served & step_bit(step)) != 0;
 }
 
 StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepServices& services) {
@@ -499,6 +552,13 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
   if (function == nullptr) {
     return {Outcome::NotSupported,
             sanitize_status_detail("plugin " + impl_->library.info.name + " does not provide the " +
+                                   std::string(step_name(step)) + " step"),
+            std::nullopt};
+  }
+  if (!serves(step)) {
+    // plugin.h promises that a step the instance does not serve is never called.
+    return {Outcome::NotSupported,
+            sanitize_status_detail("plugin " + impl_->library.info.name + " does not serve the " +
                                    std::string(step_name(step)) + " step"),
             std::nullopt};
   }
@@ -561,8 +621,17 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
     case UPPARAT_OK:
       return {Outcome::Ok, trim(written), std::nullopt};
     case UPPARAT_RETRY_LATER: {
+      // Any negative delay (not only -1) means the configured retry_interval: treating it as 0
+      // would let a buggy plugin spend all its retries at once.
       std::optional<std::chrono::seconds> delay;
-      if (result.retry_after_seconds >= 0) {
+      if (result.retry_after_seconds > kMaxRetryAfterSeconds) {
+        spdlog::warn(
+            "plugin {} asked to retry its {} step after {} s: waiting {} s, the longest "
+            "delay a plugin may ask for",
+            impl_->library.info.name, step_name(step), result.retry_after_seconds,
+            kMaxRetryAfterSeconds);
+        delay = std::chrono::seconds(kMaxRetryAfterSeconds);
+      } else if (result.retry_after_seconds >= 0) {
         delay = std::chrono::seconds(result.retry_after_seconds);
       }
       return {Outcome::RetryLater, sanitize_status_detail(written), delay};

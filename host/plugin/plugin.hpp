@@ -26,6 +26,16 @@ enum class Step { Version, Download, Install, Restart, Ready };
 /// "version", "download", "install", "restart", "ready".
 [[nodiscard]] std::string_view step_name(Step step);
 
+/// Step bits (UPPARAT_STEP_*), mirrored so callers need not include the C header.
+inline constexpr std::uint32_t kStepVersion = 1u << 0;
+inline constexpr std::uint32_t kStepDownload = 1u << 1;
+inline constexpr std::uint32_t kStepInstall = 1u << 2;
+inline constexpr std::uint32_t kStepRestart = 1u << 3;
+inline constexpr std::uint32_t kStepReady = 1u << 4;
+
+/// The bit of `step` (kStep*).
+[[nodiscard]] std::uint32_t step_bit(Step step);
+
 enum class Outcome { Ok, RetryLater, Failed, NotSupported };
 
 struct StepResult {
@@ -34,7 +44,8 @@ struct StepResult {
   /// trailing whitespace (the version step's installed version). For any other outcome the
   /// reason, passed through sanitize_status_detail(): safe to report to the cloud.
   std::string text;
-  /// For RetryLater: the plugin's own delay, when it gave one.
+  /// For RetryLater: the plugin's own delay, when it gave one (0..86400 s: a longer one is cut
+  /// to 86400 s; a negative one is none, so the configured retry_interval applies).
   std::optional<std::chrono::seconds> retry_after;
 };
 
@@ -112,8 +123,14 @@ class LoadedPlugin {
   [[nodiscard]] const PluginInfo& info() const;
   [[nodiscard]] bool has_capability(std::uint64_t bit) const;
 
-  /// Runs one step. Never throws; a NULL step function is NotSupported, an unknown result
-  /// code Failed. Steps of one instance are serialised (a second concurrent call waits).
+  /// Whether the instance serves `step`: it has the step's function and, from ABI 1.1 on, its
+  /// `steps` function (asked once, right after create) lists the step. A step it does not
+  /// serve is a missing hook: not announced, not run.
+  [[nodiscard]] bool serves(Step step) const;
+
+  /// Runs one step. Never throws; a step the instance does not serve is NotSupported (the
+  /// plugin is not called), an unknown result code Failed. Steps of one instance are
+  /// serialised (a second concurrent call waits).
   StepResult run(Step step, const JobContext& job, const StepServices& services);
 
  private:

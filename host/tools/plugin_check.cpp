@@ -1,9 +1,9 @@
 // upparat-plugin-check <plugin.so> [key=value ...]
 //
 // Loads a plugin through the daemon's own loader and prints its descriptor. With key=value
-// arguments it also creates an instance with that configuration and destroys it again, which
-// runs the plugin's own configuration checks. Exit 0 when everything passed, 1 with the error on
-// stderr when not, 2 on a usage error.
+// arguments it also creates an instance with that configuration, prints the steps that instance
+// serves and destroys it again, which runs the plugin's own configuration checks. Exit 0 when
+// everything passed, 1 with the error on stderr when not, 2 on a usage error.
 
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -28,7 +28,8 @@ constexpr const char* kUsage =
     "\n"
     "Loads an Upparat plugin through the daemon's loader, checks its ABI and prints its\n"
     "descriptor. With key=value arguments (the plugin's configuration, nested TOML keys\n"
-    "dotted: dbus.bus=system) it also creates an instance and destroys it again.\n"
+    "dotted: dbus.bus=system) it also creates an instance, prints the steps it serves\n"
+    "and destroys it again.\n"
     "Exit status: 0 when the plugin loads, 1 when it does not (the reason on stderr),\n"
     "2 on a usage error.\n";
 
@@ -43,12 +44,14 @@ std::string join(const std::vector<std::string>& items, std::string_view separat
   return out;
 }
 
+constexpr Step kSteps[] = {Step::Version, Step::Download, Step::Install, Step::Restart,
+                           Step::Ready};
+
 void print_info(const PluginInfo& info) {
   std::vector<std::string> provided;
   std::vector<std::string> missing;
-  const Step steps[] = {Step::Version, Step::Download, Step::Install, Step::Restart, Step::Ready};
   for (std::size_t i = 0; i < 5; ++i) {
-    (info.provides[i] ? provided : missing).emplace_back(upparat::plugin::step_name(steps[i]));
+    (info.provides[i] ? provided : missing).emplace_back(upparat::plugin::step_name(kSteps[i]));
   }
   const auto capabilities = upparat::plugin::capability_names(info.capabilities);
   std::cout << "path:          " << info.path.string() << "\n"
@@ -104,6 +107,7 @@ int main(int argc, char** argv) {
     std::cout << "instance:      not created (pass key=value arguments to create one)\n";
     return 0;
   }
+  std::vector<std::string> served;
   {
     auto plugin = LoadedPlugin::load(path, config);
     if (!plugin) {
@@ -111,7 +115,13 @@ int main(int argc, char** argv) {
       std::cerr << "upparat-plugin-check: " << plugin.error().message() << "\n";
       return 1;
     }
+    for (const Step step : kSteps) {
+      if ((*plugin)->serves(step)) {
+        served.emplace_back(upparat::plugin::step_name(step));
+      }
+    }
   }  // destroyed here, before the report
+  std::cout << "serves:        " << (served.empty() ? "none" : join(served, " ")) << "\n";
   std::cout << "instance:      created with " << config.size()
             << (config.size() == 1 ? " configuration entry" : " configuration entries")
             << " and destroyed\n";

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -147,6 +148,14 @@ class ScriptPlugin : public sdk::Plugin {
             "kill_grace_seconds)");
       }
     }
+  }
+
+  /// The steps with a hook: a step without one is a missing hook, which the daemon neither
+  /// announces nor runs (the classic contract: no install hook, no installation_start).
+  std::uint32_t steps() const {
+    return (version_ ? UPPARAT_STEP_VERSION : 0u) | (download_ ? UPPARAT_STEP_DOWNLOAD : 0u) |
+           (install_ ? UPPARAT_STEP_INSTALL : 0u) | (restart_ ? UPPARAT_STEP_RESTART : 0u) |
+           (ready_ ? UPPARAT_STEP_READY : 0u);
   }
 
   StepResult version(const Job& job, StepContext& ctx) override {

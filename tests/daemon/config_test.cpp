@@ -222,6 +222,35 @@ TEST_F(ConfigTest, PluginErrors) {
   expect_error(base("[steps]\nreboot = \"x\"\n"), {"[steps] reboot", "unknown key"});
 }
 
+TEST_F(ConfigTest, StreamIsTheDaemonsOwnBooleanAndNotHandedToThePlugin) {
+  auto config = toml(base("[plugins.x]\npath = \"upparat-script.so\"\nstream = true\nmode = 1\n"));
+  ASSERT_TRUE(config) << config.error().message();
+  const auto& x = config->plugins.at("x");
+  EXPECT_TRUE(x.stream);
+  EXPECT_EQ(x.settings.count("stream"), 0u);
+  EXPECT_EQ(x.settings.count("path"), 0u);
+  EXPECT_EQ(x.settings.at("mode"), "1");
+
+  config = toml(base("[plugins.x]\npath = \"upparat-script.so\"\nstream = false\n"));
+  ASSERT_TRUE(config) << config.error().message();
+  EXPECT_FALSE(config->plugins.at("x").stream);
+  config = toml(base("[plugins.x]\npath = \"upparat-script.so\"\n"));
+  ASSERT_TRUE(config) << config.error().message();
+  EXPECT_FALSE(config->plugins.at("x").stream) << "no streaming unless asked for";
+}
+
+TEST_F(ConfigTest, StreamThatIsNoBooleanIsAnError) {
+  // Anything but a TOML boolean would otherwise silently mean "do not stream".
+  for (const char* value : {"1", "\"true\"", "\"yes\"", "[true]"}) {
+    SCOPED_TRACE(value);
+    expect_error(
+        base(std::string("[plugins.x]\npath = \"upparat-script.so\"\nstream = ") + value + "\n"),
+        {"[plugins.x] stream", "expected a boolean (true or false)"});
+  }
+  expect_error(base("[plugins.x]\npath = \"upparat-script.so\"\n[plugins.x.stream]\non = true\n"),
+               {"[plugins.x] stream", "expected a boolean (true or false), got a table"});
+}
+
 TEST_F(ConfigTest, MissingFileNamesIt) {
   auto config = load(dir_->path() / "nope.toml");
   ASSERT_FALSE(config);

@@ -96,6 +96,35 @@ TEST_F(E2eDaemonTest, NoInstallationHookProvided) {
   auto view = wait_status("upparat_noinstall", "SUCCEEDED");
   EXPECT_EQ(view.state, "no_installation_hook_provided") << join(view.states);
   EXPECT_TRUE(contains(view.states, "download_start"));
+  // A step that does not exist is not announced (the classic missing hook).
+  EXPECT_FALSE(contains(view.states, "installation_start")) << join(view.states);
+}
+
+TEST_F(E2eDaemonTest, StepsLeftOutOfStepsAreNotAnnounced) {
+  default_hooks();
+  hooks_["restart"] = hook("restart", "exit 0");
+  // The plugin has install and restart hooks, but [steps] gives those steps no plugin.
+  auto daemon = start_daemon(write_config(
+      path("state"), "[steps]\nversion = \"script\"\ndownload = \"script\"\nready = \"script\"\n"));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_nosteps", document("2.0.0", "2.0.0"));
+  auto view = wait_status("upparat_nosteps", "SUCCEEDED");
+  EXPECT_EQ(view.state, "no_installation_hook_provided") << join(view.states);
+  EXPECT_TRUE(contains(view.states, "download_start")) << join(view.states);
+  EXPECT_FALSE(contains(view.states, "installation_start")) << join(view.states);
+  EXPECT_EQ(installed_version(), "1.0.0") << "install must not run";
+}
+
+TEST_F(E2eDaemonTest, NoRestartHookProvided) {
+  default_hooks();  // no restart hook
+  auto daemon = start_daemon(write_config(path("state")));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_norestart", document("2.0.0", "2.0.0"));
+  auto view = wait_status("upparat_norestart", "SUCCEEDED");
+  EXPECT_EQ(view.state, "no_restart_hook_provided") << join(view.states);
+  EXPECT_TRUE(contains(view.states, "installation_start")) << join(view.states);
+  EXPECT_EQ(installed_version(), "2.0.0");
+  EXPECT_FALSE(contains(view.states, "reboot_start")) << join(view.states);
 }
 
 TEST_F(E2eDaemonTest, MalformedDocumentIsRejectedAndTheDaemonGoesOn) {

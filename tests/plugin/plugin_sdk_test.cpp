@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -100,6 +101,88 @@ TEST(PluginSdk, EntryDescribesThePlugin) {
   EXPECT_NE(d->functions->create, nullptr);
   EXPECT_NE(d->functions->destroy, nullptr);
   EXPECT_NE(d->functions->restart, nullptr);
+  EXPECT_NE(d->functions->steps, nullptr);
+}
+
+// ---- Which steps a C++ plugin serves -------------------------------------------------------
+
+// Overrides install and restart, and narrows them per instance with steps().
+class NarrowingPlugin : public upparat::sdk::Plugin {
+ public:
+  explicit NarrowingPlugin(const Config& config) : config_(config) {}
+  std::uint32_t steps() const {
+    if (config_.count("throw") != 0) {
+      throw std::runtime_error("cannot tell");
+    }
+    return static_cast<std::uint32_t>(std::stoul(config_.at("steps"), nullptr, 0));
+  }
+  StepResult install(const Job&, StepContext&) override { return StepResult::ok(); }
+  StepResult restart(const Job&, StepContext&) override { return StepResult::ok(); }
+
+ private:
+  Config config_;
+};
+
+// Overrides ready through an intermediate class, version itself.
+class Intermediate : public upparat::sdk::Plugin {
+ public:
+  StepResult ready(const Job&, StepContext&) override { return StepResult::ok(); }
+};
+class DerivedPlugin : public Intermediate {
+ public:
+  explicit DerivedPlugin(const Config&) {}
+  StepResult version(const Job&, StepContext&) override { return StepResult::ok("1"); }
+};
+
+static_assert(upparat::sdk::detail::overridden_steps<SdkPlugin>() ==
+              (UPPARAT_STEP_VERSION | UPPARAT_STEP_INSTALL));
+static_assert(upparat::sdk::detail::overridden_steps<DerivedPlugin>() ==
+              (UPPARAT_STEP_VERSION | UPPARAT_STEP_READY));
+static_assert(!upparat::sdk::detail::declares_steps<SdkPlugin>::value);
+static_assert(upparat::sdk::detail::declares_steps<NarrowingPlugin>::value);
+
+/// Creates an instance through the C table, asks its steps, destroys it.
+std::uint32_t served_steps(const upparat_plugin_functions* f,
+                           std::vector<upparat_config_entry> entries) {
+  const upparat_host host{sizeof(upparat_host), 0, nullptr, &log_fn};
+  const upparat_config config{sizeof(upparat_config), static_cast<std::uint32_t>(entries.size()),
+                              entries.data()};
+  upparat_instance* instance = nullptr;
+  std::vector<char> text(64, '\0');
+  upparat_result result{sizeof(upparat_result), UPPARAT_FAILED, -1, text.data(), 64, 0};
+  f->create(&host, &config, &instance, &result);
+  EXPECT_EQ(result.code, UPPARAT_OK) << text.data();
+  if (instance == nullptr) {
+    return 0xDEAD;
+  }
+  const std::uint32_t steps = f->steps(instance);
+  f->destroy(instance);
+  return steps;
+}
+
+TEST(PluginSdk, ServesTheStepsTheClassOverrides) {
+  EXPECT_EQ(served_steps(upparat_plugin_entry(1, 1)->functions, {}),
+            UPPARAT_STEP_VERSION | UPPARAT_STEP_INSTALL);
+  EXPECT_EQ(served_steps(upparat::sdk::detail::functions<DerivedPlugin>(), {}),
+            UPPARAT_STEP_VERSION | UPPARAT_STEP_READY);
+}
+
+TEST(PluginSdk, AStepsMemberNarrowsTheServedStepsToOverriddenOnes) {
+  const upparat_plugin_functions* f = upparat::sdk::detail::functions<NarrowingPlugin>();
+  EXPECT_EQ(served_steps(f, {{"steps", "0x8"}}), UPPARAT_STEP_RESTART);
+  EXPECT_EQ(served_steps(f, {{"steps", "0"}}), 0u);
+  // ready is not overridden: asking for it (or for unknown bits) does not make it served.
+  EXPECT_EQ(served_steps(f, {{"steps", "0xffffffff"}}),
+            UPPARAT_STEP_INSTALL | UPPARAT_STEP_RESTART);
+}
+
+TEST(PluginSdk, AStepsMemberThatThrowsServesTheOverriddenStepsAndLogs) {
+  g_logs.clear();
+  const upparat_plugin_functions* f = upparat::sdk::detail::functions<NarrowingPlugin>();
+  EXPECT_EQ(served_steps(f, {{"throw", "1"}}), UPPARAT_STEP_INSTALL | UPPARAT_STEP_RESTART);
+  EXPECT_THAT(g_logs,
+              ::testing::Contains(
+                  "4 steps() threw: cannot tell; serving every step the plugin implements"));
 }
 
 TEST(PluginSdk, CreateRunDestroy) {

@@ -154,6 +154,7 @@ TEST(PluginLoad, InspectsTheGoodCPlugin) {
   EXPECT_EQ(info->version, "0.3.0");
   EXPECT_EQ(info->license, "MIT");
   EXPECT_EQ(info->capabilities, kCapInstallNotInterruptible);
+  EXPECT_EQ(info->abi_minor, 0) << "built for ABI 1.0";
   EXPECT_TRUE(info->provides[0]);
   EXPECT_TRUE(info->provides[1]);
   EXPECT_TRUE(info->provides[2]);
@@ -237,7 +238,7 @@ TEST(PluginLoad, NoEntrySymbol) {
 TEST(PluginLoad, WrongAbiMajor) {
   EXPECT_EQ(load_error(UPPARAT_FIXTURE_ABI_MAJOR2),
             std::string("plugin ") + UPPARAT_FIXTURE_ABI_MAJOR2 +
-                ": built for ABI 2.0, this daemon speaks ABI 1.0: rebuild the plugin against "
+                ": built for ABI 2.0, this daemon speaks ABI 1.1: rebuild the plugin against "
                 "Upparat SDK 1.x");
   EXPECT_FALSE(LoadedPlugin::inspect(UPPARAT_FIXTURE_ABI_MAJOR2));
 }
@@ -245,8 +246,8 @@ TEST(PluginLoad, WrongAbiMajor) {
 TEST(PluginLoad, NewerAbiMinor) {
   EXPECT_EQ(load_error(UPPARAT_FIXTURE_NEWER_MINOR),
             std::string("plugin ") + UPPARAT_FIXTURE_NEWER_MINOR +
-                ": built for ABI 1.99, this daemon speaks ABI 1.0, which is older: rebuild the "
-                "plugin against an Upparat SDK 1.x that speaks ABI 1.0 or older, or update the "
+                ": built for ABI 1.99, this daemon speaks ABI 1.1, which is older: rebuild the "
+                "plugin against an Upparat SDK 1.x that speaks ABI 1.1 or older, or update the "
                 "daemon");
 }
 
@@ -301,20 +302,26 @@ INSTANTIATE_TEST_SUITE_P(
     Defects, PluginDescriptorDefect,
     ::testing::Values(
         DefectCase{"refuse",
-                   "it refused to load into this daemon, which speaks ABI 1.0 (its entry point "
+                   "it refused to load into this daemon, which speaks ABI 1.1 (its entry point "
                    "returned no descriptor): rebuild the plugin against Upparat SDK 1.x"},
         DefectCase{"null-name", "its descriptor has no name (a bug in the plugin)"},
         DefectCase{"empty-name", "its descriptor has no name"},
         DefectCase{"null-version", "its descriptor has no version"},
         DefectCase{"null-functions", "its descriptor has no function table"},
         DefectCase{"tiny-descriptor", "its descriptor is 4 bytes, too small"},
-        DefectCase{"small-descriptor", "its descriptor is 16 bytes, ABI 1.0 needs at least"},
-        DefectCase{"small-functions", "its function table is 8 bytes, ABI 1.0 needs at least"},
+        DefectCase{"small-descriptor", "its descriptor is 16 bytes, ABI 1.1 needs at least"},
+        DefectCase{"small-functions", "its function table is 8 bytes, ABI 1.1 needs at least"},
+        // 1.0's table: two 32-bit fields and seven pointers; 1.1 appended one pointer.
+        DefectCase{"functions-of-1.0",
+                   sizeof(void*) == 8
+                       ? "its function table is 64 bytes, ABI 1.1 needs at least 72"
+                       : "its function table is 36 bytes, ABI 1.1 needs at least 40"},
         DefectCase{"null-create", "its function table has no create function"},
         DefectCase{"null-destroy", "its function table has no destroy function"}),
     [](const auto& info) {
       std::string name = info.param.defect;
       std::replace(name.begin(), name.end(), '-', '_');
+      std::replace(name.begin(), name.end(), '.', '_');
       return name;
     });
 
@@ -338,6 +345,100 @@ TEST(PluginLoad, StepNamesAndCapabilityNames) {
   EXPECT_TRUE(capability_names(0).empty());
   EXPECT_THAT(capability_names(kCapInstallFromUrl | kCapInstallNotInterruptible | (1u << 7)),
               ElementsAre("INSTALL_FROM_URL", "INSTALL_NOT_INTERRUPTIBLE", "0x80"));
+}
+
+// --- Which steps an instance serves (ABI 1.1) -----------------------------------------------
+
+std::vector<Step> served(const LoadedPlugin& plugin) {
+  std::vector<Step> steps;
+  for (Step step : {Step::Version, Step::Download, Step::Install, Step::Restart, Step::Ready}) {
+    if (plugin.serves(step)) {
+      steps.push_back(step);
+    }
+  }
+  return steps;
+}
+
+TEST(StepsServed, APluginBuiltForAbi10ServesEveryStepWithAFunction) {
+  // good_c is an ABI 1.0 plugin; after its 1.0 table lies a `steps` that serves nothing, which
+  // the host must not read.
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD_C);
+  EXPECT_EQ(plugin->info().abi_minor, 0);
+  EXPECT_THAT(served(*plugin), ElementsAre(Step::Version, Step::Download, Step::Install,
+                                           Step::Ready));  // restart is NULL
+  Harness h;
+  EXPECT_EQ(plugin->run(Step::Version, job(), h.services()).outcome, Outcome::Ok);
+}
+
+TEST(StepsServed, AnAbi11PluginServesTheStepsItsInstanceNames) {
+  LogCapture log;
+  auto plugin = must_load(UPPARAT_FIXTURE_STEPS_MASK, {{"steps", "0x5"}});  // version, install
+  EXPECT_EQ(plugin->info().abi_minor, kHostAbiMinor);
+  EXPECT_THAT(served(*plugin), ElementsAre(Step::Version, Step::Install));
+
+  Harness h;
+  StepResult r = plugin->run(Step::Install, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::Ok);
+  EXPECT_EQ(r.text, "install");
+  EXPECT_TRUE(log.contains("[plugin fixture-steps-mask] called install"));
+  // A step it does not serve is never called.
+  r = plugin->run(Step::Download, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::NotSupported);
+  EXPECT_EQ(r.text, "plugin fixture-steps-mask does not serve the download step");
+  EXPECT_FALSE(log.contains("called download"));
+
+  // Each instance has its own answer.
+  auto other = must_load(UPPARAT_FIXTURE_STEPS_MASK, {{"steps", "16"}});
+  EXPECT_THAT(served(*other), ElementsAre(Step::Ready));
+  EXPECT_THAT(served(*plugin), ElementsAre(Step::Version, Step::Install));
+  auto none = must_load(UPPARAT_FIXTURE_STEPS_MASK, {{"steps", "0"}});
+  EXPECT_THAT(served(*none), ElementsAre());
+}
+
+TEST(StepsServed, BitsOfMissingFunctionsAndUnknownBitsAreIgnored) {
+  auto plugin = must_load(UPPARAT_FIXTURE_STEPS_MASK, {{"steps", "0xffffffff"}});
+  EXPECT_THAT(served(*plugin), ElementsAre(Step::Version, Step::Download, Step::Install,
+                                           Step::Ready));  // restart is NULL
+  Harness h;
+  const StepResult r = plugin->run(Step::Restart, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::NotSupported);
+  EXPECT_EQ(r.text, "plugin fixture-steps-mask does not provide the restart step");
+}
+
+TEST(StepsServed, AnAbi11PluginWithoutAStepsFunctionServesEveryStepWithAFunction) {
+  auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);  // `steps` is NULL
+  EXPECT_THAT(served(*plugin), ElementsAre(Step::Version, Step::Download, Step::Install,
+                                           Step::Restart, Step::Ready));
+}
+
+TEST(StepsServed, ACppPluginServesTheStepsItOverridesOrThatItsStepsMemberNames) {
+  auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
+  EXPECT_TRUE(plugin->info().provides[static_cast<int>(Step::Restart)]) << "the helper fills all";
+  EXPECT_THAT(served(*plugin), ElementsAre(Step::Version, Step::Download, Step::Install,
+                                           Step::Ready));  // restart is not overridden
+  // steps() narrows it; a step the class does not override stays unserved.
+  auto narrowed = must_load(UPPARAT_FIXTURE_GOOD, {{"steps", "install,restart"}});
+  EXPECT_THAT(served(*narrowed), ElementsAre(Step::Install));
+}
+
+TEST(StepsServed, AStepsFunctionThatThrowsFailsTheLoad) {
+  EXPECT_EQ(load_error(UPPARAT_FIXTURE_RAW_THROWING, {{"throw_in_steps", "1"}}),
+            std::string("plugin ") + UPPARAT_FIXTURE_RAW_THROWING +
+                " (fixture-raw-throwing 1.0.0): its steps function threw an exception (a bug in "
+                "the plugin: it must not throw)");
+}
+
+TEST(RawThrowingPlugin, ExceptionsCrossingTheBoundaryAreErrors) {
+  EXPECT_EQ(load_error(UPPARAT_FIXTURE_RAW_THROWING, {{"throw_in_create", "1"}}),
+            std::string("plugin ") + UPPARAT_FIXTURE_RAW_THROWING +
+                " (fixture-raw-throwing 1.0.0): create failed: an exception crossed the plugin "
+                "boundary (a bug in the plugin)");
+  auto plugin = must_load(UPPARAT_FIXTURE_RAW_THROWING);
+  EXPECT_THAT(served(*plugin), ElementsAre(Step::Install));
+  Harness h;
+  const StepResult r = plugin->run(Step::Install, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_EQ(r.text, "plugin fixture-raw-throwing let an exception escape its install step");
 }
 
 // --- The good C++ plugin (helper) ----------------------------------------------------------
@@ -604,10 +705,36 @@ TEST(MisbehavingPlugin, ServiceCallsAfterTheStepReturnedAreIgnored) {
 TEST(MisbehavingPlugin, NegativeDelayMeansTheConfiguredInterval) {
   auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
   Harness h;
-  const StepResult r = plugin->run(Step::Restart, job(), h.services());
+  const StepResult r = plugin->run(Step::Restart, job(), h.services());  // -5
   EXPECT_EQ(r.outcome, Outcome::RetryLater);
   EXPECT_EQ(r.text, "later");
   EXPECT_FALSE(r.retry_after);
+  for (const char* delay : {"-1", "-2", "-86401", "-9223372036854775808"}) {
+    const StepResult n = plugin->run(Step::Restart, job(delay), h.services());
+    EXPECT_EQ(n.outcome, Outcome::RetryLater) << delay;
+    EXPECT_FALSE(n.retry_after) << delay << " gave " << n.retry_after->count() << " s";
+  }
+}
+
+TEST(MisbehavingPlugin, DelayIsClampedToOneDay) {
+  LogCapture log;
+  auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
+  Harness h;
+  const std::pair<const char*, std::chrono::seconds> cases[] = {
+      {"0", 0s},
+      {"86400", 86400s},
+      {"86401", 86400s},
+      {"9223372036854775807", 86400s},  // INT64_MAX: overflows any conversion to milliseconds
+  };
+  for (const auto& [delay, expected] : cases) {
+    const StepResult r = plugin->run(Step::Restart, job(delay), h.services());
+    EXPECT_EQ(r.outcome, Outcome::RetryLater) << delay;
+    ASSERT_TRUE(r.retry_after) << delay;
+    EXPECT_EQ(*r.retry_after, expected) << delay << " gave " << r.retry_after->count() << " s";
+  }
+  EXPECT_TRUE(
+      log.contains("plugin fixture-misbehaving asked to retry its restart step after "
+                   "9223372036854775807 s: waiting 86400 s"));
 }
 
 TEST(MisbehavingPlugin, OkTextIsTrimmed) {

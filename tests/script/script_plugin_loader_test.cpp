@@ -104,6 +104,16 @@ TEST_F(ScriptPluginLoaderTest, VersionAndExitCodes) {
   EXPECT_EQ(run(**loaded, Step::Restart, job, stop).outcome, Outcome::NotSupported);
 }
 
+TEST_F(ScriptPluginLoaderTest, ServesOnlyTheStepsWithAHook) {
+  auto loaded = load({{"install", hook("args.sh")}, {"restart", hook("args.sh")}});
+  ASSERT_TRUE(loaded) << loaded.error().message();
+  EXPECT_FALSE((*loaded)->serves(Step::Version));
+  EXPECT_FALSE((*loaded)->serves(Step::Download));
+  EXPECT_TRUE((*loaded)->serves(Step::Install));
+  EXPECT_TRUE((*loaded)->serves(Step::Restart));
+  EXPECT_FALSE((*loaded)->serves(Step::Ready));
+}
+
 TEST_F(ScriptPluginLoaderTest, FailureTextIsSanitisedForTheCloud) {
   auto loaded = load({{"ready", hook("bad_stderr.sh")}});
   ASSERT_TRUE(loaded) << loaded.error().message();

@@ -130,6 +130,13 @@ class LoadedScriptPlugin {
     return text[0] != '\0' ? text : "(create failed without a message)";
   }
 
+  /// The instance's answer to the ABI 1.1 `steps` function (UPPARAT_STEP_* bits).
+  std::uint32_t steps() {
+    EXPECT_NE(instance_, nullptr);
+    EXPECT_NE(descriptor_->functions->steps, nullptr);
+    return descriptor_->functions->steps(instance_);
+  }
+
   Outcome run(Step step, const Job& job, StepData& data) {
     EXPECT_NE(instance_, nullptr);
     const upparat_plugin_functions& f = *descriptor_->functions;
@@ -254,6 +261,29 @@ TEST_F(ScriptPluginTest, UnconfiguredHooksAreNotSupported) {
     job.file = hook("version.sh");
     EXPECT_EQ(plugin_.run(step, job, data).code, UPPARAT_NOT_SUPPORTED);
   }
+}
+
+TEST_F(ScriptPluginTest, ServesOnlyTheStepsWithAHook) {
+  EXPECT_EQ(plugin_.descriptor().abi_minor, 1);
+  ASSERT_EQ(plugin_.create({{"version", hook("version.sh")},
+                            {"install", hook("args.sh")},
+                            {"ready", ""},
+                            {"kill_grace_seconds", "1"}}),
+            "");
+  EXPECT_EQ(plugin_.steps(), UPPARAT_STEP_VERSION | UPPARAT_STEP_INSTALL);
+}
+
+TEST_F(ScriptPluginTest, WithEveryHookItServesEveryStep) {
+  std::map<std::string, std::string> config;
+  for (const char* step : {"version", "download", "install", "restart", "ready"})
+    config[step] = hook("args.sh");
+  ASSERT_EQ(plugin_.create(config), "");
+  EXPECT_EQ(plugin_.steps(), UPPARAT_STEP_ALL);
+}
+
+TEST_F(ScriptPluginTest, WithoutHooksItServesNothing) {
+  ASSERT_EQ(plugin_.create({{"kill_grace_seconds", "1"}}), "");
+  EXPECT_EQ(plugin_.steps(), 0u);
 }
 
 TEST_F(ScriptPluginTest, EmptyHookValueMeansNotConfigured) {

@@ -39,8 +39,12 @@ extern "C" {
  *  when anything existing changes.
  *  @{ */
 #define UPPARAT_ABI_MAJOR 1 /**< Incompatible changes. */
-#define UPPARAT_ABI_MINOR 0 /**< Backwards-compatible additions. */
+#define UPPARAT_ABI_MINOR 1 /**< Backwards-compatible additions. */
 /** @} */
+
+/* ABI history:
+ * 1.0  the first version.
+ * 1.1  upparat_plugin_functions::steps: which steps an instance serves. */
 
 /** Name of the single symbol a plugin exports (see ::upparat_plugin_entry_fn). */
 #define UPPARAT_PLUGIN_ENTRY_SYMBOL "upparat_plugin_entry"
@@ -56,12 +60,14 @@ extern "C" {
  *  @{ */
 /** The step succeeded. For @c version, @c upparat_result::text holds the installed version. */
 #define UPPARAT_OK 0
-/** Not now: the host runs the step again after @c retry_after_seconds (or its configured
- *  @c retry_interval when that is negative), at most @c max_retries times. */
+/** Not now: the host runs the step again after @c retry_after_seconds (at most 86400; or its
+ *  configured @c retry_interval when that is negative), at most @c max_retries times. */
 #define UPPARAT_RETRY_LATER 1
 /** The step failed; @c upparat_result::text says why. The job fails. */
 #define UPPARAT_FAILED 2
-/** This plugin does not perform this step; the host behaves as if no hook were configured. */
+/** This plugin does not perform this step; the host behaves as if no hook were configured,
+ *  except that it may already have announced the step to the cloud. A plugin that knows in
+ *  advance says so with ::upparat_plugin_functions::steps instead. */
 #define UPPARAT_NOT_SUPPORTED 3
 /** @} */
 
@@ -75,6 +81,20 @@ extern "C" {
 /** Once started, @c install must run to its end: the host does not ask it to stop and honours a
  *  cancellation only after it returned. */
 #define UPPARAT_CAP_INSTALL_NOT_INTERRUPTIBLE (UINT64_C(1) << 1)
+/** @} */
+
+/** @name Steps (::upparat_plugin_functions::steps, ABI 1.1)
+ *  One bit per step. Bits not listed here are ignored.
+ *  @{ */
+#define UPPARAT_STEP_VERSION (UINT32_C(1) << 0)  /**< The @c version step. */
+#define UPPARAT_STEP_DOWNLOAD (UINT32_C(1) << 1) /**< The @c download step. */
+#define UPPARAT_STEP_INSTALL (UINT32_C(1) << 2)  /**< The @c install step. */
+#define UPPARAT_STEP_RESTART (UINT32_C(1) << 3)  /**< The @c restart step. */
+#define UPPARAT_STEP_READY (UINT32_C(1) << 4)    /**< The @c ready step. */
+/** Every step. */
+#define UPPARAT_STEP_ALL                                                                        \
+  (UPPARAT_STEP_VERSION | UPPARAT_STEP_DOWNLOAD | UPPARAT_STEP_INSTALL | UPPARAT_STEP_RESTART | \
+   UPPARAT_STEP_READY)
 /** @} */
 
 /** @name Log levels (::upparat_host::log)
@@ -100,7 +120,7 @@ typedef struct upparat_config_entry {
 } upparat_config_entry;
 
 /** A plugin instance's configuration: the `[plugins.NAME]` table of the daemon's configuration
- *  without the host's own keys (`path`). Valid only during @c create. */
+ *  without the host's own keys (`path`, `stream`). Valid only during @c create. */
 typedef struct upparat_config {
   uint32_t struct_size;                /**< sizeof(upparat_config) as the host knows it. */
   uint32_t count;                      /**< Number of entries. */
@@ -178,7 +198,8 @@ typedef struct upparat_result {
   int32_t code;         /**< UPPARAT_OK, UPPARAT_RETRY_LATER, UPPARAT_FAILED or
                              UPPARAT_NOT_SUPPORTED. Preset by the host to UPPARAT_FAILED. */
   /** For UPPARAT_RETRY_LATER: seconds to wait, or -1 for the configured retry_interval.
-   *  Preset to -1. */
+   *  Preset to -1. The host takes a value above 86400 (one day) as 86400, and any negative
+   *  value as -1. */
   int64_t retry_after_seconds;
   /** Host buffer of @c text_capacity bytes, preset to "". The plugin writes a NUL-terminated
    *  UTF-8 text: the installed version (for @c version) or the reason (for
@@ -198,15 +219,20 @@ typedef struct upparat_result {
  *   that finished.
  * - @c ready: the new system is healthy.
  * The function must fill @p result and return; it must not throw.
- * A NULL function pointer means UPPARAT_NOT_SUPPORTED.
+ * A NULL function pointer means UPPARAT_NOT_SUPPORTED, and that the plugin never serves the step.
+ * The host never calls a step that the instance does not serve (see
+ * ::upparat_plugin_functions::steps).
  */
 typedef void (*upparat_step_fn)(upparat_instance* instance, const upparat_job_context* job,
                                 const upparat_step_services* services, upparat_result* result);
 
 /** The functions of a plugin. */
 typedef struct upparat_plugin_functions {
-  uint32_t struct_size; /**< sizeof(upparat_plugin_functions) as the plugin was built with. */
-  uint32_t reserved0;   /**< Zero. */
+  /** sizeof(upparat_plugin_functions) as the plugin was built with: the host reads @c steps
+   *  only from a plugin built for ABI 1.1 or later, and refuses such a plugin whose table is
+   *  too small to hold it. */
+  uint32_t struct_size;
+  uint32_t reserved0; /**< Zero. */
   /**
    * Creates an instance from its configuration. On success sets @p *instance and sets
    * @c result->code to UPPARAT_OK. On failure leaves @p *instance NULL, sets UPPARAT_FAILED and
@@ -222,6 +248,21 @@ typedef struct upparat_plugin_functions {
   upparat_step_fn install;  /**< See ::upparat_step_fn. */
   upparat_step_fn restart;  /**< See ::upparat_step_fn. */
   upparat_step_fn ready;    /**< See ::upparat_step_fn. */
+  /**
+   * ABI 1.1. Which steps @p instance serves: UPPARAT_STEP_* bits. A step the instance does
+   * not serve is a missing hook: the host neither announces it to the cloud (no
+   * `installation_start`, no `reboot_start`) nor calls it, and the job ends as without that
+   * step (for example SUCCEEDED `no_installation_hook_provided`). Use it when the
+   * configuration decides which steps exist, as the script plugin does with its hooks.
+   *
+   * The host calls it once, right after @c create succeeded and before any step; the answer
+   * holds for the instance's whole life. Bits of steps whose function pointer is NULL, and
+   * unknown bits, are ignored. It must not throw.
+   *
+   * NULL, and every plugin built for ABI 1.0 (which has no such field): the instance serves
+   * every step whose function pointer is non-NULL.
+   */
+  uint32_t (*steps)(upparat_instance* instance);
 } upparat_plugin_functions;
 
 /** Describes a plugin. Static storage in the plugin; the host copies what it keeps.

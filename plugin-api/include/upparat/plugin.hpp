@@ -17,6 +17,17 @@
  * UPPARAT_PLUGIN(MyPlugin, "my-plugin", "1.0.0", "Apache-2.0", "Installs with my tool", 0)
  * @endcode
  *
+ * The plugin serves the steps its class overrides (here: version). When the configuration
+ * decides which steps exist, declare them with a const member function `steps()` returning
+ * UPPARAT_STEP_* bits; the macro finds it and the host asks it once, right after the
+ * constructor:
+ * @code
+ *   std::uint32_t steps() const {
+ *     return UPPARAT_STEP_VERSION | (restart_command_ ? UPPARAT_STEP_RESTART : 0);
+ *   }
+ * @endcode
+ * A step the plugin does not serve is a missing hook: the host neither announces nor runs it.
+ *
  * The macro defines the C entry point of upparat/plugin.h. Every exception thrown by the
  * constructor or a step is caught at the boundary and becomes UPPARAT_FAILED with the
  * exception's message, so no exception ever reaches the daemon. Only plain C types cross the
@@ -47,7 +58,8 @@ class StepResult {
  public:
   /// Success. For `version`, @p text is the installed version.
   static StepResult ok(std::string text = {}) { return {UPPARAT_OK, std::move(text), -1}; }
-  /// Run the step again later: after @p seconds, or the configured retry_interval when < 0.
+  /// Run the step again later: after @p seconds (the host waits at most 86400), or the
+  /// configured retry_interval when < 0.
   static StepResult retry_later(std::string reason = {}, int64_t seconds = -1) {
     return {UPPARAT_RETRY_LATER, std::move(reason), seconds};
   }
@@ -130,9 +142,11 @@ class Logger {
   const upparat_host* host_;
 };
 
-/// Base class of a C++ plugin. Steps not overridden answer NOT_SUPPORTED. The derived class's
-/// constructor takes `(const Config&)` or `(const Config&, const Logger&)` and throws to refuse a
-/// configuration. The destructor must join every thread the plugin started.
+/// Base class of a C++ plugin. Steps not overridden are not served (and answer NOT_SUPPORTED).
+/// The derived class's constructor takes `(const Config&)` or `(const Config&, const Logger&)`
+/// and throws to refuse a configuration. Override the steps publicly. An optional
+/// `std::uint32_t steps() const` (UPPARAT_STEP_* bits) narrows the served steps per instance.
+/// The destructor must join every thread the plugin started.
 class Plugin {
  public:
   virtual ~Plugin() = default;
@@ -186,6 +200,32 @@ struct Instance {
   Plugin* plugin;
 };
 
+using StepMember = StepResult (Plugin::*)(const Job&, StepContext&);
+
+/// True when `member` is Plugin's own (not overridden): `&T::install` names the override's
+/// class, or Plugin when no class between overrides it.
+template <class C>
+constexpr bool is_base_step(StepResult (C::*)(const Job&, StepContext&)) {
+  return std::is_same_v<C, Plugin>;
+}
+
+/// The steps class T overrides, as UPPARAT_STEP_* bits.
+template <class T>
+constexpr std::uint32_t overridden_steps() {
+  return (is_base_step(&T::version) ? 0u : UPPARAT_STEP_VERSION) |
+         (is_base_step(&T::download) ? 0u : UPPARAT_STEP_DOWNLOAD) |
+         (is_base_step(&T::install) ? 0u : UPPARAT_STEP_INSTALL) |
+         (is_base_step(&T::restart) ? 0u : UPPARAT_STEP_RESTART) |
+         (is_base_step(&T::ready) ? 0u : UPPARAT_STEP_READY);
+}
+
+/// Whether class T declares `steps() const`.
+template <class T, class = void>
+struct declares_steps : std::false_type {};
+template <class T>
+struct declares_steps<T, std::void_t<decltype(std::declval<const T&>().steps())>> : std::true_type {
+};
+
 template <class T>
 T* construct(const Config& config, const Logger& logger) {
   if constexpr (std::is_constructible_v<T, const Config&, const Logger&>) {
@@ -230,7 +270,27 @@ inline void destroy(upparat_instance* instance) {
   delete self;
 }
 
-template <StepResult (Plugin::*Step)(const Job&, StepContext&)>
+template <class T>
+std::uint32_t steps(upparat_instance* instance) {
+  if constexpr (declares_steps<T>::value) {
+    auto* self = reinterpret_cast<Instance*>(instance);
+    try {
+      // A step the class does not override cannot be served, whatever steps() says.
+      return static_cast<std::uint32_t>(static_cast<const T&>(*self->plugin).steps()) &
+             overridden_steps<T>();
+    } catch (const std::exception& e) {
+      self->logger.error(std::string("steps() threw: ") + e.what() +
+                         "; serving every step the plugin implements");
+    } catch (...) {
+      self->logger.error("steps() threw; serving every step the plugin implements");
+    }
+  } else {
+    (void)instance;
+  }
+  return overridden_steps<T>();
+}
+
+template <StepMember Step>
 void step(upparat_instance* instance, const upparat_job_context* job,
           const upparat_step_services* services, upparat_result* result) {
   try {
@@ -247,6 +307,7 @@ void step(upparat_instance* instance, const upparat_job_context* job,
 
 template <class T>
 const upparat_plugin_functions* functions() {
+  static_assert(std::is_base_of_v<Plugin, T>, "a plugin class derives from upparat::sdk::Plugin");
   static const upparat_plugin_functions table = {
       sizeof(upparat_plugin_functions),
       0,
@@ -257,6 +318,7 @@ const upparat_plugin_functions* functions() {
       &step<&Plugin::install>,
       &step<&Plugin::restart>,
       &step<&Plugin::ready>,
+      &steps<T>,
   };
   return &table;
 }

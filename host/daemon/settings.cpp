@@ -1,0 +1,85 @@
+#include "daemon/settings.hpp"
+
+#include "jobs/topics.hpp"
+
+namespace upparat::daemon {
+
+StepPlugins step_plugins(
+    const config::Config& config,
+    const std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>& plugins) {
+  StepPlugins result{};
+  for (std::size_t i = 0; i < result.size(); ++i) {
+    auto it = config.steps.find(config::kStepNames[i]);
+    result[i] = it == config.steps.end() ? nullptr : plugins.at(it->second).get();
+  }
+  return result;
+}
+
+state::MachineSettings machine_settings(const config::Config& config, const StepPlugins& plugins) {
+  state::MachineSettings ms;
+  ms.thing_name = config.broker.thing_name;
+  ms.job_prefix = config.jobs.prefix;
+  ms.allow_http = config.download.allow_http;
+  ms.retry_interval = config.retry.retry_interval;
+  ms.max_retries = config.retry.max_retries;
+  for (std::size_t i = 0; i < ms.step_deadline.size(); ++i)
+    ms.step_deadline[i] = config.jobs.deadlines.at(config::kStepNames[i]);
+  // AWS takes whole minutes: round the margin up, so the cloud never gives up first.
+  ms.step_timeout_margin =
+      std::chrono::minutes((config.jobs.step_timeout_margin.count() + 59) / 60);
+  ms.progress_percent = config.jobs.progress_percent;
+  ms.progress_interval = config.jobs.progress_interval;
+  ms.update_resend = config.jobs.update_timeout;
+  ms.request_resend = config.jobs.update_timeout;
+  ms.poll_interval = config.jobs.poll_interval;
+  ms.max_url_refusals = config.jobs.max_url_refusals;
+  // A step is configured when its plugin serves it (the script plugin: a hook is set).
+  for (std::size_t i = 0; i < ms.step_configured.size(); ++i)
+    ms.step_configured[i] =
+        plugins[i] != nullptr && plugins[i]->serves(static_cast<plugin::Step>(i));
+  const plugin::LoadedPlugin* installer = plugins[static_cast<std::size_t>(plugin::Step::Install)];
+  const auto name = config.steps.find("install");
+  if (installer != nullptr && installer->serves(plugin::Step::Install) &&
+      name != config.steps.end()) {
+    const auto table = config.plugins.find(name->second);
+    ms.install_from_url = table != config.plugins.end() && table->second.stream &&
+                          installer->has_capability(plugin::kCapInstallFromUrl);
+  }
+  return ms;
+}
+
+download::Settings download_settings(const config::Config& config) {
+  download::Settings ds;
+  ds.directory = config.download.directory;
+  ds.ca_file = config.download.ca_file.string();
+  ds.proxy = config.download.proxy;
+  ds.allow_http = config.download.allow_http;
+  ds.max_bytes_per_second = config.download.max_bytes_per_second;
+  ds.reserve_bytes = config.download.reserve_bytes;
+  ds.fsync_every = config.download.fsync_interval;
+  ds.backoff_cap = config.download.backoff_cap;
+  if (config.download.group_readable) {
+    ds.directory_mode = 0750;
+    ds.file_mode = 0640;
+  }
+  return ds;
+}
+
+mqtt::Settings mqtt_settings(const config::Config& config) {
+  mqtt::Settings mq;
+  mq.host = config.broker.host;
+  mq.port = config.broker.port;
+  mq.client_id = config.broker.client_id;
+  mq.cafile = config.broker.cafile.string();
+  mq.certfile = config.broker.certfile.string();
+  mq.keyfile = config.broker.keyfile.string();
+  mq.alpn = config.broker.alpn;
+  mq.plain_tcp = config.broker.plain_tcp;
+  mq.keep_alive = config.broker.keep_alive;
+  mq.reconnect_min = config.broker.reconnect_min;
+  mq.reconnect_max = config.broker.reconnect_max;
+  mq.subscriptions = jobs::subscription_topics(config.broker.thing_name);
+  return mq;
+}
+
+}  // namespace upparat::daemon
