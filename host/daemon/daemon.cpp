@@ -166,6 +166,9 @@ struct Daemon::Impl {
   std::map<std::uint64_t, Work> work;  // guarded by worker_mutex
 
   std::thread signal_thread;
+  /// Set before the signal thread is woken with SIGUSR2 to end it; a SIGUSR2 from anyone else
+  /// finds it false and is ignored.
+  std::atomic<bool> signal_quit{false};
   std::atomic<int> signals_received{0};
   bool ready_sent = false;
   bool exit_requested = false;
@@ -363,13 +366,17 @@ struct Daemon::Impl {
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGUSR2);  // our own "quit" for this thread
+    sigaddset(&set, SIGUSR2);  // wakes this thread to end it (signal_quit)
     while (true) {
       int sig = 0;
       if (sigwait(&set, &sig) != 0)
         continue;
-      if (sig == SIGUSR2)
-        return;
+      if (sig == SIGUSR2) {
+        if (signal_quit.load())
+          return;
+        spdlog::debug("received SIGUSR2: ignored");
+        continue;
+      }
       int n = ++signals_received;
       spdlog::info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
       if (n >= 3) {
@@ -378,6 +385,14 @@ struct Daemon::Impl {
       }
       post(state::ShutdownRequested{});
     }
+  }
+
+  void stop_signal_thread() {
+    if (!signal_thread.joinable())
+      return;
+    signal_quit = true;
+    pthread_kill(signal_thread.native_handle(), SIGUSR2);
+    signal_thread.join();
   }
 
   // ---- the loop ----
@@ -553,8 +568,7 @@ int Daemon::run() {
     spdlog::default_logger()->flush();
     std::_Exit(code);
   }
-  pthread_kill(impl.signal_thread.native_handle(), SIGUSR2);
-  impl.signal_thread.join();
+  impl.stop_signal_thread();
   impl.session.reset();
   impl.machine.reset();
   impl.downloader.reset();
