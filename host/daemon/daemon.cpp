@@ -177,9 +177,17 @@ struct Daemon::Impl {
   Clock::time_point next_watchdog{};
 
   ~Impl() {
+    // Normally run() has ended both threads. When it did not (an exception on the way), they
+    // are ended here on purpose: a joinable std::thread would call std::terminate.
     // Order matters: nothing may call a plugin once it is destroyed.
     session.reset();
-    stop_worker(seconds(0));
+    stop_signal_thread();
+    if (!stop_worker(milliseconds(0))) {
+      // Its plugin cannot be destroyed while it runs, nor can the thread be left behind.
+      spdlog::critical("a step is still running while the daemon ends: exiting at once");
+      spdlog::default_logger()->flush();
+      std::_Exit(kExitFailure);
+    }
     machine.reset();
     downloader.reset();
     plugins.clear();
@@ -343,6 +351,10 @@ struct Daemon::Impl {
   void do_action(const state::Exit&) { exit_requested = true; }
 
   void handle(const state::Event& event) {
+#ifdef UPPARAT_DAEMON_TEST_SEAMS
+    if (before_event)
+      before_event();
+#endif
     if (std::holds_alternative<state::Connected>(event) && !ready_sent) {
       ready_sent = true;
       sd_notify(0, "READY=1");
@@ -450,10 +462,41 @@ struct Daemon::Impl {
     }
     return kExitOk;
   }
+
+  /// After the loop: disconnects, ends the worker and the signal thread, unloads the plugins.
+  /// Exits the process at once when a step still runs (its plugin cannot be unloaded).
+  int finish(int code) {
+    spdlog::info("disconnecting");
+    session->stop(milliseconds(3000));
+    if (!stop_worker(milliseconds(10000))) {
+      // A step that ignores the stop (or the restart step rebooting the machine): its plugin
+      // cannot be destroyed while it runs.
+      spdlog::error("a step is still running after the stop: exiting without unloading plugins");
+      spdlog::default_logger()->flush();
+      std::_Exit(code);
+    }
+    stop_signal_thread();
+    session.reset();
+    machine.reset();
+    downloader.reset();
+    plugins.clear();
+    spdlog::info("stopped");
+    return code;
+  }
+
+#ifdef UPPARAT_DAEMON_TEST_SEAMS
+  std::function<void()> before_event;
+#endif
 };
 
 Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Daemon::~Daemon() = default;
+
+#ifdef UPPARAT_DAEMON_TEST_SEAMS
+void Daemon::set_before_event(std::function<void()> hook) {
+  impl_->before_event = std::move(hook);
+}
+#endif
 
 Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   auto impl = std::make_unique<Impl>();
@@ -557,24 +600,17 @@ int Daemon::run() {
   impl.signal_thread = std::thread([&impl] { impl.signal_run(); });
   impl.worker = std::thread([&impl] { impl.worker_run(); });
 
-  int code = impl.loop();
-
-  spdlog::info("disconnecting");
-  impl.session->stop(milliseconds(3000));
-  if (!impl.stop_worker(milliseconds(10000))) {
-    // A step that ignores the stop (or the restart step rebooting the machine): its plugin
-    // cannot be destroyed while it runs.
-    spdlog::error("a step is still running after the stop: exiting without unloading plugins");
-    spdlog::default_logger()->flush();
-    std::_Exit(code);
+  int code = kExitFailure;
+  try {
+    code = impl.loop();
+  } catch (const std::exception& e) {
+    // A bug or an exhausted resource (std::bad_alloc): stop in order and let systemd restart
+    // the daemon; the saved state lets the next one continue the job.
+    spdlog::critical("unexpected error in the event loop: {}; stopping", e.what());
+  } catch (...) {
+    spdlog::critical("unexpected error in the event loop (not a std::exception); stopping");
   }
-  impl.stop_signal_thread();
-  impl.session.reset();
-  impl.machine.reset();
-  impl.downloader.reset();
-  impl.plugins.clear();
-  spdlog::info("stopped");
-  return code;
+  return impl.finish(code);
 }
 
 }  // namespace upparat::daemon

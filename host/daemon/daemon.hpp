@@ -5,6 +5,7 @@
 // events to it; the loop executes the machine's actions. systemd: READY=1 once subscribed,
 // STATUS= the current step, WATCHDOG=1 from the loop.
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -36,8 +37,15 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  /// Runs until SIGTERM/SIGINT (and the machine's orderly Exit). Returns the exit code.
+  /// Runs until SIGTERM/SIGINT (and the machine's orderly Exit). Returns the exit code
+  /// (kExitFailure after an unexpected error in the event loop, which is logged).
   int run();
+
+#ifdef UPPARAT_DAEMON_TEST_SEAMS
+  /// Tests only (compiled with UPPARAT_DAEMON_TEST_SEAMS, never into the daemon): runs on the
+  /// event loop before each event is handled, so that a test can make the loop throw.
+  void set_before_event(std::function<void()> hook);
+#endif
 
  private:
   struct Impl;
