@@ -9,6 +9,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -35,6 +36,19 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 namespace {
+
+// Stopping on SIGTERM/SIGINT. The whole stop stays below the systemd unit's TimeoutStopSec=60
+// (config/upparat.service), after which systemd would SIGKILL the daemon.
+/// How long the loop waits for the stopped work and the flush of the status updates.
+constexpr seconds kShutdownWait{20};
+/// From the signal to the exit at the latest. A running INSTALL_NOT_INTERRUPTIBLE install is
+/// waited for until kShutdownBudget - kDisconnectWait.
+constexpr seconds kShutdownBudget{55};
+/// The disconnect (and the last flush of Paho's buffer) after the loop.
+constexpr milliseconds kDisconnectWait{3000};
+/// Without a signal (a plugin that did not stop, an error in the loop): how long the worker
+/// may take to become idle after the loop ended.
+constexpr milliseconds kWorkerWait{10000};
 
 /// `<N>` syslog priority prefix for journald (sd-daemon(3)).
 class PriorityFlag final : public spdlog::custom_flag_formatter {
@@ -172,7 +186,9 @@ struct Daemon::Impl {
   std::atomic<int> signals_received{0};
   bool ready_sent = false;
   bool exit_requested = false;
-  std::optional<Clock::time_point> shutdown_deadline;
+  int exit_code = kExitOk;
+  /// When the first SIGTERM/SIGINT was handled.
+  std::optional<Clock::time_point> shutdown_started;
   milliseconds watchdog_interval{0};
   Clock::time_point next_watchdog{};
 
@@ -348,7 +364,11 @@ struct Daemon::Impl {
     sd_notifyf(0, "STATUS=%s", a.text.c_str());
   }
 
-  void do_action(const state::Exit&) { exit_requested = true; }
+  void do_action(const state::Exit& a) {
+    exit_requested = true;
+    if (a.reason == state::ExitReason::PluginStuck)
+      exit_code = kExitPluginStuck;
+  }
 
   void handle(const state::Event& event) {
 #ifdef UPPARAT_DAEMON_TEST_SEAMS
@@ -361,11 +381,11 @@ struct Daemon::Impl {
       spdlog::info("ready: subscribed as thing {}", config.broker.thing_name);
     }
     if (std::holds_alternative<state::ShutdownRequested>(event)) {
-      if (shutdown_deadline)
+      if (shutdown_started)
         return;
       sd_notify(0, "STOPPING=1");
       spdlog::info("stopping (signal received)");
-      shutdown_deadline = Clock::now() + seconds(20);
+      shutdown_started = Clock::now();
     }
     for (const auto& action : machine->handle(event))
       execute(action);
@@ -409,6 +429,21 @@ struct Daemon::Impl {
 
   // ---- the loop ----
 
+  /// True while an INSTALL_NOT_INTERRUPTIBLE install runs.
+  bool uninterruptible_running() {
+    std::lock_guard guard(worker_mutex);
+    return std::any_of(work.begin(), work.end(),
+                       [](const auto& w) { return w.second.not_interruptible; });
+  }
+
+  /// After a signal: when the loop gives up waiting for the machine's Exit. A running
+  /// not-interruptible install is waited for as long as the stop budget allows.
+  Clock::time_point shutdown_deadline() {
+    if (uninterruptible_running())
+      return *shutdown_started + kShutdownBudget - kDisconnectWait;
+    return *shutdown_started + kShutdownWait;
+  }
+
   int loop() {
     uint64_t usec = 0;
     if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
@@ -427,8 +462,8 @@ struct Daemon::Impl {
         next = std::min(next, when);
       if (watchdog_interval.count() > 0)
         next = std::min(next, next_watchdog);
-      if (shutdown_deadline)
-        next = std::min(next, *shutdown_deadline);
+      if (shutdown_started)
+        next = std::min(next, shutdown_deadline());
 
       std::deque<state::Event> batch;
       {
@@ -455,23 +490,35 @@ struct Daemon::Impl {
         sd_notify(0, "WATCHDOG=1");
         next_watchdog = now + watchdog_interval;
       }
-      if (shutdown_deadline && now >= *shutdown_deadline && !exit_requested) {
+      if (shutdown_started && !exit_requested && now >= shutdown_deadline()) {
         spdlog::warn("the job did not come to a stop in time: exiting anyway");
         break;
       }
     }
-    return kExitOk;
+    return exit_code;
   }
 
   /// After the loop: disconnects, ends the worker and the signal thread, unloads the plugins.
   /// Exits the process at once when a step still runs (its plugin cannot be unloaded).
   int finish(int code) {
     spdlog::info("disconnecting");
-    session->stop(milliseconds(3000));
-    if (!stop_worker(milliseconds(10000))) {
+    session->stop(kDisconnectWait);
+    milliseconds wait = kWorkerWait;
+    if (code == kExitPluginStuck) {
+      wait = milliseconds(0);  // it was given its grace already
+    } else if (shutdown_started) {
+      // Never beyond the stop budget; all of it for a not-interruptible install.
+      const auto left =
+          std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(
+                                        *shutdown_started + kShutdownBudget - Clock::now()));
+      wait = uninterruptible_running() ? left : std::min(kWorkerWait, left);
+    }
+    if (!stop_worker(wait)) {
       // A step that ignores the stop (or the restart step rebooting the machine): its plugin
       // cannot be destroyed while it runs.
-      spdlog::error("a step is still running after the stop: exiting without unloading plugins");
+      spdlog::error(
+          "a step is still running after the stop: exiting (status {}) without unloading plugins",
+          code);
       spdlog::default_logger()->flush();
       std::_Exit(code);
     }
@@ -552,11 +599,13 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   ms.request_resend = config.jobs.update_timeout;
   ms.poll_interval = config.jobs.poll_interval;
   ms.max_url_refusals = config.jobs.max_url_refusals;
+  ms.stop_grace = config.jobs.stop_grace;
   if (auto install = impl->step_plugins[step_index(plugin::Step::Install)]) {
     const auto& p = config.plugins.at(config.steps.at("install"));
     auto stream = p.settings.find("stream");
     ms.install_from_url = install->has_capability(plugin::kCapInstallFromUrl) &&
                           stream != p.settings.end() && stream->second == "true";
+    ms.install_not_interruptible = install->has_capability(plugin::kCapInstallNotInterruptible);
   }
   impl->store = std::make_unique<state::FileStateStore>(state_dir);
   impl->machine = std::make_unique<state::Machine>(ms, *impl->store, impl->clock);
