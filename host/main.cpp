@@ -41,7 +41,8 @@ void print_help() {
       "  -h, --help            print this help and exit\n"
       "\n"
       "Exit status: 0 stopped on SIGTERM/SIGINT or check passed, 1 failure (for example another\n"
-      "instance holds the lock), 2 usage error, 78 configuration error.\n"
+      "instance holds the lock), 2 usage error, 75 a plugin step did not stop,\n"
+      "78 configuration error.\n"
       "Documentation: docs/configuration.md and docs/daemon.md.\n",
       kDefaultConfig);
 }

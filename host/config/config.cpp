@@ -470,6 +470,8 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     UPPARAT_TRY(refusals, s.integer("max_url_refusals", 1, 1000));
     if (*refusals)
       j.max_url_refusals = static_cast<int>(**refusals);
+    UPPARAT_TRY(grace, s.integer("stop_grace", 1, 3600));
+    set_seconds(j.stop_grace, *grace);
     UPPARAT_TRY(deadlines, s.table("deadlines"));
     Section d(file, "jobs.deadlines", *deadlines);
     for (const char* step : kStepNames) {

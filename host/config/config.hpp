@@ -64,6 +64,9 @@ struct Jobs {
   /// A download URL refused (HTTP 403) this many times in a row without a byte transferred,
   /// a fresh URL each time, FAILS the job download_hook_failed.
   int max_url_refusals = 5;
+  /// A plugin step asked to stop (deadline, cancel) that has not returned after this long is
+  /// abandoned: the job FAILS "... the plugin did not stop" and the daemon exits (status 75).
+  std::chrono::seconds stop_grace{30};
 };
 
 struct Download {

@@ -9,6 +9,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -36,6 +37,19 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 namespace {
+
+// Stopping on SIGTERM/SIGINT. The whole stop stays below the systemd unit's TimeoutStopSec=60
+// (config/upparat.service), after which systemd would SIGKILL the daemon.
+/// How long the loop waits for the stopped work and the flush of the status updates.
+constexpr seconds kShutdownWait{20};
+/// From the signal to the exit at the latest. A running INSTALL_NOT_INTERRUPTIBLE install is
+/// waited for until kShutdownBudget - kDisconnectWait.
+constexpr seconds kShutdownBudget{55};
+/// The disconnect (and the last flush of Paho's buffer) after the loop.
+constexpr milliseconds kDisconnectWait{3000};
+/// Without a signal (a plugin that did not stop, an error in the loop): how long the worker
+/// may take to become idle after the loop ended.
+constexpr milliseconds kWorkerWait{10000};
 
 /// `<N>` syslog priority prefix for journald (sd-daemon(3)).
 class PriorityFlag final : public spdlog::custom_flag_formatter {
@@ -162,17 +176,30 @@ struct Daemon::Impl {
   std::map<std::uint64_t, Work> work;  // guarded by worker_mutex
 
   std::thread signal_thread;
+  /// Set before the signal thread is woken with SIGUSR2 to end it; a SIGUSR2 from anyone else
+  /// finds it false and is ignored.
+  std::atomic<bool> signal_quit{false};
   std::atomic<int> signals_received{0};
   bool ready_sent = false;
   bool exit_requested = false;
-  std::optional<Clock::time_point> shutdown_deadline;
+  int exit_code = kExitOk;
+  /// When the first SIGTERM/SIGINT was handled.
+  std::optional<Clock::time_point> shutdown_started;
   milliseconds watchdog_interval{0};
   Clock::time_point next_watchdog{};
 
   ~Impl() {
+    // Normally run() has ended both threads. When it did not (an exception on the way), they
+    // are ended here on purpose: a joinable std::thread would call std::terminate.
     // Order matters: nothing may call a plugin once it is destroyed.
     session.reset();
-    stop_worker(seconds(0));
+    stop_signal_thread();
+    if (!stop_worker(milliseconds(0))) {
+      // Its plugin cannot be destroyed while it runs, nor can the thread be left behind.
+      spdlog::critical("a step is still running while the daemon ends: exiting at once");
+      spdlog::default_logger()->flush();
+      std::_Exit(kExitFailure);
+    }
     machine.reset();
     downloader.reset();
     plugins.clear();
@@ -333,20 +360,28 @@ struct Daemon::Impl {
     sd_notifyf(0, "STATUS=%s", a.text.c_str());
   }
 
-  void do_action(const state::Exit&) { exit_requested = true; }
+  void do_action(const state::Exit& a) {
+    exit_requested = true;
+    if (a.reason == state::ExitReason::PluginStuck)
+      exit_code = kExitPluginStuck;
+  }
 
   void handle(const state::Event& event) {
+#ifdef UPPARAT_DAEMON_TEST_SEAMS
+    if (before_event)
+      before_event();
+#endif
     if (std::holds_alternative<state::Connected>(event) && !ready_sent) {
       ready_sent = true;
       sd_notify(0, "READY=1");
       spdlog::info("ready: subscribed as thing {}", config.broker.thing_name);
     }
     if (std::holds_alternative<state::ShutdownRequested>(event)) {
-      if (shutdown_deadline)
+      if (shutdown_started)
         return;
       sd_notify(0, "STOPPING=1");
       spdlog::info("stopping (signal received)");
-      shutdown_deadline = Clock::now() + seconds(20);
+      shutdown_started = Clock::now();
     }
     for (const auto& action : machine->handle(event))
       execute(action);
@@ -359,13 +394,17 @@ struct Daemon::Impl {
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGUSR2);  // our own "quit" for this thread
+    sigaddset(&set, SIGUSR2);  // wakes this thread to end it (signal_quit)
     while (true) {
       int sig = 0;
       if (sigwait(&set, &sig) != 0)
         continue;
-      if (sig == SIGUSR2)
-        return;
+      if (sig == SIGUSR2) {
+        if (signal_quit.load())
+          return;
+        spdlog::debug("received SIGUSR2: ignored");
+        continue;
+      }
       int n = ++signals_received;
       spdlog::info("received {}", sig == SIGTERM ? "SIGTERM" : "SIGINT");
       if (n >= 3) {
@@ -376,7 +415,30 @@ struct Daemon::Impl {
     }
   }
 
+  void stop_signal_thread() {
+    if (!signal_thread.joinable())
+      return;
+    signal_quit = true;
+    pthread_kill(signal_thread.native_handle(), SIGUSR2);
+    signal_thread.join();
+  }
+
   // ---- the loop ----
+
+  /// True while an INSTALL_NOT_INTERRUPTIBLE install runs.
+  bool uninterruptible_running() {
+    std::lock_guard guard(worker_mutex);
+    return std::any_of(work.begin(), work.end(),
+                       [](const auto& w) { return w.second.not_interruptible; });
+  }
+
+  /// After a signal: when the loop gives up waiting for the machine's Exit. A running
+  /// not-interruptible install is waited for as long as the stop budget allows.
+  Clock::time_point shutdown_deadline() {
+    if (uninterruptible_running())
+      return *shutdown_started + kShutdownBudget - kDisconnectWait;
+    return *shutdown_started + kShutdownWait;
+  }
 
   int loop() {
     uint64_t usec = 0;
@@ -396,8 +458,8 @@ struct Daemon::Impl {
         next = std::min(next, when);
       if (watchdog_interval.count() > 0)
         next = std::min(next, next_watchdog);
-      if (shutdown_deadline)
-        next = std::min(next, *shutdown_deadline);
+      if (shutdown_started)
+        next = std::min(next, shutdown_deadline());
 
       std::deque<state::Event> batch;
       {
@@ -424,17 +486,60 @@ struct Daemon::Impl {
         sd_notify(0, "WATCHDOG=1");
         next_watchdog = now + watchdog_interval;
       }
-      if (shutdown_deadline && now >= *shutdown_deadline && !exit_requested) {
+      if (shutdown_started && !exit_requested && now >= shutdown_deadline()) {
         spdlog::warn("the job did not come to a stop in time: exiting anyway");
         break;
       }
     }
-    return kExitOk;
+    return exit_code;
   }
+
+  /// After the loop: disconnects, ends the worker and the signal thread, unloads the plugins.
+  /// Exits the process at once when a step still runs (its plugin cannot be unloaded).
+  int finish(int code) {
+    spdlog::info("disconnecting");
+    session->stop(kDisconnectWait);
+    milliseconds wait = kWorkerWait;
+    if (code == kExitPluginStuck) {
+      wait = milliseconds(0);  // it was given its grace already
+    } else if (shutdown_started) {
+      // Never beyond the stop budget; all of it for a not-interruptible install.
+      const auto left =
+          std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(
+                                        *shutdown_started + kShutdownBudget - Clock::now()));
+      wait = uninterruptible_running() ? left : std::min(kWorkerWait, left);
+    }
+    if (!stop_worker(wait)) {
+      // A step that ignores the stop (or the restart step rebooting the machine): its plugin
+      // cannot be destroyed while it runs.
+      spdlog::error(
+          "a step is still running after the stop: exiting (status {}) without unloading plugins",
+          code);
+      spdlog::default_logger()->flush();
+      std::_Exit(code);
+    }
+    stop_signal_thread();
+    session.reset();
+    machine.reset();
+    downloader.reset();
+    plugins.clear();
+    spdlog::info("stopped");
+    return code;
+  }
+
+#ifdef UPPARAT_DAEMON_TEST_SEAMS
+  std::function<void()> before_event;
+#endif
 };
 
 Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Daemon::~Daemon() = default;
+
+#ifdef UPPARAT_DAEMON_TEST_SEAMS
+void Daemon::set_before_event(std::function<void()> hook) {
+  impl_->before_event = std::move(hook);
+}
+#endif
 
 Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   auto impl = std::make_unique<Impl>();
@@ -486,25 +591,17 @@ int Daemon::run() {
   impl.signal_thread = std::thread([&impl] { impl.signal_run(); });
   impl.worker = std::thread([&impl] { impl.worker_run(); });
 
-  int code = impl.loop();
-
-  spdlog::info("disconnecting");
-  impl.session->stop(milliseconds(3000));
-  if (!impl.stop_worker(milliseconds(10000))) {
-    // A step that ignores the stop (or the restart step rebooting the machine): its plugin
-    // cannot be destroyed while it runs.
-    spdlog::error("a step is still running after the stop: exiting without unloading plugins");
-    spdlog::default_logger()->flush();
-    std::_Exit(code);
+  int code = kExitFailure;
+  try {
+    code = impl.loop();
+  } catch (const std::exception& e) {
+    // A bug or an exhausted resource (std::bad_alloc): stop in order and let systemd restart
+    // the daemon; the saved state lets the next one continue the job.
+    spdlog::critical("unexpected error in the event loop: {}; stopping", e.what());
+  } catch (...) {
+    spdlog::critical("unexpected error in the event loop (not a std::exception); stopping");
   }
-  pthread_kill(impl.signal_thread.native_handle(), SIGUSR2);
-  impl.signal_thread.join();
-  impl.session.reset();
-  impl.machine.reset();
-  impl.downloader.reset();
-  impl.plugins.clear();
-  spdlog::info("stopped");
-  return code;
+  return impl.finish(code);
 }
 
 }  // namespace upparat::daemon

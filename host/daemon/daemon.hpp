@@ -5,6 +5,7 @@
 // events to it; the loop executes the machine's actions. systemd: READY=1 once subscribed,
 // STATUS= the current step, WATCHDOG=1 from the loop.
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -18,6 +19,10 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
 inline constexpr int kExitConfig = 78;  ///< EX_CONFIG: systemd's unit does not restart on it
+/// EX_TEMPFAIL: a plugin step asked to stop did not return within [jobs] stop_grace. The job
+/// was reported FAILED (or was gone) and the daemon left without waiting for the step or
+/// unloading its plugin; a restart (the unit's Restart=on-failure) gives a clean daemon.
+inline constexpr int kExitPluginStuck = 75;
 
 /// Sets up spdlog on stderr: colours only on a terminal, a `<N>` syslog priority prefix and no
 /// time stamp when stderr is the journal (JOURNAL_STREAM), `level` as in the configuration.
@@ -36,8 +41,16 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  /// Runs until SIGTERM/SIGINT (and the machine's orderly Exit). Returns the exit code.
+  /// Runs until SIGTERM/SIGINT (and the machine's orderly Exit), or until the machine gives
+  /// up on a plugin that does not stop. Returns the exit code (kExitPluginStuck for the
+  /// latter; kExitFailure after an unexpected error in the event loop, which is logged).
   int run();
+
+#ifdef UPPARAT_DAEMON_TEST_SEAMS
+  /// Tests only (compiled with UPPARAT_DAEMON_TEST_SEAMS, never into the daemon): runs on the
+  /// event loop before each event is handled, so that a test can make the loop throw.
+  void set_before_event(std::function<void()> hook);
+#endif
 
  private:
   struct Impl;

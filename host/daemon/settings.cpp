@@ -33,6 +33,7 @@ state::MachineSettings machine_settings(const config::Config& config, const Step
   ms.request_resend = config.jobs.update_timeout;
   ms.poll_interval = config.jobs.poll_interval;
   ms.max_url_refusals = config.jobs.max_url_refusals;
+  ms.stop_grace = config.jobs.stop_grace;
   // A step is configured when its plugin serves it (the script plugin: a hook is set).
   for (std::size_t i = 0; i < ms.step_configured.size(); ++i)
     ms.step_configured[i] =
@@ -44,6 +45,8 @@ state::MachineSettings machine_settings(const config::Config& config, const Step
     const auto table = config.plugins.find(name->second);
     ms.install_from_url = table != config.plugins.end() && table->second.stream &&
                           installer->has_capability(plugin::kCapInstallFromUrl);
+    ms.install_not_interruptible =
+        installer->has_capability(plugin::kCapInstallNotInterruptible);
   }
   return ms;
 }

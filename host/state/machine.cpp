@@ -76,9 +76,11 @@ enum class TimerPurpose {
   StepDeadline,
   Progress,
   Refetch,
-  Poll,      // monitor: the safety-net get
-  UrlRetry,  // download: the back-off before describing again for a fresh URL
-  Ended,     // the next try of an ended execution's minimal terminal update
+  Poll,       // monitor: the safety-net get
+  UrlRetry,   // download: the back-off before describing again for a fresh URL
+  StopGrace,  // work asked to stop: abandoned when it has not returned by then
+  Abandon,    // abandoned work: the bound of the wait for the FAILED update's answer
+  Ended,      // the next try of an ended execution's minimal terminal update
 };
 
 enum class RequestPurpose { Get, Select, Stream };
@@ -173,6 +175,16 @@ struct Machine::Impl {
   std::int64_t step_elapsed_base = 0;
   std::uint64_t retry_timer = 0;
   std::uint64_t deadline_timer = 0;
+  // The step's deadline passed while its work ran: the reason the job fails with. Work that
+  // can be stopped was asked to, and the job fails with it once the work returned; a
+  // not-interruptible install is waited for and its result counts as it is.
+  std::optional<std::string> deadline_missed;
+
+  // Work asked to stop gets stop_grace to return; after that it is abandoned and the machine
+  // asks the runtime to exit (a clean daemon replaces this one).
+  std::uint64_t stop_grace_timer = 0;
+  bool work_abandoned = false;
+  std::uint64_t abandon_timer = 0;
 
   // Updates the flow waits for.
   std::string awaited_token;           // installation_start / reboot_start
@@ -324,6 +336,7 @@ struct Machine::Impl {
   void leave(Phase) {
     cancel_timer(retry_timer);
     cancel_timer(deadline_timer);
+    deadline_missed.reset();
     cancel_timer(progress_timer);
     cancel_timer(poll_timer);
     pending_line.reset();
@@ -692,6 +705,8 @@ struct Machine::Impl {
     attempt_ended();
     const auto& r = f.result;
     if (r.outcome == Outcome::RetryLater) {
+      if (deadline_missed)
+        return step_failed(*deadline_missed);
       if (retry_count >= s.max_retries)
         return step_failed("timed out after " + std::to_string(s.max_retries) + " retries");
       const auto delay = r.retry_after.value_or(s.retry_interval);
@@ -759,9 +774,77 @@ struct Machine::Impl {
   void on_deadline() {
     deadline_timer = 0;
     const auto limit = s.step_deadline[static_cast<int>(step)].count();
-    if (work)
-      out.push_back(StopWork{work->id});
-    step_failed("timed out after " + std::to_string(limit) + " s");
+    const std::string reason = "timed out after " + std::to_string(limit) + " s";
+    if (!work)
+      return step_failed(reason);
+    // No FAILED while the work runs: a step that goes on could still install, activate a
+    // slot or reboot after the job was reported FAILED.
+    deadline_missed = reason;
+    if (uninterruptible(*work)) {
+      spdlog::error(
+          "job {}: the install step passed its deadline of {} s, but it cannot be interrupted "
+          "(INSTALL_NOT_INTERRUPTIBLE): waiting for it to end; its result counts as it is",
+          job->id, limit);
+      status("job " + job->id + ": installing, past the deadline");
+      return;
+    }
+    spdlog::error("job {}: the {} step passed its deadline of {} s: asking it to stop", job->id,
+                  plugin::step_name(step), limit);
+    stop_work();
+  }
+
+  bool uninterruptible(const Work& w) const {
+    return !w.download && w.step == Step::Install && s.install_not_interruptible;
+  }
+
+  // Asks the running work to stop. Work that can be stopped has stop_grace to return.
+  void stop_work() {
+    if (!work)
+      return;
+    out.push_back(StopWork{work->id});
+    if (!uninterruptible(*work) && !work_abandoned && stop_grace_timer == 0)
+      stop_grace_timer = set_timer(TimerPurpose::StopGrace, s.stop_grace);
+  }
+
+  // The running work reported back (before `work` is reset).
+  void work_returned() {
+    cancel_timer(stop_grace_timer);
+    cancel_timer(abandon_timer);
+    if (work_abandoned)
+      spdlog::warn("job {}: the abandoned {} ended after all", job ? job->id : "?",
+                   work->download ? "download" : plugin::step_name(work->step));
+    work_abandoned = false;
+  }
+
+  // The work asked to stop did not return within stop_grace: it is abandoned. The job's
+  // result is reported and saved, then the runtime is asked to exit, since the plugin cannot
+  // be unloaded while it runs and this daemon could not run another step meanwhile.
+  void on_stop_grace() {
+    stop_grace_timer = 0;
+    if (!work || phase == Phase::ShuttingDown)
+      return;
+    work_abandoned = true;
+    const std::string what(work->download ? "download" : plugin::step_name(work->step));
+    spdlog::critical(
+        "job {}: the {} did not return within {} s of the request to stop: abandoning it; "
+        "the daemon exits once the job's result is reported, for a clean daemon to take over",
+        job ? job->id : "?", what, s.stop_grace.count());
+    if (!deadline_missed)
+      return exit_for_stuck_work();  // Stopping: the job is gone, nothing to report
+    final_updates = {make_update("FAILED", failed_state(step),
+                                 *deadline_missed + "; the plugin did not stop within " +
+                                     std::to_string(s.stop_grace.count()) + " s")};
+    fire(Trigger::StepFailed);  // Finishing saves `finish` and sends it; maybe_done() exits
+    if (!exited)
+      abandon_timer = set_timer(TimerPurpose::Abandon, s.update_resend);
+  }
+
+  void exit_for_stuck_work() {
+    if (exited)
+      return;
+    exited = true;
+    status("a plugin step did not stop: exiting");
+    out.push_back(Exit{ExitReason::PluginStuck});
   }
 
   void gate_open() { fire(s.install_from_url ? Trigger::GateOpenStream : Trigger::GateOpen); }
@@ -943,8 +1026,12 @@ struct Machine::Impl {
   }
 
   void maybe_done() {
-    if (phase == Phase::Finishing && final_tokens.empty() && !work)
-      fire(Trigger::Done);
+    if (phase != Phase::Finishing || !final_tokens.empty())
+      return;
+    if (!work)
+      return fire(Trigger::Done);
+    if (work_abandoned)
+      exit_for_stuck_work();
   }
 
   void job_gone(const std::string& job_id) {
@@ -957,8 +1044,9 @@ struct Machine::Impl {
   }
 
   void enter_stopping() {
-    if (work)
-      out.push_back(StopWork{work->id});
+    if (work_abandoned)
+      return exit_for_stuck_work();  // the job is gone: nothing to report
+    stop_work();
     status(job ? "job " + job->id + ": stopping" : "stopping");
     if (!work)
       fire(Trigger::WorkEnded);
@@ -1362,6 +1450,7 @@ struct Machine::Impl {
   void on(const StepFinished& f) {
     if (!current_work(f.work))
       return;
+    work_returned();
     const bool wanted = work_wanted();
     if (phase == Phase::ShuttingDown) {
       work.reset();
@@ -1369,7 +1458,12 @@ struct Machine::Impl {
     }
     if (!wanted)
       return work_finished();
+    const bool stopped = !uninterruptible(*work);
     work.reset();
+    if (deadline_missed && stopped) {
+      attempt_ended();
+      return step_failed(*deadline_missed);
+    }
     on_step_finished(f);
   }
 
@@ -1384,6 +1478,7 @@ struct Machine::Impl {
   void on(const DownloadFinished& f) {
     if (!current_work(f.work))
       return;
+    work_returned();
     if (phase == Phase::ShuttingDown) {
       work.reset();
       return;
@@ -1391,6 +1486,10 @@ struct Machine::Impl {
     if (!work_wanted())
       return work_finished();
     work.reset();
+    if (deadline_missed) {
+      attempt_ended();
+      return step_failed(*deadline_missed);
+    }
     on_download_finished(f.result);
   }
 
@@ -1476,6 +1575,22 @@ struct Machine::Impl {
           send_request(RequestPurpose::Get, "");
         }
         return;
+      case TimerPurpose::StopGrace:
+        if (stop_grace_timer == t.id)
+          on_stop_grace();
+        return;
+      case TimerPurpose::Abandon:
+        if (abandon_timer == t.id) {
+          abandon_timer = 0;
+          if (work_abandoned) {
+            spdlog::warn(
+                "job {}: no answer to the final update within {} s: exiting anyway (the "
+                "next start sends it again)",
+                job ? job->id : "?", s.update_resend.count());
+            exit_for_stuck_work();
+          }
+        }
+        return;
     }
   }
 
@@ -1489,7 +1604,9 @@ struct Machine::Impl {
       // SIGTERM during restart means the reboot is under way: stop nothing, report nothing.
       work.reset();
     } else if (work) {
+      // The runtime bounds the shutdown itself: no grace timer.
       out.push_back(StopWork{work->id});
+      cancel_timer(stop_grace_timer);
       if (durable && attempt_counted) {
         // Stopped on purpose: the daemon did not die during this attempt.
         --durable->unfinished_starts;
@@ -1503,8 +1620,8 @@ struct Machine::Impl {
   }
 
   void maybe_exit() {
-    if (phase == Phase::ShuttingDown && !work && updates.empty())
-      out.push_back(Exit{});
+    if (phase == Phase::ShuttingDown && (!work || work_abandoned) && updates.empty())
+      out.push_back(Exit{work ? ExitReason::PluginStuck : ExitReason::Shutdown});
   }
 
   std::vector<Action> handle(const Event& event) {

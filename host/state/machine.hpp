@@ -23,17 +23,27 @@
 //                          posting DownloadProgress / DownloadResumeState, then DownloadFinished.
 //      StopWork         -> raise the StopSignal of the work with that id (if still running).
 //                          INSTALL_NOT_INTERRUPTIBLE: do not raise it for such an install; the
-//                          machine simply waits for its StepFinished.
+//                          machine simply waits for its StepFinished (set
+//                          MachineSettings::install_not_interruptible from the capability).
 //                          The machine never starts new work before the stopped work's
-//                          *Finished event arrived, so one worker thread is enough.
+//                          *Finished event arrived, so one worker thread is enough. Work that
+//                          has not returned MachineSettings::stop_grace after its StopWork is
+//                          abandoned (Exit{PluginStuck} below).
 //      SetTimer         -> after `delay` post TimerFired{id}. Ids are never reused.
 //      CancelTimer      -> forget the timer (a TimerFired that raced with it is ignored).
 //      CleanDownloads   -> Downloader::clean(keep_job_id).
 //      RemoveDownload   -> Downloader::remove(job_id).
 //      SystemdStatus    -> sd_notify("STATUS=...").
-//      Exit             -> after ShutdownRequested: nothing is running and no update is
-//                          pending any more; disconnect and exit. (The runtime bounds the
-//                          flush with its own timeout too.)
+//      Exit             -> reason Shutdown: after ShutdownRequested, nothing is running and
+//                          no update is pending any more; disconnect and exit. (The runtime
+//                          bounds the flush with its own timeout too, and waits longer for a
+//                          running not-interruptible install.)
+//                          reason PluginStuck (in any phase, also without a signal): a step
+//                          asked to stop did not return within stop_grace. Its FAILED update
+//                          was answered (or waited for update_resend) and `finish` is saved,
+//                          or its job is gone. Disconnect and exit with a status of its own
+//                          WITHOUT waiting for the step or unloading its plugin; the service
+//                          manager then starts a clean daemon, which resends the saved result.
 //  - Every *Finished / *Progress event echoes the `work` id of its action; the machine ignores
 //    events of work it no longer waits for.
 //  - On SIGTERM/SIGINT post ShutdownRequested{}. During `restart` the machine stops nothing
@@ -90,7 +100,10 @@ struct MachineSettings {
   std::chrono::seconds retry_interval{60};
   int max_retries = 60;
   /// Local deadline of each step, retries included, indexed by plugin::Step. When it passes
-  /// the step is stopped and the job FAILS `<step>_hook_failed` "timed out after N s".
+  /// the running step (or download) is asked to stop, and once it returned the job FAILS
+  /// `<step>_hook_failed` "timed out after N s" (see stop_grace for one that does not
+  /// return). A not-interruptible install is not asked to stop: it is waited for, and its
+  /// result counts as it is (RETRY_LATER then fails with "timed out").
   /// Defaults: version 10 min, download 24 h, install 2 h, restart 30 min, ready 30 min.
   std::array<std::chrono::seconds, 5> step_deadline{
       std::chrono::seconds(600), std::chrono::seconds(86400), std::chrono::seconds(7200),
@@ -127,6 +140,15 @@ struct MachineSettings {
   /// A step whose attempt was started this many times without finishing fails the job
   /// ("daemon died N times during <step>"); restart excepted.
   int max_unfinished_starts = 3;
+  /// The install plugin has INSTALL_NOT_INTERRUPTIBLE: its install is never asked to stop,
+  /// and its deadline does not fail the job while it runs.
+  bool install_not_interruptible = false;
+  /// Work asked to stop (its deadline passed, or its job is gone) that has not returned after
+  /// this long is abandoned. After a deadline the job FAILS `<step>_hook_failed` "timed out
+  /// after N s; the plugin did not stop within M s", `finish` is saved, and once that update
+  /// was answered (or after update_resend without answer) the machine emits
+  /// Exit{PluginStuck}. A gone job has nothing to report: Exit{PluginStuck} at once.
+  std::chrono::seconds stop_grace{30};
 };
 
 // ---- Events (runtime -> machine) ----
@@ -207,7 +229,14 @@ struct RemoveDownload {
 struct SystemdStatus {
   std::string text;
 };
-struct Exit {};
+/// Why the runtime is asked to exit.
+enum class ExitReason {
+  Shutdown,     ///< after ShutdownRequested: nothing runs, no update is pending
+  PluginStuck,  ///< a step asked to stop did not return within stop_grace
+};
+struct Exit {
+  ExitReason reason = ExitReason::Shutdown;
+};
 
 using Action = std::variant<Publish, RunStep, RunDownload, StopWork, SetTimer, CancelTimer,
                             CleanDownloads, RemoveDownload, SystemdStatus, Exit>;

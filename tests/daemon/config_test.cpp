@@ -72,6 +72,7 @@ TEST_F(ConfigTest, MinimalTlsConfigurationGetsTheDefaults) {
   EXPECT_EQ(config->retry.max_retries, 60);
   EXPECT_EQ(config->jobs.poll_interval.count(), 600);
   EXPECT_EQ(config->jobs.max_url_refusals, 5);
+  EXPECT_EQ(config->jobs.stop_grace.count(), 30);
   EXPECT_TRUE(config->steps.empty());
 }
 
@@ -87,7 +88,7 @@ TEST_F(ConfigTest, FullConfiguration) {
   auto config = toml(
       base("[service]\nlog_level = \"debug\"\nstate_directory = \"/data/upparat\"\n"
            "[jobs]\nprefix = \"fw_\"\nprogress_interval = 5\nprogress_percent = 10\n"
-           "poll_interval = 0\nmax_url_refusals = 3\n"
+           "poll_interval = 0\nmax_url_refusals = 3\nstop_grace = 5\n"
            "[jobs.deadlines]\ninstall = 60\n"
            "[download]\ndirectory = \"/data/dl\"\nallow_http = true\nmax_bytes_per_second = 1000\n"
            "reserve_bytes = 4096\n"
@@ -104,6 +105,7 @@ TEST_F(ConfigTest, FullConfiguration) {
   EXPECT_EQ(config->jobs.prefix, "fw_");
   EXPECT_EQ(config->jobs.poll_interval.count(), 0);
   EXPECT_EQ(config->jobs.max_url_refusals, 3);
+  EXPECT_EQ(config->jobs.stop_grace.count(), 5);
   EXPECT_EQ(config->jobs.deadlines.at("install").count(), 60);
   EXPECT_EQ(config->jobs.deadlines.at("download").count(), 86400);
   EXPECT_EQ(config->download.directory, "/data/dl");
@@ -169,6 +171,7 @@ TEST_F(ConfigTest, OutOfRange) {
   expect_error(base("[jobs]\nprogress_percent = 101\n"), {"[jobs] progress_percent"});
   expect_error(base("[jobs]\npoll_interval = -1\n"), {"[jobs] poll_interval"});
   expect_error(base("[jobs]\nmax_url_refusals = 0\n"), {"[jobs] max_url_refusals"});
+  expect_error(base("[jobs]\nstop_grace = 0\n"), {"[jobs] stop_grace"});
   expect_error(base("", "keep_alive = 5\n"), {"[broker] keep_alive", "30 to 1200"});
 }
 

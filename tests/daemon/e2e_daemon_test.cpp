@@ -292,6 +292,22 @@ TEST_F(E2eDaemonTest, SigtermDuringInstallStopsTheHookReportsNothingAndResumes) 
   EXPECT_EQ(installed_version(), "2.0.0");
 }
 
+// The signal thread is ended with SIGUSR2 when the daemon stops. A SIGUSR2 from anyone else
+// is ignored; before, it ended the signal thread, and SIGTERM was never taken any more.
+TEST_F(E2eDaemonTest, StraySigusr2DoesNotDisableTheStop) {
+  default_hooks();
+  auto daemon = start_daemon(write_config(path("state")));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  ASSERT_TRUE(daemon.send_signal(SIGUSR2));
+  EXPECT_TRUE(daemon.wait_for_line("received SIGUSR2: ignored", 10s)) << daemon.log_tail();
+  auto begin = std::chrono::steady_clock::now();
+  auto stopped = daemon.stop();  // SIGTERM (SIGKILL only after 15 s)
+  ASSERT_TRUE(stopped);
+  EXPECT_TRUE(stopped->success()) << stopped->describe() << "\n" << daemon.log_tail();
+  EXPECT_LT(std::chrono::steady_clock::now() - begin, 10s) << daemon.log_tail();
+  EXPECT_NE(daemon.log_text().find("received SIGTERM"), std::string::npos) << daemon.log_tail();
+}
+
 TEST_F(E2eDaemonTest, SystemdNotifyReadyStatusAndWatchdog) {
   default_hooks();
   hooks_["restart"] = hook("restart", "exit 0");

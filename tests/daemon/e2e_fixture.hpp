@@ -112,6 +112,8 @@ struct DaemonConfig {
   fs::path cafile, certfile, keyfile;
   /// Appended after the generated tables (before [plugins.script]).
   std::string extra;
+  /// Keys appended to the generated [jobs] table.
+  std::string jobs;
   std::string file_name = "upparat.toml";
 };
 
@@ -289,7 +291,9 @@ class E2eFixture : public ::testing::Test {
     std::string text = "[service]\nstate_directory = \"" + c.state_dir.string() + "\"\n" + broker +
                        "thing_name = \"" + c.thing +
                        "\"\nreconnect_min = 1\nreconnect_max = 2\n"
-                       "[jobs]\nupdate_timeout = 5\n[download]\nallow_http = true\n"
+                       "[jobs]\nupdate_timeout = 5\n" +
+                       c.jobs +
+                       "[download]\nallow_http = true\n"
                        "[retry]\nretry_interval = 1\nmax_retries = 3\n" +
                        c.extra + plugin;
     auto file = path(c.file_name);

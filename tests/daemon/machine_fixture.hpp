@@ -381,7 +381,11 @@ class World {
       }
     } else if (auto* s = std::get_if<StopWork>(&a)) {
       stopped.push_back(s->work);
-      if (running_step && running_step->work == s->work) {
+      // Like the runtime: a not-interruptible install never sees the stop; a plugin that
+      // ignores it (ignore_stop) runs on until the test finishes it.
+      const bool uninterruptible = running_step && running_step->step == plugin::Step::Install &&
+                                   settings_.install_not_interruptible;
+      if (running_step && running_step->work == s->work && !uninterruptible && !ignore_stop) {
         auto w = *running_step;
         running_step.reset();
         queue.push_back(StepFinished{w.work, w.step, failed("stopped")});
@@ -393,8 +397,10 @@ class World {
         r.outcome = download::Outcome::Cancelled;
         queue.push_back(DownloadFinished{w.work, r});
       }
-    } else if (std::get_if<Exit>(&a)) {
+    } else if (auto* e = std::get_if<Exit>(&a)) {
+      EXPECT_FALSE(exited) << "Exit twice";
       exited = true;
+      exit_reason = e->reason;
     }
   }
 
@@ -504,6 +510,9 @@ class World {
   std::optional<RunStep> running_step;
   std::optional<RunDownload> running_download;
   bool exited = false;
+  std::optional<ExitReason> exit_reason;
+  /// The running step ignores StopWork (a plugin that does not check should_stop).
+  bool ignore_stop = false;
   Hooks hooks_;
   bool rebooted_ = false;
   StepScript script = [](const RunStep&) { return std::optional<plugin::StepResult>(); };

@@ -1274,6 +1274,188 @@ TEST(Machine, StepDeadlineStopsAndFails) {
   EXPECT_EQ(w.phase(), Phase::Monitor);
 }
 
+// Install has a deadline of 100 s.
+MachineSettings install_deadline_100s(MachineSettings s = {}) {
+  s.step_deadline[static_cast<int>(Step::Install)] = 100s;
+  return s;
+}
+
+// Runs a job into an install step that hangs (the test finishes it, or never).
+void hang_in_install(World& w) {
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [classic](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install)
+      return std::nullopt;
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+}
+
+bool failed_sent(const World& w) {
+  return std::any_of(w.cloud.updates.begin(), w.cloud.updates.end(),
+                     [](const SentUpdate& u) { return u.status == "FAILED"; });
+}
+
+TEST(Machine, StepIgnoringTheStopIsAbandonedAfterTheGrace) {
+  MachineSettings s;
+  s.stop_grace = 30s;
+  World w(install_deadline_100s(s));
+  hang_in_install(w);
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
+  w.ignore_stop = true;
+  const auto work = w.running_step->work;
+  const auto steps = w.steps_run.size();
+  w.advance(101s);
+  EXPECT_NE(std::find(w.stopped.begin(), w.stopped.end(), work), w.stopped.end());
+  EXPECT_FALSE(failed_sent(w)) << "no FAILED while the plugin may still install";
+  w.advance(28s);
+  EXPECT_FALSE(failed_sent(w));
+  EXPECT_FALSE(w.exited);
+  EXPECT_EQ(w.phase(), Phase::Install);
+  w.advance(2s);
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED installation_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"),
+            "timed out after 100 s; the plugin did not stop within 30 s");
+  ASSERT_TRUE(w.store.state_.has_value());
+  EXPECT_EQ(w.store.state_->step, SavedStep::Finish);
+  EXPECT_EQ(w.store.state_->final_status, "FAILED");
+  EXPECT_TRUE(w.exited) << "the daemon must exit: this one cannot take another job";
+  EXPECT_EQ(w.exit_reason, ExitReason::PluginStuck);
+  EXPECT_EQ(w.steps_run.size(), steps);
+  // The next daemon finds the job ended and goes on.
+  w.exited = false;
+  w.ignore_stop = false;
+  w.boot();
+  w.connect();
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_FALSE(w.store.state_.has_value());
+  EXPECT_EQ(w.steps_run.size(), steps);
+}
+
+TEST(Machine, AbandonedStepExitsAfterUpdateResendWithoutAnAnswer) {
+  MachineSettings s;
+  s.stop_grace = 30s;
+  s.update_resend = 20s;
+  World w(install_deadline_100s(s));
+  hang_in_install(w);
+  w.ignore_stop = true;
+  w.cloud.lose_updates = true;
+  w.advance(131s);
+  ASSERT_TRUE(failed_sent(w));
+  EXPECT_EQ(w.store.state_->step, SavedStep::Finish);
+  EXPECT_FALSE(w.exited) << "waits for the answer first";
+  w.advance(20s);
+  EXPECT_TRUE(w.exited);
+  EXPECT_EQ(w.exit_reason, ExitReason::PluginStuck);
+}
+
+TEST(Machine, StoppedStepReturningWithinTheGraceFailsWithTheDeadline) {
+  World w(install_deadline_100s());
+  hang_in_install(w);
+  w.ignore_stop = true;
+  w.advance(101s);
+  EXPECT_FALSE(failed_sent(w));
+  w.advance(10s);
+  // It returns late, even successfully: the job still fails, and nothing is abandoned.
+  w.finish_step(ok());
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED installation_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"), "timed out after 100 s");
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  w.advance(1h);
+  EXPECT_FALSE(w.exited);
+}
+
+TEST(Machine, CancelledStepIgnoringTheStopIsAbandonedAfterTheGrace) {
+  MachineSettings s;
+  s.stop_grace = 30s;
+  World w(install_deadline_100s(s));
+  hang_in_install(w);
+  w.ignore_stop = true;
+  const auto updates = w.cloud.updates.size();
+  w.cloud.jobs.erase("upparat_1");
+  w.notify();
+  EXPECT_EQ(w.phase(), Phase::Stopping);
+  w.advance(29s);
+  EXPECT_FALSE(w.exited);
+  w.advance(2s);
+  EXPECT_TRUE(w.exited);
+  EXPECT_EQ(w.exit_reason, ExitReason::PluginStuck);
+  EXPECT_EQ(w.cloud.updates.size(), updates) << "nothing to report for a gone job";
+}
+
+struct LateResult {
+  const char* name;
+  plugin::StepResult result;
+  std::string outcome;  // final "STATUS state", "" = still going (restart reboots)
+  std::string message;
+};
+
+void PrintTo(const LateResult& c, std::ostream* os) {
+  *os << c.name;
+}
+
+class NotInterruptibleInstallPastItsDeadline : public ::testing::TestWithParam<LateResult> {};
+
+TEST_P(NotInterruptibleInstallPastItsDeadline, GetsNoFailedBeforeItReturns) {
+  const LateResult& c = GetParam();
+  MachineSettings s;
+  s.install_not_interruptible = true;
+  World w(install_deadline_100s(s));
+  hang_in_install(w);
+  ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
+  const auto work = w.running_step->work;
+  w.advance(101s);
+  w.advance(2h);  // far past the deadline and any grace
+  EXPECT_TRUE(w.running_step) << "never stopped";
+  EXPECT_EQ(std::find(w.stopped.begin(), w.stopped.end(), work), w.stopped.end());
+  EXPECT_FALSE(failed_sent(w)) << "no FAILED while the install runs";
+  EXPECT_FALSE(w.exited);
+  EXPECT_EQ(w.phase(), Phase::Install);
+  // Its result, when it finally comes, counts as it is (a retry is no longer possible).
+  w.finish_step(c.result);
+  if (c.outcome.empty()) {
+    EXPECT_EQ(w.phase(), Phase::Restart);
+    EXPECT_EQ(w.cloud.states("upparat_1").back(), "reboot_start");
+    EXPECT_FALSE(failed_sent(w));
+  } else {
+    EXPECT_EQ(final_state(w, "upparat_1"), c.outcome);
+    EXPECT_EQ(final_message(w, "upparat_1"), c.message);
+  }
+  EXPECT_FALSE(w.exited);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Results, NotInterruptibleInstallPastItsDeadline,
+    ::testing::Values(LateResult{"ok", ok(), "", ""},
+                      LateResult{"failed", failed("flash error"), "FAILED installation_hook_failed",
+                                 "flash error"},
+                      LateResult{"retry_later", retry_later(), "FAILED installation_hook_failed",
+                                 "timed out after 100 s"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Machine, NotInterruptibleInstallIsStillStoppedByTheDeadlineBeforeItRuns) {
+  // Only the running install is spared: the other steps, and an install waiting for a retry,
+  // fail at the deadline as usual.
+  MachineSettings s;
+  s.install_not_interruptible = true;
+  s.step_deadline[static_cast<int>(Step::Install)] = 100s;
+  World w(s);
+  w.use(Hooks{});
+  auto classic = w.script;
+  w.script = [classic](const RunStep& r) -> std::optional<plugin::StepResult> {
+    if (r.step == Step::Install)
+      return retry_later(std::chrono::seconds(500));
+    return classic(r);
+  };
+  w.cloud.add(queued("upparat_1"));
+  w.connect();
+  w.advance(101s);
+  EXPECT_EQ(final_state(w, "upparat_1"), "FAILED installation_hook_failed");
+  EXPECT_EQ(final_message(w, "upparat_1"), "timed out after 100 s");
+}
+
 // ---- downloads ---------------------------------------------------------------------------
 
 TEST(Machine, ExpiredUrlDescribesAgainAndResumes) {

@@ -134,6 +134,27 @@ TEST(MachineSettingsFromConfig, MaxUrlRefusals) {
   EXPECT_EQ(machine_settings(c, kNoPlugins).max_url_refusals, 42);
 }
 
+TEST(MachineSettingsFromConfig, StopGrace) {
+  config::Config c;
+  c.jobs.stop_grace = 7s;
+  EXPECT_EQ(machine_settings(c, kNoPlugins).stop_grace, 7s);
+}
+
+TEST(MachineSettingsFromConfig, InstallNotInterruptibleFromTheInstallPluginsCapability) {
+  config::Config c;
+  c.steps["install"] = "x";
+  const auto stubborn = load(UPPARAT_FIXTURE_STUBBORN_NOT_INTERRUPTIBLE);
+  StepPlugins plugins{};
+  plugins[at(Step::Install)] = stubborn.get();
+  EXPECT_TRUE(machine_settings(c, plugins).install_not_interruptible);
+  const auto script_plugin = script({"install"});
+  plugins[at(Step::Install)] = script_plugin.get();
+  EXPECT_FALSE(machine_settings(c, plugins).install_not_interruptible);
+  plugins[at(Step::Install)] = nullptr;
+  plugins[at(Step::Version)] = stubborn.get();
+  EXPECT_FALSE(machine_settings(c, plugins).install_not_interruptible) << "not the installer";
+}
+
 TEST(MachineSettingsFromConfig, SettingsWithoutAKeyKeepTheMachinesDefaults) {
   const state::MachineSettings defaults;
   const auto ms = machine_settings(config::Config{}, kNoPlugins);

@@ -79,7 +79,10 @@ extern "C" {
  *  ::upparat_job_context::file_path set to NULL. */
 #define UPPARAT_CAP_INSTALL_FROM_URL (UINT64_C(1) << 0)
 /** Once started, @c install must run to its end: the host does not ask it to stop and honours a
- *  cancellation only after it returned. */
+ *  cancellation only after it returned. Its deadline does not fail the job while it runs: the
+ *  host logs an error, waits, and takes the result as it is (a RETRY_LATER after the deadline
+ *  fails the job "timed out"). On SIGTERM the daemon waits for it for up to 52 s (the
+ *  example systemd unit allows 60 s). */
 #define UPPARAT_CAP_INSTALL_NOT_INTERRUPTIBLE (UINT64_C(1) << 1)
 /** @} */
 
@@ -150,7 +153,10 @@ typedef struct upparat_step_services {
    */
   void (*progress)(void* step_data, const char* line, int32_t percent);
   /** Returns non-zero once the host wants this step to end (job cancelled, deadline passed,
-   *  daemon stopping). A plugin returns promptly, usually with UPPARAT_FAILED. */
+   *  daemon stopping). A plugin returns promptly, usually with UPPARAT_FAILED. One that has
+   *  not returned [jobs] stop_grace (default 30 s) after a deadline or a cancel is abandoned:
+   *  the job FAILS "... the plugin did not stop ..." and the daemon exits without unloading
+   *  the plugin, for the service manager to start a clean one. */
   int32_t (*should_stop)(void* step_data);
   /** A file descriptor that becomes readable when the host wants the step to end, for plugins
    *  that block in poll(). Owned by the host: never read, write or close it. */
