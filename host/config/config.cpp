@@ -343,8 +343,8 @@ Status finalize(Config& config, const Overrides& overrides) {
 
   // Without [steps], a single plugin serves every step.
   if (config.steps.empty() && config.plugins.size() == 1)
-    for (const char* step : kStepNames)
-      config.steps[step] = config.plugins.begin()->first;
+    for (Step step : kSteps)
+      config.steps[std::string(to_string(step))] = config.plugins.begin()->first;
   for (const auto& [step, plugin] : config.steps)
     if (!config.plugins.count(plugin))
       return fail(file + ": [steps] " + step +
@@ -474,10 +474,10 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     set_seconds(j.stop_grace, *grace);
     UPPARAT_TRY(deadlines, s.table("deadlines"));
     Section d(file, "jobs.deadlines", *deadlines);
-    for (const char* step : kStepNames) {
+    for (Step step : kSteps) {
       // AWS's step timeout is at most 10080 minutes (7 days): keep deadline + margin below.
-      UPPARAT_TRY(v, d.integer(step, 1, 7 * 86400 - 86400));
-      set_seconds(j.deadlines[step], *v);
+      UPPARAT_TRY(v, d.integer(std::string(to_string(step)), 1, 7 * 86400 - 86400));
+      set_seconds(j.deadlines[index(step)], *v);
     }
     if (auto ok = d.finish(); !ok)
       return fail(ok.error());
@@ -569,10 +569,11 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
   {
     UPPARAT_TRY(t, top.table("steps"));
     Section s(file, "steps", *t);
-    for (const char* step : kStepNames) {
-      UPPARAT_TRY(plugin, s.string(step));
+    for (Step step : kSteps) {
+      const std::string name(to_string(step));
+      UPPARAT_TRY(plugin, s.string(name));
       if (*plugin)
-        config.steps[step] = **plugin;
+        config.steps[name] = **plugin;
     }
     if (auto ok = s.finish(); !ok)
       return fail(ok.error());
@@ -743,11 +744,12 @@ Result<Config> parse_ini(const std::string& text, const fs::path& file,
   Plugin script;
   script.name = "script";
   script.path = plugin_directory() / "upparat-script.so";
-  for (const char* step : kStepNames) {
-    if (auto hook = get("hooks", step); hook && !hook->empty()) {
-      script.settings[step] = fs::absolute(resolve(file, *hook)).lexically_normal().string();
+  for (Step step : kSteps) {
+    const std::string name(to_string(step));
+    if (auto hook = get("hooks", name); hook && !hook->empty()) {
+      script.settings[name] = fs::absolute(resolve(file, *hook)).lexically_normal().string();
     }
-    config.steps[step] = "script";
+    config.steps[name] = "script";
   }
   config.plugins["script"] = std::move(script);
 
@@ -785,9 +787,10 @@ std::string describe(const Config& config) {
   out << "  state      " << config.service.state_directory.string() << "\n";
   out << "  downloads  " << config.download.directory.string() << "\n";
   out << "  job prefix " << config.jobs.prefix << "\n";
-  for (const char* step : kStepNames) {
+  for (Step s : kSteps) {
+    const std::string step(to_string(s));
     auto it = config.steps.find(step);
-    out << "  step " << step << std::string(9 - std::strlen(step), ' ')
+    out << "  step " << step << std::string(9 - step.size(), ' ')
         << (it == config.steps.end()
                 ? std::string("(none)")
                 : it->second + " (" + config.plugins.at(it->second).path.string() + ")")

@@ -12,12 +12,11 @@
 #include <string>
 #include <vector>
 
+#include <upparat/step.hpp>
+
 #include "common/error.hpp"
 
 namespace upparat::config {
-
-/// The five steps of an update, in the order of the classic contract.
-inline constexpr const char* kStepNames[] = {"version", "download", "install", "restart", "ready"};
 
 enum class Format { Toml, Ini };
 
@@ -48,13 +47,10 @@ struct Jobs {
   /// least `progress_percent` more percent (when the total is known).
   std::chrono::seconds progress_interval{30};
   int progress_percent = 4;
-  /// Local deadline of each step, retries included (indexed like kStepNames).
-  std::map<std::string, std::chrono::seconds> deadlines = {
-      {"version", std::chrono::seconds(600)},
-      {"download", std::chrono::seconds(86400)},
-      {"install", std::chrono::seconds(7200)},
-      {"restart", std::chrono::seconds(1800)},
-      {"ready", std::chrono::seconds(1800)}};
+  /// Local deadline of each step, retries included.
+  PerStep<std::chrono::seconds> deadlines = {std::chrono::seconds(600), std::chrono::seconds(86400),
+                                             std::chrono::seconds(7200), std::chrono::seconds(1800),
+                                             std::chrono::seconds(1800)};
   /// Added to a step's deadline for the stepTimeoutInMinutes sent to AWS.
   std::chrono::seconds step_timeout_margin{600};
   /// A status update not answered within this time is sent again.

@@ -93,10 +93,6 @@ Result<std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>> load_plugin
   return plugins;
 }
 
-int step_index(plugin::Step step) {
-  return static_cast<int>(step);
-}
-
 }  // namespace
 
 void setup_logging(const std::string& level) {
@@ -285,11 +281,11 @@ struct Daemon::Impl {
   }
 
   void do_action(const state::RunStep& a) {
-    plugin::LoadedPlugin* p = step_plugins[step_index(a.step)];
+    plugin::LoadedPlugin* p = step_plugins[index(a.step)];
     bool not_interruptible = a.step == plugin::Step::Install && p &&
                              p->has_capability(plugin::kCapInstallNotInterruptible);
     auto stop = add_work(a.work, not_interruptible, a.step == plugin::Step::Restart);
-    spdlog::info("job {}: {} step{}", a.job.job_id, plugin::step_name(a.step),
+    spdlog::info("job {}: {} step{}", a.job.job_id, to_string(a.step),
                  a.job.retry_count > 0 ? " (retry " + std::to_string(a.job.retry_count) + ")"
                                        : std::string());
     submit([this, a, p, stop] {

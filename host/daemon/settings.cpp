@@ -8,9 +8,9 @@ StepPlugins step_plugins(
     const config::Config& config,
     const std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>& plugins) {
   StepPlugins result{};
-  for (std::size_t i = 0; i < result.size(); ++i) {
-    auto it = config.steps.find(config::kStepNames[i]);
-    result[i] = it == config.steps.end() ? nullptr : plugins.at(it->second).get();
+  for (Step step : kSteps) {
+    auto it = config.steps.find(std::string(to_string(step)));
+    result[index(step)] = it == config.steps.end() ? nullptr : plugins.at(it->second).get();
   }
   return result;
 }
@@ -22,8 +22,7 @@ state::MachineSettings machine_settings(const config::Config& config, const Step
   ms.allow_http = config.download.allow_http;
   ms.retry_interval = config.retry.retry_interval;
   ms.max_retries = config.retry.max_retries;
-  for (std::size_t i = 0; i < ms.step_deadline.size(); ++i)
-    ms.step_deadline[i] = config.jobs.deadlines.at(config::kStepNames[i]);
+  ms.step_deadline = config.jobs.deadlines;
   // AWS takes whole minutes: round the margin up, so the cloud never gives up first.
   ms.step_timeout_margin =
       std::chrono::minutes((config.jobs.step_timeout_margin.count() + 59) / 60);
@@ -35,18 +34,17 @@ state::MachineSettings machine_settings(const config::Config& config, const Step
   ms.max_url_refusals = config.jobs.max_url_refusals;
   ms.stop_grace = config.jobs.stop_grace;
   // A step is configured when its plugin serves it (the script plugin: a hook is set).
-  for (std::size_t i = 0; i < ms.step_configured.size(); ++i)
-    ms.step_configured[i] =
-        plugins[i] != nullptr && plugins[i]->serves(static_cast<plugin::Step>(i));
-  const plugin::LoadedPlugin* installer = plugins[static_cast<std::size_t>(plugin::Step::Install)];
+  for (Step step : kSteps)
+    ms.step_configured[index(step)] =
+        plugins[index(step)] != nullptr && plugins[index(step)]->serves(step);
+  const plugin::LoadedPlugin* installer = plugins[index(Step::Install)];
   const auto name = config.steps.find("install");
   if (installer != nullptr && installer->serves(plugin::Step::Install) &&
       name != config.steps.end()) {
     const auto table = config.plugins.find(name->second);
     ms.install_from_url = table != config.plugins.end() && table->second.stream &&
                           installer->has_capability(plugin::kCapInstallFromUrl);
-    ms.install_not_interruptible =
-        installer->has_capability(plugin::kCapInstallNotInterruptible);
+    ms.install_not_interruptible = installer->has_capability(plugin::kCapInstallNotInterruptible);
   }
   return ms;
 }

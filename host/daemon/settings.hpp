@@ -16,8 +16,8 @@
 
 namespace upparat::daemon {
 
-/// The plugin configured for each step, indexed by plugin::Step (nullptr: none).
-using StepPlugins = std::array<plugin::LoadedPlugin*, 5>;
+/// The plugin configured for each step (nullptr: none).
+using StepPlugins = PerStep<plugin::LoadedPlugin*>;
 
 /// The loaded plugin of each step of `config.steps`. `plugins` holds every plugin of
 /// `config.plugins` by name (config::load has checked that [steps] names only those).

@@ -24,9 +24,6 @@ const std::uint16_t kHostAbiMinor = UPPARAT_ABI_MINOR;
 
 static_assert(kCapInstallFromUrl == UPPARAT_CAP_INSTALL_FROM_URL);
 static_assert(kCapInstallNotInterruptible == UPPARAT_CAP_INSTALL_NOT_INTERRUPTIBLE);
-static_assert(kStepVersion == UPPARAT_STEP_VERSION && kStepDownload == UPPARAT_STEP_DOWNLOAD &&
-              kStepInstall == UPPARAT_STEP_INSTALL && kStepRestart == UPPARAT_STEP_RESTART &&
-              kStepReady == UPPARAT_STEP_READY);
 
 namespace {
 
@@ -232,9 +229,10 @@ Result<Library> open_library(const fs::path& configured) {
   info.abi_major = d->abi_major;
   info.abi_minor = d->abi_minor;
   info.capabilities = d->capabilities;
-  const upparat_step_fn steps[] = {f->version, f->download, f->install, f->restart, f->ready};
-  for (std::size_t i = 0; i < 5; ++i) {
-    info.provides[i] = steps[i] != nullptr;
+  const PerStep<upparat_step_fn> steps = {f->version, f->download, f->install, f->restart,
+                                          f->ready};
+  for (Step step : kSteps) {
+    info.provides[index(step)] = steps[index(step)] != nullptr;
   }
   return lib;
 }
@@ -252,9 +250,9 @@ StepsFunction steps_function(const Library& library) {
 
 std::uint32_t provided_steps(const PluginInfo& info) {
   std::uint32_t mask = 0;
-  for (std::size_t i = 0; i < 5; ++i) {
-    if (info.provides[i]) {
-      mask |= step_bit(static_cast<Step>(i));
+  for (Step step : kSteps) {
+    if (info.provides[index(step)]) {
+      mask |= step_bit(step);
     }
   }
   return mask;
@@ -284,26 +282,6 @@ bool is_blank(std::string_view line) {
 }
 
 }  // namespace
-
-std::uint32_t step_bit(Step step) {
-  return std::uint32_t{1} << static_cast<unsigned>(step);
-}
-
-std::string_view step_name(Step step) {
-  switch (step) {
-    case Step::Version:
-      return "version";
-    case Step::Download:
-      return "download";
-    case Step::Install:
-      return "install";
-    case Step::Restart:
-      return "restart";
-    case Step::Ready:
-      return "ready";
-  }
-  return "unknown";
-}
 
 std::vector<std::string> capability_names(std::uint64_t capabilities) {
   std::vector<std::string> names;
@@ -552,14 +530,14 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
   if (function == nullptr) {
     return {Outcome::NotSupported,
             sanitize_status_detail("plugin " + impl_->library.info.name + " does not provide the " +
-                                   std::string(step_name(step)) + " step"),
+                                   std::string(to_string(step)) + " step"),
             std::nullopt};
   }
   if (!serves(step)) {
     // plugin.h promises that a step the instance does not serve is never called.
     return {Outcome::NotSupported,
             sanitize_status_detail("plugin " + impl_->library.info.name + " does not serve the " +
-                                   std::string(step_name(step)) + " step"),
+                                   std::string(to_string(step)) + " step"),
             std::nullopt};
   }
 
@@ -613,7 +591,7 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
   if (threw) {
     return {Outcome::Failed,
             "plugin " + sanitize_status_detail(impl_->library.info.name) +
-                " let an exception escape its " + std::string(step_name(step)) + " step",
+                " let an exception escape its " + std::string(to_string(step)) + " step",
             std::nullopt};
   }
   const std::string_view written = written_text(text);
@@ -628,7 +606,7 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
         spdlog::warn(
             "plugin {} asked to retry its {} step after {} s: waiting {} s, the longest "
             "delay a plugin may ask for",
-            impl_->library.info.name, step_name(step), result.retry_after_seconds,
+            impl_->library.info.name, to_string(step), result.retry_after_seconds,
             kMaxRetryAfterSeconds);
         delay = std::chrono::seconds(kMaxRetryAfterSeconds);
       } else if (result.retry_after_seconds >= 0) {

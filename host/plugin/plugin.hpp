@@ -15,26 +15,16 @@
 #include <string_view>
 #include <vector>
 
+#include <upparat/step.hpp>
+
 #include "common/error.hpp"
 #include "common/stop_signal.hpp"
 #include "plugin/key_value_store.hpp"
 
 namespace upparat::plugin {
 
-enum class Step { Version, Download, Install, Restart, Ready };
-
-/// "version", "download", "install", "restart", "ready".
-[[nodiscard]] std::string_view step_name(Step step);
-
-/// Step bits (UPPARAT_STEP_*), mirrored so callers need not include the C header.
-inline constexpr std::uint32_t kStepVersion = 1u << 0;
-inline constexpr std::uint32_t kStepDownload = 1u << 1;
-inline constexpr std::uint32_t kStepInstall = 1u << 2;
-inline constexpr std::uint32_t kStepRestart = 1u << 3;
-inline constexpr std::uint32_t kStepReady = 1u << 4;
-
-/// The bit of `step` (kStep*).
-[[nodiscard]] std::uint32_t step_bit(Step step);
+/// The steps (upparat/step.hpp): one vocabulary for the daemon and the plugins.
+using ::upparat::Step;
 
 enum class Outcome { Ok, RetryLater, Failed, NotSupported };
 
@@ -71,7 +61,7 @@ struct PluginInfo {
   std::uint16_t abi_minor = 0;
   std::uint64_t capabilities = 0;
   /// Which steps the function table provides (non-null pointers), in Step order.
-  bool provides[5] = {false, false, false, false, false};
+  PerStep<bool> provides{};
 };
 
 /// What a step works on.

@@ -546,8 +546,7 @@ struct Machine::Impl {
       if (rule.step && durable->unfinished_starts >= s.max_unfinished_starts) {
         final_updates = {make_update("FAILED", failed_state(*rule.step),
                                      "daemon died " + std::to_string(durable->unfinished_starts) +
-                                         " times during " +
-                                         std::string(plugin::step_name(*rule.step)))};
+                                         " times during " + std::string(to_string(*rule.step)))};
         return fire(Trigger::DaemonDied);
       }
       spdlog::info("job {}: continuing from the saved step {}", job->id, to_string(durable->step));
@@ -639,7 +638,7 @@ struct Machine::Impl {
   void begin_step(Step st, SavedStep durable_step) {
     step = st;
     save_step_start(durable_step);
-    const seconds deadline = s.step_deadline[static_cast<int>(st)] - seconds(step_elapsed_base);
+    const seconds deadline = s.step_deadline[index(st)] - seconds(step_elapsed_base);
     if (!configured(st)) {
       // The classic missing hook: not run at all.
       return on_step_finished(StepFinished{0, st, {Outcome::NotSupported, "", std::nullopt}});
@@ -649,7 +648,7 @@ struct Machine::Impl {
     run_step();
   }
 
-  bool configured(Step st) const { return s.step_configured[static_cast<int>(st)]; }
+  bool configured(Step st) const { return s.step_configured[index(st)]; }
 
   std::int64_t step_elapsed() const {
     return step_elapsed_base + duration_cast<seconds>(now() - step_first_start).count();
@@ -710,7 +709,7 @@ struct Machine::Impl {
       if (retry_count >= s.max_retries)
         return step_failed("timed out after " + std::to_string(s.max_retries) + " retries");
       const auto delay = r.retry_after.value_or(s.retry_interval);
-      spdlog::info("job {}: {} step asks to retry in {} s ({}){}", job->id, plugin::step_name(step),
+      spdlog::info("job {}: {} step asks to retry in {} s ({}){}", job->id, to_string(step),
                    delay.count(), retry_count + 1, r.text.empty() ? "" : ": " + r.text);
       retry_timer = set_timer(TimerPurpose::StepRetry, delay);
       return;
@@ -766,14 +765,14 @@ struct Machine::Impl {
   }
 
   void step_failed(const std::string& reason) {
-    spdlog::error("job {}: {} step failed: {}", job->id, plugin::step_name(step), reason);
+    spdlog::error("job {}: {} step failed: {}", job->id, to_string(step), reason);
     final_updates = {make_update("FAILED", failed_state(step), reason)};
     fire(Trigger::StepFailed);
   }
 
   void on_deadline() {
     deadline_timer = 0;
-    const auto limit = s.step_deadline[static_cast<int>(step)].count();
+    const auto limit = s.step_deadline[index(step)].count();
     const std::string reason = "timed out after " + std::to_string(limit) + " s";
     if (!work)
       return step_failed(reason);
@@ -789,7 +788,7 @@ struct Machine::Impl {
       return;
     }
     spdlog::error("job {}: the {} step passed its deadline of {} s: asking it to stop", job->id,
-                  plugin::step_name(step), limit);
+                  to_string(step), limit);
     stop_work();
   }
 
@@ -812,7 +811,7 @@ struct Machine::Impl {
     cancel_timer(abandon_timer);
     if (work_abandoned)
       spdlog::warn("job {}: the abandoned {} ended after all", job ? job->id : "?",
-                   work->download ? "download" : plugin::step_name(work->step));
+                   work->download ? "download" : to_string(work->step));
     work_abandoned = false;
   }
 
@@ -824,7 +823,7 @@ struct Machine::Impl {
     if (!work || phase == Phase::ShuttingDown)
       return;
     work_abandoned = true;
-    const std::string what(work->download ? "download" : plugin::step_name(work->step));
+    const std::string what(work->download ? "download" : to_string(work->step));
     spdlog::critical(
         "job {}: the {} did not return within {} s of the request to stop: abandoning it; "
         "the daemon exits once the job's result is reported, for a clean daemon to take over",
@@ -859,10 +858,9 @@ struct Machine::Impl {
     save_step_start(SavedStep::Download);
     out.push_back(CleanDownloads{job->id});
     update("IN_PROGRESS", "download_start", "none",
-           to_minutes(s.step_deadline[static_cast<int>(Step::Download)] +
+           to_minutes(s.step_deadline[index(Step::Download)] +
                       duration_cast<seconds>(s.step_timeout_margin)));
-    deadline_timer =
-        set_timer(TimerPurpose::StepDeadline, s.step_deadline[static_cast<int>(Step::Download)]);
+    deadline_timer = set_timer(TimerPurpose::StepDeadline, s.step_deadline[index(Step::Download)]);
     progress.start_download(now());
     attempt_starts();
     Work w{next_id++, true, Step::Download};
@@ -950,7 +948,7 @@ struct Machine::Impl {
     // No install before an IN_PROGRESS update was accepted: a cancel that landed since the
     // job was picked must still stop it.
     awaited_token = update("IN_PROGRESS", "installation_start", "none",
-                           to_minutes(s.step_deadline[static_cast<int>(Step::Install)] +
+                           to_minutes(s.step_deadline[index(Step::Install)] +
                                       duration_cast<seconds>(s.step_timeout_margin)));
     progress.start_install();
   }
@@ -1000,10 +998,9 @@ struct Machine::Impl {
                       "cannot save the job state before the restart: " + saved.error().message())};
       return fire(Trigger::StepFailed);
     }
-    const auto budget = s.step_deadline[static_cast<int>(Step::Restart)] +
-                        s.step_deadline[static_cast<int>(Step::Version)] +
-                        s.step_deadline[static_cast<int>(Step::Ready)] +
-                        duration_cast<seconds>(s.step_timeout_margin);
+    const auto budget =
+        s.step_deadline[index(Step::Restart)] + s.step_deadline[index(Step::Version)] +
+        s.step_deadline[index(Step::Ready)] + duration_cast<seconds>(s.step_timeout_margin);
     awaited_token = update("IN_PROGRESS", "reboot_start", "none", to_minutes(budget));
   }
 
@@ -1472,7 +1469,7 @@ struct Machine::Impl {
       return;
     if (phase == Phase::Install)
       return on_install_progress(p);
-    spdlog::info("job {}: {}: {}", job->id, plugin::step_name(work->step), p.line);
+    spdlog::info("job {}: {}: {}", job->id, to_string(work->step), p.line);
   }
 
   void on(const DownloadFinished& f) {

@@ -88,24 +88,24 @@ struct MachineSettings {
   /// The install plugin streams from the URL (INSTALL_FROM_URL configured): no download step,
   /// the job is described again right before install, JobContext::file_path stays empty.
   bool install_from_url = false;
-  /// Which steps have a plugin (a hook) configured, indexed by plugin::Step. A step without
+  /// Which steps have a plugin (a hook) configured, one per step. A step without
   /// one is not run and behaves as NOT_SUPPORTED (the classic "missing hook"), so that no
   /// installation_start / reboot_start is sent for a step that does not exist. A configured
   /// plugin may still answer NOT_SUPPORTED at run time.
-  std::array<bool, 5> step_configured{true, true, true, true, true};
+  PerStep<bool> step_configured{true, true, true, true, true};
   /// Also accept plain http URLs in job documents.
   bool allow_http = false;
   /// RETRY_LATER without a delay of the plugin's own waits this long; after max_retries
   /// retries the step fails ("timed out").
   std::chrono::seconds retry_interval{60};
   int max_retries = 60;
-  /// Local deadline of each step, retries included, indexed by plugin::Step. When it passes
+  /// Local deadline of each step, retries included, one per step. When it passes
   /// the running step (or download) is asked to stop, and once it returned the job FAILS
   /// `<step>_hook_failed` "timed out after N s" (see stop_grace for one that does not
   /// return). A not-interruptible install is not asked to stop: it is waited for, and its
   /// result counts as it is (RETRY_LATER then fails with "timed out").
   /// Defaults: version 10 min, download 24 h, install 2 h, restart 30 min, ready 30 min.
-  std::array<std::chrono::seconds, 5> step_deadline{
+  PerStep<std::chrono::seconds> step_deadline{
       std::chrono::seconds(600), std::chrono::seconds(86400), std::chrono::seconds(7200),
       std::chrono::seconds(1800), std::chrono::seconds(1800)};
   /// stepTimeoutInMinutes sent at each step start = deadline + this margin (restart: restart +

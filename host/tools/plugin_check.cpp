@@ -44,14 +44,12 @@ std::string join(const std::vector<std::string>& items, std::string_view separat
   return out;
 }
 
-constexpr Step kSteps[] = {Step::Version, Step::Download, Step::Install, Step::Restart,
-                           Step::Ready};
-
 void print_info(const PluginInfo& info) {
   std::vector<std::string> provided;
   std::vector<std::string> missing;
-  for (std::size_t i = 0; i < 5; ++i) {
-    (info.provides[i] ? provided : missing).emplace_back(upparat::plugin::step_name(kSteps[i]));
+  for (upparat::Step step : upparat::kSteps) {
+    (info.provides[upparat::index(step)] ? provided : missing)
+        .emplace_back(upparat::to_string(step));
   }
   const auto capabilities = upparat::plugin::capability_names(info.capabilities);
   std::cout << "path:          " << info.path.string() << "\n"
@@ -115,9 +113,9 @@ int main(int argc, char** argv) {
       std::cerr << "upparat-plugin-check: " << plugin.error().message() << "\n";
       return 1;
     }
-    for (const Step step : kSteps) {
+    for (const upparat::Step step : upparat::kSteps) {
       if ((*plugin)->serves(step)) {
-        served.emplace_back(upparat::plugin::step_name(step));
+        served.emplace_back(upparat::to_string(step));
       }
     }
   }  // destroyed here, before the report

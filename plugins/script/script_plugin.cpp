@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <upparat/plugin.hpp>
+#include <upparat/step.hpp>
 
 #include "process/process.hpp"
 
@@ -29,7 +30,6 @@ using sdk::Logger;
 using sdk::StepContext;
 using sdk::StepResult;
 
-constexpr const char* kHookNames[] = {"version", "download", "install", "restart", "ready"};
 constexpr int kRetryLaterExitCode = 3;
 /// Longest reason handed to the host (which cuts at 1024 characters anyway).
 constexpr std::size_t kMaxReasonBytes = 1000;
@@ -153,51 +153,49 @@ class ScriptPlugin : public sdk::Plugin {
   /// The steps with a hook: a step without one is a missing hook, which the daemon neither
   /// announces nor runs (the classic contract: no install hook, no installation_start).
   std::uint32_t steps() const {
-    return (version_ ? UPPARAT_STEP_VERSION : 0u) | (download_ ? UPPARAT_STEP_DOWNLOAD : 0u) |
-           (install_ ? UPPARAT_STEP_INSTALL : 0u) | (restart_ ? UPPARAT_STEP_RESTART : 0u) |
-           (ready_ ? UPPARAT_STEP_READY : 0u);
+    std::uint32_t mask = 0;
+    for (Step step : kSteps) {
+      if (hooks_[index(step)]) {
+        mask |= step_bit(step);
+      }
+    }
+    return mask;
   }
 
   StepResult version(const Job& job, StepContext& ctx) override {
-    StepResult result = run_hook("version", version_, job, {}, ctx, false);
+    StepResult result = run_hook(Step::Version, job, {}, ctx, false);
     if (result.code() == UPPARAT_OK && result.text().empty()) {
       return StepResult::failed("version hook exited with 0 but printed no version");
     }
     return result;
   }
   StepResult download(const Job& job, StepContext& ctx) override {
-    return run_hook("download", download_, job, {}, ctx, false);
+    return run_hook(Step::Download, job, {}, ctx, false);
   }
   StepResult install(const Job& job, StepContext& ctx) override {
-    if (install_ && !job.file) {
+    if (hooks_[index(Step::Install)] && !job.file) {
       return StepResult::failed("install hook needs a downloaded file (no file given)");
     }
-    return run_hook("install", install_, job, job.file.value_or(""), ctx, true);
+    return run_hook(Step::Install, job, job.file.value_or(""), ctx, true);
   }
   StepResult restart(const Job& job, StepContext& ctx) override {
-    return run_hook("restart", restart_, job, job.force ? "True" : "False", ctx, false);
+    return run_hook(Step::Restart, job, job.force ? "True" : "False", ctx, false);
   }
   StepResult ready(const Job& job, StepContext& ctx) override {
-    return run_hook("ready", ready_, job, {}, ctx, false);
+    return run_hook(Step::Ready, job, {}, ctx, false);
   }
 
  private:
+  // The classic hooks are named like the steps.
   std::optional<std::string>* hook_slot(const std::string& key) {
-    if (key == kHookNames[0])
-      return &version_;
-    if (key == kHookNames[1])
-      return &download_;
-    if (key == kHookNames[2])
-      return &install_;
-    if (key == kHookNames[3])
-      return &restart_;
-    if (key == kHookNames[4])
-      return &ready_;
-    return nullptr;
+    const auto step = parse_step(key);
+    return step ? &hooks_[index(*step)] : nullptr;
   }
 
-  StepResult run_hook(const char* name, const std::optional<std::string>& path, const Job& job,
-                      std::optional<std::string> fourth, StepContext& ctx, bool progress) {
+  StepResult run_hook(Step step, const Job& job, std::optional<std::string> fourth,
+                      StepContext& ctx, bool progress) {
+    const std::string name(to_string(step));
+    const std::optional<std::string>& path = hooks_[index(step)];
     if (!path) {
       return StepResult::not_supported();
     }
@@ -252,11 +250,7 @@ class ScriptPlugin : public sdk::Plugin {
   }
 
   Logger logger_;
-  std::optional<std::string> version_;
-  std::optional<std::string> download_;
-  std::optional<std::string> install_;
-  std::optional<std::string> restart_;
-  std::optional<std::string> ready_;
+  PerStep<std::optional<std::string>> hooks_;
   std::chrono::milliseconds kill_grace_{10'000};
 };
 

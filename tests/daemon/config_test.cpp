@@ -106,8 +106,8 @@ TEST_F(ConfigTest, FullConfiguration) {
   EXPECT_EQ(config->jobs.poll_interval.count(), 0);
   EXPECT_EQ(config->jobs.max_url_refusals, 3);
   EXPECT_EQ(config->jobs.stop_grace.count(), 5);
-  EXPECT_EQ(config->jobs.deadlines.at("install").count(), 60);
-  EXPECT_EQ(config->jobs.deadlines.at("download").count(), 86400);
+  EXPECT_EQ(config->jobs.deadlines[index(Step::Install)].count(), 60);
+  EXPECT_EQ(config->jobs.deadlines[index(Step::Download)].count(), 86400);
   EXPECT_EQ(config->download.directory, "/data/dl");
   EXPECT_EQ(config->download.max_bytes_per_second, 1000u);
   EXPECT_EQ(config->download.reserve_bytes, 4096u);
@@ -127,8 +127,8 @@ TEST_F(ConfigTest, FullConfiguration) {
 TEST_F(ConfigTest, OnePluginWithoutStepsServesEveryStep) {
   auto config = toml(base("[plugins.script]\npath = \"upparat-script.so\"\n"));
   ASSERT_TRUE(config) << config.error().message();
-  for (const char* step : kStepNames)
-    EXPECT_EQ(config->steps.at(step), "script") << step;
+  for (Step step : kSteps)
+    EXPECT_EQ(config->steps.at(std::string(to_string(step))), "script") << to_string(step);
 }
 
 TEST_F(ConfigTest, ThingNameOverrideFromCommandLine) {
@@ -289,8 +289,8 @@ TEST_F(ConfigTest, PythonIniDefaults) {
   EXPECT_EQ(script.settings.at("version"), version.string());
   EXPECT_EQ(script.settings.at("install"), (dir_->path() / "hooks/install.sh").string());
   EXPECT_EQ(script.settings.count("restart"), 0u);
-  for (const char* step : kStepNames)
-    EXPECT_EQ(config->steps.at(step), "script");
+  for (Step step : kSteps)
+    EXPECT_EQ(config->steps.at(std::string(to_string(step))), "script");
   bool warned_http = false, warned_sentry = false;
   for (const auto& w : config->warnings) {
     warned_http |= w.find("http") != std::string::npos;

@@ -41,10 +41,6 @@ std::unique_ptr<LoadedPlugin> script(std::initializer_list<const char*> steps) {
   return load(UPPARAT_SCRIPT_PLUGIN, settings);
 }
 
-std::size_t at(Step step) {
-  return static_cast<std::size_t>(step);
-}
-
 // ---- state::MachineSettings ----------------------------------------------------------------
 
 TEST(MachineSettingsFromConfig, ThingName) {
@@ -80,14 +76,13 @@ TEST(MachineSettingsFromConfig, MaxRetries) {
 
 TEST(MachineSettingsFromConfig, StepDeadlineOfEachStep) {
   config::Config c;
-  c.jobs.deadlines = {
-      {"version", 101s}, {"download", 102s}, {"install", 103s}, {"restart", 104s}, {"ready", 105s}};
+  c.jobs.deadlines = {101s, 102s, 103s, 104s, 105s};
   const auto ms = machine_settings(c, kNoPlugins);
-  EXPECT_EQ(ms.step_deadline[at(Step::Version)], 101s);
-  EXPECT_EQ(ms.step_deadline[at(Step::Download)], 102s);
-  EXPECT_EQ(ms.step_deadline[at(Step::Install)], 103s);
-  EXPECT_EQ(ms.step_deadline[at(Step::Restart)], 104s);
-  EXPECT_EQ(ms.step_deadline[at(Step::Ready)], 105s);
+  EXPECT_EQ(ms.step_deadline[index(Step::Version)], 101s);
+  EXPECT_EQ(ms.step_deadline[index(Step::Download)], 102s);
+  EXPECT_EQ(ms.step_deadline[index(Step::Install)], 103s);
+  EXPECT_EQ(ms.step_deadline[index(Step::Restart)], 104s);
+  EXPECT_EQ(ms.step_deadline[index(Step::Ready)], 105s);
 }
 
 TEST(MachineSettingsFromConfig, StepTimeoutMarginInWholeMinutesRoundedUp) {
@@ -145,13 +140,13 @@ TEST(MachineSettingsFromConfig, InstallNotInterruptibleFromTheInstallPluginsCapa
   c.steps["install"] = "x";
   const auto stubborn = load(UPPARAT_FIXTURE_STUBBORN_NOT_INTERRUPTIBLE);
   StepPlugins plugins{};
-  plugins[at(Step::Install)] = stubborn.get();
+  plugins[index(Step::Install)] = stubborn.get();
   EXPECT_TRUE(machine_settings(c, plugins).install_not_interruptible);
   const auto script_plugin = script({"install"});
-  plugins[at(Step::Install)] = script_plugin.get();
+  plugins[index(Step::Install)] = script_plugin.get();
   EXPECT_FALSE(machine_settings(c, plugins).install_not_interruptible);
-  plugins[at(Step::Install)] = nullptr;
-  plugins[at(Step::Version)] = stubborn.get();
+  plugins[index(Step::Install)] = nullptr;
+  plugins[index(Step::Version)] = stubborn.get();
   EXPECT_FALSE(machine_settings(c, plugins).install_not_interruptible) << "not the installer";
 }
 
@@ -168,9 +163,9 @@ TEST(MachineSettingsFromConfig, SettingsWithoutAKeyKeepTheMachinesDefaults) {
 TEST(MachineSettingsFromConfig, AStepWithoutAPluginIsNotConfigured) {
   const auto plugin = script({"version", "download", "install", "restart", "ready"});
   StepPlugins plugins{};
-  plugins[at(Step::Version)] = plugin.get();
-  plugins[at(Step::Install)] = plugin.get();
-  plugins[at(Step::Ready)] = plugin.get();
+  plugins[index(Step::Version)] = plugin.get();
+  plugins[index(Step::Install)] = plugin.get();
+  plugins[index(Step::Ready)] = plugin.get();
   EXPECT_THAT(machine_settings(config::Config{}, plugins).step_configured,
               ElementsAre(true, false, true, false, true));
   EXPECT_THAT(machine_settings(config::Config{}, kNoPlugins).step_configured,
@@ -198,7 +193,7 @@ TEST(MachineSettingsFromConfig, InstallFromUrlNeedsStreamAndTheCapability) {
   c.plugins["x"].stream = true;
   const auto streaming = load(UPPARAT_FIXTURE_GOOD);  // has INSTALL_FROM_URL
   StepPlugins plugins{};
-  plugins[at(Step::Install)] = streaming.get();
+  plugins[index(Step::Install)] = streaming.get();
   EXPECT_TRUE(machine_settings(c, plugins).install_from_url);
 
   c.plugins["x"].stream = false;
@@ -206,17 +201,17 @@ TEST(MachineSettingsFromConfig, InstallFromUrlNeedsStreamAndTheCapability) {
 
   c.plugins["x"].stream = true;
   const auto no_url = script({"install"});  // no INSTALL_FROM_URL
-  plugins[at(Step::Install)] = no_url.get();
+  plugins[index(Step::Install)] = no_url.get();
   EXPECT_FALSE(machine_settings(c, plugins).install_from_url) << "not able to";
 
   // The streaming plugin is the install step's, but this instance does not serve install.
   const auto not_installing = load(UPPARAT_FIXTURE_GOOD, {{"steps", "version"}});
-  plugins[at(Step::Install)] = not_installing.get();
+  plugins[index(Step::Install)] = not_installing.get();
   EXPECT_FALSE(machine_settings(c, plugins).install_from_url);
 
   // The streaming plugin serves another step; install has no plugin.
-  plugins[at(Step::Install)] = nullptr;
-  plugins[at(Step::Version)] = streaming.get();
+  plugins[index(Step::Install)] = nullptr;
+  plugins[index(Step::Version)] = streaming.get();
   c.steps = {{"version", "x"}};
   EXPECT_FALSE(machine_settings(c, plugins).install_from_url);
 }
@@ -230,11 +225,11 @@ TEST(StepPluginsFromConfig, EachStepGetsThePluginItNames) {
   config::Config c;
   c.steps = {{"install", "a"}, {"version", "b"}, {"ready", "b"}};
   const StepPlugins result = step_plugins(c, plugins);
-  EXPECT_EQ(result[at(Step::Version)], plugins["b"].get());
-  EXPECT_EQ(result[at(Step::Download)], nullptr);
-  EXPECT_EQ(result[at(Step::Install)], plugins["a"].get());
-  EXPECT_EQ(result[at(Step::Restart)], nullptr);
-  EXPECT_EQ(result[at(Step::Ready)], plugins["b"].get());
+  EXPECT_EQ(result[index(Step::Version)], plugins["b"].get());
+  EXPECT_EQ(result[index(Step::Download)], nullptr);
+  EXPECT_EQ(result[index(Step::Install)], plugins["a"].get());
+  EXPECT_EQ(result[index(Step::Restart)], nullptr);
+  EXPECT_EQ(result[index(Step::Ready)], plugins["b"].get());
 }
 
 // ---- download::Settings --------------------------------------------------------------------

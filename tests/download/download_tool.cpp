@@ -81,6 +81,8 @@ int main(int argc, char** argv) {
       settings.ca_file = value;
     } else if (key == "--allow-http") {
       settings.allow_http = value == "1";
+    } else if (key == "--reserve-bytes") {
+      settings.reserve_bytes = std::stoull(value);
     } else if (key == "--fsync-bytes") {
       settings.fsync_every_bytes = std::stoull(value);
     } else if (key == "--backoff-ms") {

@@ -167,7 +167,7 @@ TEST_F(DiskFullTest, DiskFillingUpDuringDownloadFailsAndLeavesNothing) {
   const auto out = in_small_fs(
       script, {DOWNLOAD_TOOL_PATH, "--dir", (tmp_->path() / "mnt" / "downloads").string(), "--job",
                "upparat_full", "--url", nginx_->https_url("slow/full.bin"), "--ca",
-               settings_.ca_file, "--sha256", test::sha256_hex(data)});
+               settings_.ca_file, "--sha256", test::sha256_hex(data), "--reserve-bytes", "0"});
   ASSERT_TRUE(out.has_value()) << out.error().message();
   const auto& text = out->output;
   EXPECT_NE(text.find("outcome failed"), std::string::npos) << text;

@@ -337,11 +337,14 @@ TEST(PluginLoad, TwoInstancesOfOnePluginAreIndependent) {
 }
 
 TEST(PluginLoad, StepNamesAndCapabilityNames) {
-  EXPECT_EQ(step_name(Step::Version), "version");
-  EXPECT_EQ(step_name(Step::Download), "download");
-  EXPECT_EQ(step_name(Step::Install), "install");
-  EXPECT_EQ(step_name(Step::Restart), "restart");
-  EXPECT_EQ(step_name(Step::Ready), "ready");
+  EXPECT_EQ(to_string(Step::Version), "version");
+  EXPECT_EQ(to_string(Step::Download), "download");
+  EXPECT_EQ(to_string(Step::Install), "install");
+  EXPECT_EQ(to_string(Step::Restart), "restart");
+  EXPECT_EQ(to_string(Step::Ready), "ready");
+  for (Step step : kSteps)
+    EXPECT_EQ(parse_step(to_string(step)), step);
+  EXPECT_FALSE(parse_step("instal"));
   EXPECT_TRUE(capability_names(0).empty());
   EXPECT_THAT(capability_names(kCapInstallFromUrl | kCapInstallNotInterruptible | (1u << 7)),
               ElementsAre("INSTALL_FROM_URL", "INSTALL_NOT_INTERRUPTIBLE", "0x80"));
