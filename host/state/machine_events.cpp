@@ -297,8 +297,7 @@ void Machine::Impl::on(const DownloadResumeState& r) {
     return;
   // Bytes synced to disk are progress: earlier deaths during the download (power cuts in
   // the middle of a long download) no longer count, only this unfinished attempt does.
-  if (counting && r.resume.synced_bytes > durable->resume.synced_bytes)
-    durable->unfinished_starts = attempt_counted ? 1 : 0;
+  attempts.progressed(saved(), r.resume.synced_bytes);
   durable->resume = r.resume;
   persist();
 }
@@ -331,7 +330,7 @@ void Machine::Impl::on(const TimerFired& t) {
     case TimerPurpose::StepRetry:
       if (retry_timer == t.id && job && !work) {
         retry_timer = 0;
-        ++retry_count;
+        attempts.retried();
         run_step();
       }
       return;
@@ -401,12 +400,9 @@ void Machine::Impl::on(const ShutdownRequested&) {
     // The runtime bounds the shutdown itself: no grace timer.
     out.push_back(StopWork{work->id});
     cancel_timer(stop_grace_timer);
-    if (durable && attempt_counted) {
-      // Stopped on purpose: the daemon did not die during this attempt.
-      --durable->unfinished_starts;
-      attempt_counted = false;
+    // Stopped on purpose: the daemon did not die during this attempt.
+    if (attempts.stopped_on_purpose(saved()))
       persist();
-    }
   }
   leave(from);
   phase = Phase::ShuttingDown;

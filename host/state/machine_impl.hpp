@@ -30,6 +30,7 @@
 #include "state/job_selection.hpp"
 #include "state/machine.hpp"
 #include "state/progress_budget.hpp"
+#include "state/step_attempts.hpp"
 #include "state/transitions.hpp"
 
 namespace upparat::state {
@@ -176,9 +177,7 @@ struct Machine::Impl {
 
   // The step of the current phase: retries and deadline.
   Step step = Step::Version;
-  int retry_count = 0;
-  TimePoint step_first_start{};
-  std::int64_t step_elapsed_base = 0;
+  StepAttempts attempts;
   std::uint64_t retry_timer = 0;
   std::uint64_t deadline_timer = 0;
   // The step's deadline passed while its work ran: the reason the job fails with. Work that
@@ -207,11 +206,6 @@ struct Machine::Impl {
 
   // Consecutive downloads of the job refused as UrlExpired without transferring a byte.
   int url_refusals = 0;
-
-  // Whether the current step's attempts are the saved step's own (see rerun_before), and
-  // whether the running attempt was counted in unfinished_starts.
-  bool counting = true;
-  bool attempt_counted = false;
 
   // Progress budget.
   ProgressBudget progress{s.progress_percent, s.progress_interval};
@@ -284,21 +278,13 @@ struct Machine::Impl {
 
   void on_stream_described(const jobs::Execution& e);
 
-  // On the way back to a saved step, the step before it runs again (the download gate
-  // before a resumed download, the download before a resumed install). That run is a check,
-  // not an attempt of the saved step: it neither replaces the saved step nor counts.
-  static bool rerun_before(SavedStep saved, SavedStep durable_step);
-
-  // Makes `durable_step` the saved step (keeping its counters when it already was), or marks
-  // the step as a re-run before the saved one.
-  void save_step_start(SavedStep durable_step);
-
   // Starts the step of the current phase (first attempt).
   void begin_step(Step st, SavedStep durable_step);
 
   bool configured(Step st) const { return s.step_configured[index(st)]; }
 
-  std::int64_t step_elapsed() const;
+  // The saved job state, or null.
+  JobState* saved() { return durable ? &*durable : nullptr; }
 
   // Saves that an attempt starts (counted until it finishes).
   void attempt_starts();

@@ -15,35 +15,10 @@ using std::chrono::seconds;
 
 // ---------------------------------------------------------------- steps
 
-bool Machine::Impl::rerun_before(SavedStep saved, SavedStep durable_step) {
-  return (durable_step == SavedStep::DownloadGate && saved == SavedStep::Download) ||
-         (durable_step == SavedStep::Download && saved == SavedStep::Install);
-}
-
-void Machine::Impl::save_step_start(SavedStep durable_step) {
-  step_first_start = now();
-  step_elapsed_base = 0;
-  retry_count = 0;
-  counting = true;
-  if (!durable)
-    return;
-  if (rerun_before(durable->step, durable_step)) {
-    counting = false;
-  } else if (durable->step == durable_step) {
-    retry_count = durable->retry_count;
-    step_elapsed_base = durable->step_elapsed_seconds;
-  } else {
-    durable->step = durable_step;
-    durable->unfinished_starts = 0;
-    durable->retry_count = 0;
-    durable->step_elapsed_seconds = 0;
-  }
-}
-
 void Machine::Impl::begin_step(Step st, SavedStep durable_step) {
   step = st;
-  save_step_start(durable_step);
-  const seconds deadline = s.step_deadline[index(st)] - seconds(step_elapsed_base);
+  attempts.begin(saved(), durable_step, now());
+  const seconds deadline = s.step_deadline[index(st)] - seconds(attempts.elapsed_before());
   if (!configured(st)) {
     // The classic missing hook: not run at all.
     return on_step_finished(StepFinished{0, st, {Outcome::NotSupported, "", std::nullopt}});
@@ -53,28 +28,13 @@ void Machine::Impl::begin_step(Step st, SavedStep durable_step) {
   run_step();
 }
 
-std::int64_t Machine::Impl::step_elapsed() const {
-  return step_elapsed_base + duration_cast<seconds>(now() - step_first_start).count();
-}
-
 void Machine::Impl::attempt_starts() {
-  if (!durable)
-    return;
-  if (counting) {
-    ++durable->unfinished_starts;
-    attempt_counted = true;
-    durable->retry_count = retry_count;
-    durable->step_elapsed_seconds = step_elapsed();
-  }
+  attempts.started(saved(), now());
   persist();
 }
 
 void Machine::Impl::attempt_ended() {
-  attempt_counted = false;
-  if (!durable || !counting)
-    return;
-  durable->unfinished_starts = 0;
-  durable->step_elapsed_seconds = step_elapsed();
+  attempts.ended(saved(), now());
   persist();
 }
 
@@ -90,8 +50,8 @@ plugin::JobContext Machine::Impl::context() const {
   c.document_json = job->document_json;
   c.file_path = job->file;
   c.force = job->doc.force;
-  c.seconds_since_first = step_elapsed();
-  c.retry_count = retry_count;
+  c.seconds_since_first = attempts.elapsed_seconds(now());
+  c.retry_count = attempts.retry_count();
   return c;
 }
 
@@ -108,11 +68,11 @@ void Machine::Impl::on_step_finished(const StepFinished& f) {
   if (r.outcome == Outcome::RetryLater) {
     if (deadline_missed)
       return step_failed(*deadline_missed);
-    if (retry_count >= s.max_retries)
+    if (attempts.retry_count() >= s.max_retries)
       return step_failed("timed out after " + std::to_string(s.max_retries) + " retries");
     const auto delay = r.retry_after.value_or(s.retry_interval);
     spdlog::info("job {}: {} step asks to retry in {} s ({}){}", job->id, to_string(step),
-                 delay.count(), retry_count + 1, r.text.empty() ? "" : ": " + r.text);
+                 delay.count(), attempts.retry_count() + 1, r.text.empty() ? "" : ": " + r.text);
     retry_timer = set_timer(TimerPurpose::StepRetry, delay);
     return;
   }
@@ -249,7 +209,7 @@ void Machine::Impl::enter_download() {
   step = Step::Download;
   // Resuming an install downloads again first (quick: the file is complete); that is not
   // an attempt of the install.
-  save_step_start(SavedStep::Download);
+  attempts.begin(saved(), SavedStep::Download, now());
   out.push_back(CleanDownloads{job->id});
   update("IN_PROGRESS", "download_start", "none",
          to_minutes(s.step_deadline[index(Step::Download)] +
@@ -325,12 +285,7 @@ void Machine::Impl::on_url_expired(const download::DownloadResult& r) {
 void Machine::Impl::enter_install() {
   status("job " + job->id + ": installing");
   step = Step::Install;
-  if (durable->step != SavedStep::Install) {
-    durable->step = SavedStep::Install;
-    durable->unfinished_starts = 0;
-    durable->retry_count = 0;
-    durable->step_elapsed_seconds = 0;
-  }
+  attempts.begin(saved(), SavedStep::Install, now());
   persist();
   if (!configured(Step::Install)) {
     final_updates = {make_update("SUCCEEDED", "no_installation_hook_provided", "none")};
@@ -378,8 +333,7 @@ void Machine::Impl::enter_reboot_ack() {
     return fire(Trigger::NoRestarter);
   }
   status("job " + job->id + ": reboot starts");
-  durable->step = SavedStep::Reboot;
-  durable->unfinished_starts = 0;
+  attempts.begin(saved(), SavedStep::Reboot, now());
   if (auto saved = persist(); !saved) {
     // Restarting now would resume the install after the reboot (the saved step is still
     // `install`): on a full disk, an install-and-reboot loop. Announce nothing; fail.
