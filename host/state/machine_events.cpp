@@ -404,9 +404,8 @@ void Machine::Impl::on(const ShutdownRequested&) {
     if (attempts.stopped_on_purpose(saved()))
       persist();
   }
-  leave(from);
-  phase = Phase::ShuttingDown;
   status("stopping");
+  fire(Trigger::Shutdown);
 }
 
 void Machine::Impl::maybe_exit() {

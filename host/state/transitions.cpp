@@ -7,9 +7,7 @@ namespace {
 
 using plugin::Step;
 
-// ALL transitions, with kAnyJob below. One more, outside the table because it must also stop
-// work and keep state: ShutdownRequested leads from any phase to ShuttingDown, which nothing
-// leaves (see on(const ShutdownRequested&)).
+// ALL transitions, with kAnyJob and kShutdown below.
 constexpr Transition kTransitions[] = {
     {Phase::Idle, Trigger::Connect, Phase::FetchJobs},
     {Phase::FetchJobs, Trigger::NoJobs, Phase::Monitor},
@@ -186,6 +184,8 @@ const char* to_string(Trigger t) {
       return "bug";
     case Trigger::WorkEnded:
       return "work_ended";
+    case Trigger::Shutdown:
+      return "shutdown";
   }
   return "?";
 }
@@ -228,7 +228,13 @@ const char* to_string(Phase phase) {
   return "?";
 }
 
+// From every phase but ShuttingDown, which nothing leaves; `from` unused. Running work is
+// stopped, except during restart (the reboot is under way), and nothing more is reported.
+constexpr Transition kShutdown = {Phase::Idle, Trigger::Shutdown, Phase::ShuttingDown};
+
 const Transition* find_transition(Phase from, Trigger trigger) {
+  if (trigger == Trigger::Shutdown)
+    return from == Phase::ShuttingDown ? nullptr : &kShutdown;
   for (const auto& t : kTransitions)
     if (t.from == from && t.trigger == trigger)
       return &t;

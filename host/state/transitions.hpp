@@ -52,6 +52,7 @@ enum class Trigger {
   GetStale,            // get: nothing pending, but a notify listed jobs since it was sent
   Bug,                 // a broken invariant: the job fails
   WorkEnded,           // the stopped work reported back
+  Shutdown,            // SIGTERM / SIGINT: from any phase to ShuttingDown
 };
 
 [[nodiscard]] const char* to_string(Trigger trigger);
@@ -70,7 +71,8 @@ struct Transition {
 };
 
 /// The row for `trigger` in `from`: kTransitions first, then kAnyJob for a phase that works on
-/// a job. nullptr when there is none (a bug: every trigger is fired where it is expected).
+/// a job; Shutdown leads from every phase but ShuttingDown. nullptr when there is none (a bug:
+/// every trigger is fired where it is expected).
 [[nodiscard]] const Transition* find_transition(Phase from, Trigger trigger);
 
 /// True for the phases that work on a job (DescribeJob .. Finishing).

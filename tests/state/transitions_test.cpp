@@ -34,6 +34,17 @@ TEST(Transitions, FailureAndCancelLeadOutOfEveryPhaseThatWorksOnAJob) {
   }
 }
 
+TEST(Transitions, ShutdownLeadsFromEveryPhaseAndNothingLeavesIt) {
+  for (auto p : {Phase::Idle, Phase::FetchJobs, Phase::Monitor, Phase::Download, Phase::Restart,
+                 Phase::Finishing, Phase::Stopping}) {
+    const auto* t = find_transition(p, Trigger::Shutdown);
+    ASSERT_TRUE(t) << to_string(p);
+    EXPECT_EQ(t->to, Phase::ShuttingDown);
+  }
+  EXPECT_FALSE(find_transition(Phase::ShuttingDown, Trigger::Shutdown));
+  EXPECT_FALSE(find_transition(Phase::ShuttingDown, Trigger::JobsNotified));
+}
+
 TEST(Transitions, NoRowForATriggerThePhaseDoesNotExpect) {
   EXPECT_FALSE(find_transition(Phase::Monitor, Trigger::Downloaded));
   EXPECT_FALSE(find_transition(Phase::FetchJobs, Trigger::Done));
