@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/text.hpp"
 #include "config/config.hpp"
 #include "config/detail.hpp"
 
@@ -21,19 +22,8 @@ using detail::set_seconds;
 
 namespace {
 
-std::string trim(const std::string& text) {
-  auto begin = text.find_first_not_of(" \t\r\n");
-  if (begin == std::string::npos)
-    return {};
-  auto end = text.find_last_not_of(" \t\r\n");
-  return text.substr(begin, end - begin + 1);
-}
-
-std::string lower(std::string text) {
-  std::transform(text.begin(), text.end(), text.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return text;
-}
+// What the INI reader strips around lines, section names, keys and values.
+constexpr std::string_view kIniSpaces = " \t\r\n";
 
 }  // namespace
 
@@ -49,7 +39,7 @@ Result<Config> parse_ini(const std::string& text, const fs::path& file,
   int number = 0;
   while (std::getline(in, line)) {
     ++number;
-    std::string trimmed = trim(line);
+    const std::string trimmed(trim(line, kIniSpaces));
     if (trimmed.empty() || trimmed[0] == '#' || trimmed[0] == ';')
       continue;
     if (!line.empty() && (line[0] == ' ' || line[0] == '\t') && !last_key.empty()) {
@@ -59,7 +49,7 @@ Result<Config> parse_ini(const std::string& text, const fs::path& file,
     if (trimmed.front() == '[') {
       if (trimmed.back() != ']')
         return fail(file.string() + ":" + std::to_string(number) + ": expected a [section] line");
-      section = lower(trim(trimmed.substr(1, trimmed.size() - 2)));
+      section = lower(trim(std::string_view(trimmed).substr(1, trimmed.size() - 2), kIniSpaces));
       sections[section];
       last_key.clear();
       continue;
@@ -71,8 +61,8 @@ Result<Config> parse_ini(const std::string& text, const fs::path& file,
     if (section.empty())
       return fail(file.string() + ":" + std::to_string(number) +
                   ": expected a [section] before the first key");
-    last_key = lower(trim(trimmed.substr(0, sep)));
-    sections[section][last_key] = trim(trimmed.substr(sep + 1));
+    last_key = lower(trim(std::string_view(trimmed).substr(0, sep), kIniSpaces));
+    sections[section][last_key] = trim(std::string_view(trimmed).substr(sep + 1), kIniSpaces);
   }
 
   Config config;
