@@ -52,12 +52,7 @@ void print_help() {
 int main(int argc, char** argv) {
   // Block the stop signals before any thread exists: the daemon's signal thread takes them
   // with sigwait(), and every thread (Paho's, the worker) inherits the mask.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGUSR2);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  upparat::daemon::block_daemon_signals();
   signal(SIGPIPE, SIG_IGN);
 
   std::string config_path = kDefaultConfig;

@@ -2,6 +2,8 @@
 
 #include <cctype>
 
+#include "common/text.hpp"
+
 namespace upparat {
 namespace {
 
@@ -12,13 +14,6 @@ bool is_scheme_char(char c) {
 // Printable ASCII without space: what may appear in a URL as written by a human or a signer.
 bool is_url_char(char c) {
   return c > 0x20 && c < 0x7f;
-}
-
-std::string lower(std::string_view text) {
-  std::string out(text);
-  for (auto& c : out)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
 }
 
 // The scheme, or npos when the text does not start with one followed by ':'.

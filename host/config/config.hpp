@@ -118,8 +118,8 @@ struct Overrides {
 /// plugin directory.
 [[nodiscard]] std::filesystem::path plugin_directory();
 
-/// Loads and validates `file`: TOML, or a Python Upparat INI file when its name ends in .ini
-/// or its text looks like INI (a `[hooks]` section or `key = value` without TOML quoting).
+/// Loads and validates `file` (at most 1 MiB): a Python Upparat INI file when its name ends in
+/// `.ini`, TOML otherwise. The format is chosen by the extension alone, never by the content.
 [[nodiscard]] Result<Config> load(const std::filesystem::path& file,
                                   const Overrides& overrides = {});
 

@@ -38,6 +38,17 @@ using std::chrono::seconds;
 
 namespace {
 
+// The signals the signal thread waits for: SIGTERM and SIGINT stop the daemon, SIGUSR2 wakes
+// the thread to end it (signal_quit).
+sigset_t daemon_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGUSR2);
+  return set;
+}
+
 // Stopping on SIGTERM/SIGINT. The whole stop stays below the systemd unit's TimeoutStopSec=60
 // (config/upparat.service), after which systemd would SIGKILL the daemon.
 /// How long the loop waits for the stopped work and the flush of the status updates.
@@ -386,11 +397,7 @@ struct Daemon::Impl {
   // ---- signals ----
 
   void signal_run() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGUSR2);  // wakes this thread to end it (signal_quit)
+    const sigset_t set = daemon_signals();
     while (true) {
       int sig = 0;
       if (sigwait(&set, &sig) != 0)
@@ -574,16 +581,16 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
 }
 
+void block_daemon_signals() {
+  const sigset_t set = daemon_signals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
 int Daemon::run() {
   auto& impl = *impl_;
   // SIGTERM/SIGINT are blocked in every thread (main() blocks them before any thread starts)
   // and taken by sigwait() on the signal thread.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGUSR2);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  block_daemon_signals();
   impl.signal_thread = std::thread([&impl] { impl.signal_run(); });
   impl.worker = std::thread([&impl] { impl.worker_run(); });
 

@@ -24,6 +24,11 @@ inline constexpr int kExitConfig = 78;  ///< EX_CONFIG: systemd's unit does not 
 /// unloading its plugin; a restart (the unit's Restart=on-failure) gives a clean daemon.
 inline constexpr int kExitPluginStuck = 75;
 
+/// Blocks SIGTERM, SIGINT and SIGUSR2 in the calling thread and the threads it starts later.
+/// The daemon's signal thread takes them with sigwait() (SIGUSR2 wakes it to end it); call this
+/// before any thread exists so that no other thread receives them.
+void block_daemon_signals();
+
 /// Sets up spdlog on stderr: colours only on a terminal, a `<N>` syslog priority prefix and no
 /// time stamp when stderr is the journal (JOURNAL_STREAM), `level` as in the configuration.
 void setup_logging(const std::string& level);

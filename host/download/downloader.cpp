@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/safe_fs.hpp"
+#include "common/text.hpp"
 #include "common/url.hpp"
 #include "download/file_system.hpp"
 
@@ -35,21 +36,9 @@ constexpr long kCurlBuffer = 128 * 1024;
 // Error bodies (S3's XML) are kept up to this size for the reason text.
 constexpr std::size_t kMaxErrorBody = 4096;
 
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() &&
-         (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
-    s.remove_suffix(1);
-  }
-  return s;
+// HTTP's optional whitespace before a header line or value; whitespace or the line end after.
+std::string_view trim_header(std::string_view s) {
+  return trim_back(trim_front(s, " \t"), " \t\r\n");
 }
 
 std::optional<std::uint64_t> parse_u64(std::string_view s) {
@@ -71,10 +60,10 @@ struct ContentRange {
 
 // "bytes 100-199/1000", "bytes 100-199/*" or "bytes */1000".
 std::optional<ContentRange> parse_content_range(std::string_view v) {
-  v = trim(v);
+  v = trim_header(v);
   if (v.size() < 6 || !iequals(v.substr(0, 6), "bytes "))
     return std::nullopt;
-  v = trim(v.substr(6));
+  v = trim_header(v.substr(6));
   const auto slash = v.find('/');
   if (slash == std::string_view::npos)
     return std::nullopt;
@@ -135,12 +124,6 @@ bool valid_sha256(const std::string& hex) {
   return hex.size() == 64 && std::all_of(hex.begin(), hex.end(), [](char c) {
            return std::isxdigit(static_cast<unsigned char>(c)) != 0;
          });
-}
-
-std::string lower(std::string s) {
-  for (auto& c : s)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 // SHA-256 that can be copied (to keep the state of a prefix between runs).
@@ -226,13 +209,6 @@ const char* to_string(Outcome outcome) {
       return "failed";
   }
   return "unknown";
-}
-
-bool valid_job_id(const std::string& job_id) {
-  return !job_id.empty() && job_id.size() <= 64 &&
-         std::all_of(job_id.begin(), job_id.end(), [](char c) {
-           return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_' || c == '-';
-         });
 }
 
 struct Downloader::Impl {
@@ -707,7 +683,7 @@ int Run::xferinfo_cb(void* self, curl_off_t, curl_off_t, curl_off_t, curl_off_t)
 }
 
 std::size_t Run::on_header(std::string_view raw) {
-  const auto line = trim(raw);
+  const auto line = trim_header(raw);
   if (line.size() >= 5 && line.substr(0, 5) == "HTTP/") {
     // A new response (after a redirect or a 100 Continue): forget the previous headers.
     const auto space = line.find(' ');
@@ -731,8 +707,8 @@ std::size_t Run::on_header(std::string_view raw) {
   const auto colon = line.find(':');
   if (colon == std::string_view::npos)
     return raw.size();
-  const auto name = trim(line.substr(0, colon));
-  const auto value = trim(line.substr(colon + 1));
+  const auto name = trim_header(line.substr(0, colon));
+  const auto value = trim_header(line.substr(colon + 1));
   if (iequals(name, "etag")) {
     resp_etag_ = std::string(value);
   } else if (iequals(name, "content-range")) {

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/error.hpp"
+#include "common/job_id.hpp"
 #include "common/stop_signal.hpp"
 #include "download/types.hpp"
 
@@ -101,6 +102,6 @@ class Downloader {
 };
 
 /// True when `job_id` may become a file name: [A-Za-z0-9_-]{1,64}.
-[[nodiscard]] bool valid_job_id(const std::string& job_id);
+using upparat::valid_job_id;
 
 }  // namespace upparat::download

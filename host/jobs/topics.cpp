@@ -25,18 +25,6 @@ std::vector<std::string> subscription_topics(std::string_view thing) {
           t + "/+/update/rejected"};
 }
 
-bool valid_job_id(std::string_view job_id) {
-  if (job_id.empty() || job_id.size() > 64)
-    return false;
-  for (char c : job_id) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '_' || c == '-';
-    if (!ok)
-      return false;
-  }
-  return true;
-}
-
 std::optional<ParsedTopic> parse_topic(std::string_view thing, std::string_view topic) {
   const std::string prefix = topic_prefix(thing) + "/";
   if (thing.empty() || topic.substr(0, prefix.size()) != prefix)

@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/job_id.hpp"
+
 namespace upparat::jobs {
 
 /// "$aws/things/{thing}/jobs"
@@ -44,6 +46,6 @@ struct ParsedTopic {
                                                      std::string_view topic);
 
 /// AWS IoT job id rules: 1-64 characters of [A-Za-z0-9_-].
-[[nodiscard]] bool valid_job_id(std::string_view job_id);
+using upparat::valid_job_id;
 
 }  // namespace upparat::jobs

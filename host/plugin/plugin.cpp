@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "common/sanitize.hpp"
+#include "common/text.hpp"
 
 namespace upparat::plugin {
 
@@ -75,16 +76,6 @@ std::string dlerror_reason(const std::string& what) {
     return what.substr(start);
   }
   return what.substr(start, end - start);
-}
-
-std::string trim(std::string_view text) {
-  constexpr std::string_view kSpace = " \t\r\n\v\f";
-  const auto first = text.find_first_not_of(kSpace);
-  if (first == std::string_view::npos) {
-    return {};
-  }
-  const auto last = text.find_last_not_of(kSpace);
-  return std::string(text.substr(first, last - first + 1));
 }
 
 // The NUL-terminated text a plugin wrote into a result buffer, never past the buffer.
@@ -597,7 +588,7 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
   const std::string_view written = written_text(text);
   switch (result.code) {
     case UPPARAT_OK:
-      return {Outcome::Ok, trim(written), std::nullopt};
+      return {Outcome::Ok, std::string(trim(written)), std::nullopt};
     case UPPARAT_RETRY_LATER: {
       // Any negative delay (not only -1) means the configured retry_interval: treating it as 0
       // would let a buggy plugin spend all its retries at once.

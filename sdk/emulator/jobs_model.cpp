@@ -182,10 +182,6 @@ bool is_terminal(ExecStatus status) {
   return status != ExecStatus::Queued && status != ExecStatus::InProgress;
 }
 
-bool valid_job_id(const std::string& id) {
-  return !id.empty() && id.size() <= 64 && chars_in(id, false);
-}
-
 bool valid_thing_name(const std::string& name) {
   return !name.empty() && name.size() <= 128 && chars_in(name, true);
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/error.hpp"
+#include "common/job_id.hpp"
 #include "emulator/clock.hpp"
 #include "emulator/s3/s3_server.hpp"
 
@@ -203,7 +204,7 @@ class JobsModel {
 };
 
 /// Validation rules of AWS IoT Jobs (exposed for tests and the CLI).
-[[nodiscard]] bool valid_job_id(const std::string& id);
+using upparat::valid_job_id;
 [[nodiscard]] bool valid_thing_name(const std::string& name);
 inline constexpr std::size_t kMaxJobDocumentChars = 32768;
 /// AWS IoT Core's MQTT payload limit (128 KiB). A larger request is dropped unanswered, as

@@ -124,6 +124,20 @@ TEST_F(ConfigTest, FullConfiguration) {
   EXPECT_EQ(p.settings.count("path"), 0u);
 }
 
+TEST_F(ConfigTest, PluginArraysAndTablesAreValidJsonWithAwkwardStrings) {
+  auto config = toml(base(
+      "[plugins.script]\npath = \"upparat-script.so\"\n"
+      "words = [\"say \\\"hi\\\"\", 'C:\\dir\\', \"tab\\there\\u0001\", \"grüße ✓\", \"a/b\"]\n"
+      "nested = [{ \"key \\\"q\\\"\" = \"v\\\\\", n = 1.5, on = false }, [2, -3]]\n"
+      "[plugins.script.deep]\nlist = [\"x\\ny\"]\n"));
+  ASSERT_TRUE(config) << config.error().message();
+  const auto& p = config->plugins.at("script");
+  EXPECT_EQ(p.settings.at("words"),
+            R"(["say \"hi\"","C:\\dir\\","tab\there\u0001","grüße ✓","a/b"])");
+  EXPECT_EQ(p.settings.at("nested"), R"([{"key \"q\"":"v\\","n":1.5,"on":false},[2,-3]])");
+  EXPECT_EQ(p.settings.at("deep.list"), R"(["x\ny"])");
+}
+
 TEST_F(ConfigTest, OnePluginWithoutStepsServesEveryStep) {
   auto config = toml(base("[plugins.script]\npath = \"upparat-script.so\"\n"));
   ASSERT_TRUE(config) << config.error().message();

@@ -37,6 +37,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include "common/text.hpp"
+
 namespace upparat::emulator {
 namespace {
 
@@ -214,12 +216,9 @@ std::optional<unsigned long long> parse_decimal(std::string_view s) {
   return v;
 }
 
-std::string trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return std::string(s);
+// HTTP's optional whitespace around a header value or a list item.
+std::string trim_ows(std::string_view s) {
+  return std::string(trim(s, " \t"));
 }
 
 std::string random_hex(std::size_t bytes) {
@@ -317,19 +316,19 @@ struct ByteRange {
 /// as S3 does.
 ByteRange parse_range(std::string_view header, uint64_t size) {
   ByteRange r;
-  std::string value = trim(header);
+  std::string value = trim_ows(header);
   if (value.rfind("bytes=", 0) != 0)
     return r;
   std::string_view spec(value);
   spec.remove_prefix(6);
-  const std::string s = trim(spec);
+  const std::string s = trim_ows(spec);
   if (s.find(',') != std::string::npos)
     return r;
   const auto dash = s.find('-');
   if (dash == std::string::npos)
     return r;
-  const std::string a = trim(std::string_view(s).substr(0, dash));
-  const std::string b = trim(std::string_view(s).substr(dash + 1));
+  const std::string a = trim_ows(std::string_view(s).substr(0, dash));
+  const std::string b = trim_ows(std::string_view(s).substr(dash + 1));
   if (a.empty()) {  // suffix: last n bytes
     const auto n = parse_decimal(b);
     if (!n)
@@ -366,7 +365,7 @@ bool etag_list_matches(std::string_view header, const std::string& etag) {
   std::string_view rest = header;
   while (!rest.empty()) {
     const auto comma = rest.find(',');
-    std::string item = trim(rest.substr(0, comma));
+    std::string item = trim_ows(rest.substr(0, comma));
     rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
     if (item == "*")
       return true;
@@ -886,7 +885,7 @@ Outcome S3Server::Impl::handle(Stream& stream, tcp::socket& socket,
   if (const auto it = req.find(http::field::range); it != req.end()) {
     bool honour = true;
     if (const auto ir = req.find(http::field::if_range); ir != req.end()) {
-      const std::string v = trim(ir->value());
+      const std::string v = trim_ows(ir->value());
       honour = v == object->etag || v == object->last_modified;  // strong comparison only
     }
     if (honour)
