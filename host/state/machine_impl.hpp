@@ -22,6 +22,7 @@
 #include <set>
 #include "common/invariant.hpp"
 #include "common/sanitize.hpp"
+#include "common/text.hpp"
 #include "common/url.hpp"
 #include "jobs/document.hpp"
 #include "jobs/messages.hpp"
@@ -51,14 +52,6 @@ inline const char* failed_state(plugin::Step step) {
       return "ready_hook_failed";
   }
   return "error";
-}
-
-inline std::string trim(std::string s) {
-  const char* ws = " \t\r\n";
-  s.erase(0, s.find_first_not_of(ws));
-  const auto end = s.find_last_not_of(ws);
-  s.erase(end == std::string::npos ? 0 : end + 1);
-  return s;
 }
 
 // An execution number to send (0: not known, left out).

@@ -107,7 +107,7 @@ void Machine::Impl::on_step_finished(const StepFinished& f) {
         final_updates = {make_update("SUCCEEDED", "complete_no_version_check", "none")};
         return fire(Trigger::NoVersionCheck);
       }
-      const std::string installed = trim(r.text);
+      const std::string installed(trim(r.text));
       if (installed != job->doc.version) {
         final_updates = {
             make_update("FAILED", "version_mismatch",
