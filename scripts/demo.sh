@@ -19,6 +19,9 @@ timeout_s="${DEMO_TIMEOUT:-180}"
 thing="demo-thing"
 job="upparat_demo_$(date +%s)"
 
+# shellcheck source=scripts/lib/template.sh
+source "$here/scripts/lib/template.sh"
+
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
@@ -124,30 +127,9 @@ head -c $((2 * 1024 * 1024)) /dev/urandom >"$work/firmware.bin"
 say "running upparat with the script plugin and the example hooks (config/hooks)"
 mkdir -p "$work/device"
 echo "1.0.0" >"$work/device/installed_version"
-cat >"$work/upparat.toml" <<EOF
-[service]
-state_directory = "$work/state"
-[broker]
-host = "127.0.0.1"
-port = $mqtt_port
-plain_tcp = true
-thing_name = "$thing"
-[jobs]
-progress_interval = 1
-progress_percent = 20
-[download]
-allow_http = true
-[retry]
-retry_interval = 2
-[plugins.script]
-path = "$plugin"
-version = "$here/config/hooks/version.sh"
-download = "$here/config/hooks/download.sh"
-install = "$here/config/hooks/install.sh"
-restart = "$here/config/hooks/restart.sh"
-ready = "$here/config/hooks/ready.sh"
-kill_grace_seconds = 5
-EOF
+render_template "$here/config/templates/local.toml.in" "$work/upparat.toml" \
+  STATE_DIRECTORY="$work/state" MQTT_PORT="$mqtt_port" THING="$thing" PLUGIN="$plugin" \
+  HOOKS="$here/config/hooks"
 "$upparat" -c "$work/upparat.toml" --check-config >&2
 UPPARAT_DEMO_DIR="$work/device" "$upparat" -c "$work/upparat.toml" >"$work/upparat.log" 2>&1 &
 pids+=($!)

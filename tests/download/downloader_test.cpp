@@ -13,9 +13,12 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <random>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -142,76 +145,137 @@ TEST_F(DownloaderTest, WithoutChecksumsAndEmptyFile) {
   EXPECT_EQ(read(result.file), "");
 }
 
-TEST_F(DownloaderTest, ConnectionClosedAtRandomOffsetsResumesWithoutRefetching) {
-  const std::size_t size = 2 * 1024 * 1024;
-  const auto data = put("fin", size, 7);
-  std::mt19937 rng(42);
+// A fault the server injects (or a few), from which the download recovers: it completes with
+// the right bytes, at a bounded cost in requests, bytes and time.
+struct RecoveredFault {
+  const char* name;
+  std::size_t size;
+  std::uint32_t seed;
+  std::vector<emulator::S3Fault> faults;
+  std::optional<std::uint64_t> get_requests;  // exactly this many GETs, when set
+  std::uint64_t max_extra_bytes;  // body bytes sent beyond the object's size, at the most
+  bool at_least_size;             // and at least the object's size (no byte fetched too few)
+  std::optional<std::chrono::seconds> within;  // finished within this time, when set
+};
+
+// Twelve cuts at random offsets in the first 200,000 bytes, each by the given fault field.
+std::vector<emulator::S3Fault> random_cuts(std::optional<std::uint64_t> emulator::S3Fault::*field,
+                                           std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<emulator::S3Fault> faults;
   for (int i = 0; i < 12; ++i) {
     emulator::S3Fault fault;
-    fault.close_after_bytes = std::uniform_int_distribution<std::uint64_t>(0, 200000)(rng);
-    UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "fin", fault));
+    fault.*field = std::uniform_int_distribution<std::uint64_t>(0, 200000)(rng);
+    faults.push_back(fault);
   }
-  Downloader d(settings_);
-  ResumeState resume;
-  const auto result = run(d, request("fin", data), resume);
-  ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
-  EXPECT_EQ(read(result.file), data);
-  const auto stats = server_->stats(kBucket, "fin");
-  EXPECT_EQ(stats.get_requests, 13u);
-  // Every byte received is kept: the total fetched is the file size (plus a little slack).
-  EXPECT_LE(stats.body_bytes_sent, size + size / 50);
-  EXPECT_GE(stats.body_bytes_sent, size);
+  return faults;
 }
 
-TEST_F(DownloaderTest, ConnectionResetAtRandomOffsetsResumes) {
-  const std::size_t size = 2 * 1024 * 1024;
-  const auto data = put("rst", size, 8);
-  std::mt19937 rng(43);
-  for (int i = 0; i < 12; ++i) {
-    emulator::S3Fault fault;
-    fault.reset_after_bytes = std::uniform_int_distribution<std::uint64_t>(0, 200000)(rng);
-    UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "rst", fault));
-  }
-  Downloader d(settings_);
-  ResumeState resume;
-  const auto result = run(d, request("rst", data), resume);
-  ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
-  EXPECT_EQ(read(result.file), data);
-  const auto stats = server_->stats(kBucket, "rst");
-  EXPECT_EQ(stats.get_requests, 13u);
-  // A reset may drop what the kernel had received but we had not read yet; still close.
-  EXPECT_LE(stats.body_bytes_sent, size + size / 4);
-}
-
-TEST_F(DownloaderTest, StallIsAbandonedAndResumed) {
-  const auto data = put("stall", 512 * 1024, 9);
+emulator::S3Fault stall() {
   emulator::S3Fault fault;
   fault.stall_after_bytes = 100 * 1024;
   fault.stall_ms = 20000;
-  UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "stall", fault));
+  return fault;
+}
+
+emulator::S3Fault server_errors(int status, int times) {
+  emulator::S3Fault fault;
+  fault.error_status = status;
+  fault.times = times;
+  return fault;
+}
+
+emulator::S3Fault corrupt(std::uint64_t offset) {
+  emulator::S3Fault fault;
+  fault.corrupt_offset = offset;
+  return fault;
+}
+
+emulator::S3Fault close_after(std::uint64_t bytes) {
+  emulator::S3Fault fault;
+  fault.close_after_bytes = bytes;
+  return fault;
+}
+
+emulator::S3Fault ignore_range() {
+  emulator::S3Fault fault;
+  fault.ignore_range = true;
+  return fault;
+}
+
+constexpr std::size_t kMiB = 1024 * 1024;
+
+const RecoveredFault kRecoveredFaults[] = {
+    // Connection closed (FIN) at random offsets: resumed without refetching; every byte
+    // received is kept, so the total fetched is the file size (plus a little slack).
+    {"ConnectionClosedAtRandomOffsets",
+     2 * kMiB,
+     7,
+     random_cuts(&emulator::S3Fault::close_after_bytes, 42),
+     13,
+     2 * kMiB / 50,
+     true,
+     {}},
+    // Connection reset (RST) at random offsets: a reset may drop what the kernel had received
+    // but the downloader had not read yet; still close.
+    {"ConnectionResetAtRandomOffsets",
+     2 * kMiB,
+     8,
+     random_cuts(&emulator::S3Fault::reset_after_bytes, 43),
+     13,
+     2 * kMiB / 4,
+     false,
+     {}},
+    // A stall is abandoned (low_speed_time is 1 s) and resumed, long before it would end.
+    {"Stall", 512 * 1024, 9, {stall()}, {}, 512 * 1024 / 10, false, 15s},
+    // A burst of 503 answers is retried.
+    {"ServerErrorBurst", 256 * 1024, 10, {server_errors(503, 5)}, 6, UINT64_MAX, false, {}},
+    // A corrupted byte: the digest differs, the object is downloaded once more.
+    {"CorruptedByte", 300 * 1024, 13, {corrupt(123456)}, 2, UINT64_MAX, false, {}},
+    // A cut, then a full answer (200) to the Range request: restarts from zero.
+    {"FullAnswerInsteadOfRange",
+     400 * 1024,
+     15,
+     {close_after(150 * 1024), ignore_range()},
+     2,
+     UINT64_MAX,
+     false,
+     {}},
+};
+
+class RecoveredFaultTest : public DownloaderTest,
+                           public ::testing::WithParamInterface<RecoveredFault> {};
+
+TEST_P(RecoveredFaultTest, CompletesWithTheRightBytes) {
+  const auto& c = GetParam();
+  const std::string key = c.name;
+  const auto data = put(key, c.size, c.seed);
+  for (const auto& fault : c.faults) {
+    UPPARAT_ASSERT_OK(server_->add_fault(kBucket, key, fault));
+  }
   Downloader d(settings_);
   ResumeState resume;
   const auto start = std::chrono::steady_clock::now();
-  const auto result = run(d, request("stall", data), resume);
+  const auto result = run(d, request(key, data), resume);
   ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
   EXPECT_EQ(read(result.file), data);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 15s);  // low_speed_time is 1 s
-  EXPECT_LE(server_->stats(kBucket, "stall").body_bytes_sent, data.size() + data.size() / 10);
+  if (c.within) {
+    EXPECT_LT(std::chrono::steady_clock::now() - start, *c.within);
+  }
+  const auto stats = server_->stats(kBucket, key);
+  if (c.get_requests) {
+    EXPECT_EQ(stats.get_requests, *c.get_requests);
+  }
+  if (c.max_extra_bytes != UINT64_MAX) {
+    EXPECT_LE(stats.body_bytes_sent, c.size + c.max_extra_bytes);
+  }
+  if (c.at_least_size) {
+    EXPECT_GE(stats.body_bytes_sent, c.size);
+  }
 }
 
-TEST_F(DownloaderTest, ServerErrorBurstIsRetried) {
-  const auto data = put("burst", 256 * 1024, 10);
-  emulator::S3Fault fault;
-  fault.error_status = 503;
-  fault.times = 5;
-  UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "burst", fault));
-  Downloader d(settings_);
-  ResumeState resume;
-  const auto result = run(d, request("burst", data), resume);
-  ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
-  EXPECT_EQ(read(result.file), data);
-  EXPECT_EQ(server_->stats(kBucket, "burst").get_requests, 6u);
-}
+INSTANTIATE_TEST_SUITE_P(Faults, RecoveredFaultTest, ::testing::ValuesIn(kRecoveredFaults),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 TEST_F(DownloaderTest, GivesUpAfterMaxAttempts) {
   const auto data = put("down", 1000, 11);
@@ -263,19 +327,6 @@ TEST_F(DownloaderTest, UrlExpiryMidwayKeepsBytesAndContinuesWithFreshUrl) {
   EXPECT_LE(server_->stats(kBucket, "exp").body_bytes_sent, size + 1024);
 }
 
-TEST_F(DownloaderTest, CorruptedByteIsDownloadedOnceMore) {
-  const auto data = put("corrupt", 300 * 1024, 13);
-  emulator::S3Fault fault;
-  fault.corrupt_offset = 123456;
-  UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "corrupt", fault));
-  Downloader d(settings_);
-  ResumeState resume;
-  const auto result = run(d, request("corrupt", data), resume);
-  ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
-  EXPECT_EQ(read(result.file), data);
-  EXPECT_EQ(server_->stats(kBucket, "corrupt").get_requests, 2u);
-}
-
 TEST_F(DownloaderTest, CorruptedTwiceFailsWithBothDigestsAndLeavesNoFile) {
   const auto data = put("corrupt2", 300 * 1024, 14);
   emulator::S3Fault fault;
@@ -294,22 +345,6 @@ TEST_F(DownloaderTest, CorruptedTwiceFailsWithBothDigestsAndLeavesNoFile) {
   EXPECT_FALSE(fs::exists(d.part_path(r.job_id)));
   EXPECT_FALSE(fs::exists(d.final_path(r.job_id)));
   EXPECT_EQ(resume.synced_bytes, 0u);
-}
-
-TEST_F(DownloaderTest, FullAnswerInsteadOfRangeRestartsFromZero) {
-  const auto data = put("norange", 400 * 1024, 15);
-  emulator::S3Fault cut;
-  cut.close_after_bytes = 150 * 1024;
-  UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "norange", cut));
-  emulator::S3Fault ignore;
-  ignore.ignore_range = true;
-  UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "norange", ignore));
-  Downloader d(settings_);
-  ResumeState resume;
-  const auto result = run(d, request("norange", data), resume);
-  ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
-  EXPECT_EQ(read(result.file), data);
-  EXPECT_EQ(server_->stats(kBucket, "norange").get_requests, 2u);
 }
 
 TEST_F(DownloaderTest, RangeNotSatisfiableOnCompletePartMeansComplete) {

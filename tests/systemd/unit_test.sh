@@ -26,6 +26,9 @@ thing="unit-thing"
 job="upparat_unit_$(date +%s)"
 machine="upparat-unit-$$"
 
+# shellcheck source=scripts/lib/template.sh
+source "$here/scripts/lib/template.sh"
+
 say() { printf '==> %s\n' "$*" >&2; }
 skip() { echo "SKIPPED: $*"; exit 77; }
 die() { echo "FAILED: $*" >&2; exit 1; }
@@ -215,30 +218,9 @@ export UPPARAT_EMULATOR_CONTROL="http://127.0.0.1:$control_port"
 "$emulator" create-job --job-id "$job" --document "$here/config/demo-job.json" --thing "$thing" >/dev/null
 
 mkdir -p "$root/etc/upparat"
-cat >"$root/etc/upparat/upparat.toml" <<EOF
-[service]
-state_directory = "/var/lib/upparat"
-[broker]
-host = "127.0.0.1"
-port = $mqtt_port
-plain_tcp = true
-thing_name = "$thing"
-[jobs]
-progress_interval = 1
-progress_percent = 20
-[download]
-allow_http = true
-[retry]
-retry_interval = 2
-[plugins.script]
-path = "/$plugin"
-version = "/usr/share/upparat/hooks/version.sh"
-download = "/usr/share/upparat/hooks/download.sh"
-install = "/usr/share/upparat/hooks/install.sh"
-restart = "/usr/share/upparat/hooks/restart.sh"
-ready = "/usr/share/upparat/hooks/ready.sh"
-kill_grace_seconds = 5
-EOF
+render_template "$here/config/templates/local.toml.in" "$root/etc/upparat/upparat.toml" \
+  STATE_DIRECTORY=/var/lib/upparat MQTT_PORT="$mqtt_port" THING="$thing" PLUGIN="/$plugin" \
+  HOOKS=/usr/share/upparat/hooks
 
 # ---- boot; a reboot of the container (the restart hook) ends systemd-nspawn: boot again -------
 boots=0

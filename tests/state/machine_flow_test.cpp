@@ -21,6 +21,12 @@ CloudJob queued(const std::string& id, const std::string& version = "2.0", bool 
   return j;
 }
 
+// Queues the job in the cloud and connects: it runs as far as the world's scripts let it.
+void start(World& w, CloudJob job = queued("upparat_1")) {
+  w.cloud.add(std::move(job));
+  w.connect();
+}
+
 std::string final_state(const World& w, const std::string& id) {
   auto it = w.cloud.jobs.find(id);
   if (it == w.cloud.jobs.end())
@@ -62,8 +68,7 @@ TEST_P(StatusTable, EndsAsTheContractSays) {
   const Row& row = GetParam();
   World w;
   w.use(row.hooks);
-  w.cloud.add(queued("upparat_1", "2.0", row.force));
-  w.connect();
+  start(w, queued("upparat_1", "2.0", row.force));
   if (row.reboot) {
     ASSERT_EQ(w.phase(), Phase::Restart);
     ASSERT_TRUE(w.running_step && w.running_step->step == Step::Restart);
@@ -131,8 +136,7 @@ TEST(Machine, MissingHooksAreNotRun) {
     s.step_configured[static_cast<int>(Step::Install)] = false;
     World w(s);
     w.use(Hooks{});
-    w.cloud.add(queued("upparat_1"));
-    w.connect();
+    start(w);
     EXPECT_EQ(w.cloud.states("upparat_1"),
               (Strings{"download_start", "no_installation_hook_provided"}));
   }
@@ -141,8 +145,7 @@ TEST(Machine, MissingHooksAreNotRun) {
     s.step_configured[static_cast<int>(Step::Restart)] = false;
     World w(s);
     w.use(Hooks{});
-    w.cloud.add(queued("upparat_1"));
-    w.connect();
+    start(w);
     EXPECT_EQ(w.cloud.states("upparat_1"),
               (Strings{"download_start", "installation_start", "no_restart_hook_provided"}));
   }
@@ -153,8 +156,7 @@ TEST(Machine, MissingHooksAreNotRun) {
     s.step_configured[static_cast<int>(Step::Download)] = false;
     World w(s);
     w.use(Hooks{});
-    w.cloud.add(queued("upparat_1"));
-    w.connect();
+    start(w);
     w.reboot();
     EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_no_version_check");
     for (const auto& r : w.steps_run)
@@ -165,8 +167,7 @@ TEST(Machine, MissingHooksAreNotRun) {
     s.step_configured[static_cast<int>(Step::Ready)] = false;
     World w(s);
     w.use(Hooks{});
-    w.cloud.add(queued("upparat_1"));
-    w.connect();
+    start(w);
     w.reboot();
     EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_no_ready_check");
   }
@@ -196,8 +197,7 @@ TEST_P(HookFailed, FailsWithTheReason) {
       return failed("it broke\nbadly");
     return classic(r);
   };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   if (row.after_reboot)
     w.reboot();
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED " + row.state);
@@ -274,8 +274,7 @@ TEST(Machine, InProgressFirstElseOldestQueued) {
 TEST(Machine, NonPrefixedJobsAreIgnored) {
   World w;
   w.use(Hooks{});
-  w.cloud.add(queued("other_agent_job"));
-  w.connect();
+  start(w, queued("other_agent_job"));
   EXPECT_EQ(w.phase(), Phase::Monitor);
   EXPECT_TRUE(w.cloud.updates.empty());
   EXPECT_EQ(w.cloud.describes, 0);
@@ -290,8 +289,7 @@ TEST(Machine, ConfigurablePrefix) {
   World w(s);
   w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
   w.cloud.add(queued("upparat_1"));
-  w.cloud.add(queued("ota-1"));
-  w.connect();
+  start(w, queued("ota-1"));
   EXPECT_EQ(final_state(w, "ota-1"), "SUCCEEDED version_already_installed");
   EXPECT_EQ(final_state(w, "upparat_1"), "QUEUED ");
 }
@@ -410,28 +408,12 @@ TEST_P(RestartAtStep, NewDaemonFinishesTheJob) {
   const int stop_at = GetParam();  // index of the work to die in (0 = version, 1 = gate, ...)
   World w;
   w.use(Hooks{});
-  auto classic = w.script;
-  int works = 0;
-  bool dead = false;
-  auto hang_at = [&]() { return !dead && works++ == stop_at; };
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (hang_at())
-      return std::nullopt;
-    return classic(r);
-  };
-  w.download_script = [&](const RunDownload& d) -> std::optional<download::DownloadResult> {
-    if (hang_at())
-      return std::nullopt;
-    download::DownloadResult r;
-    r.outcome = download::Outcome::Complete;
-    r.file = "/dl/" + d.request.job_id;
-    return r;
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  bool hanging = true;  // until the daemon died in the work
+  w.hang_at_work(stop_at, &hanging);
+  start(w);
   ASSERT_TRUE(w.running_step || w.running_download);
   const bool in_restart = w.running_step && w.running_step->step == Step::Restart;
-  dead = true;
+  hanging = false;
   if (in_restart)
     w.reboot();
   else {
@@ -453,13 +435,9 @@ TEST(Machine, RestartBeforeRebootStartWasAcceptedSendsItAgain) {
   World w;
   w.use(Hooks{});
   auto classic = w.script;
-  w.script = [&](const RunStep& r) {
-    if (r.step == Step::Install)
-      w.cloud.lose_updates = true;  // reboot_start will get no answer
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  // reboot_start will get no answer
+  w.before_step(Step::Install, [&](const RunStep&) { w.cloud.lose_updates = true; });
+  start(w);
   ASSERT_EQ(w.phase(), Phase::RebootAck);
   EXPECT_EQ(w.store.state_->step, SavedStep::Reboot);
   EXPECT_FALSE(w.running_step) << "no restart before reboot_start is accepted";
@@ -468,10 +446,7 @@ TEST(Machine, RestartBeforeRebootStartWasAcceptedSendsItAgain) {
   w.boot();
   w.connect();
   ASSERT_EQ(w.phase(), Phase::Restart);
-  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
-                          [](auto& r) { return r.step == Step::Install; }),
-            1)
-      << "the install is not redone";
+  EXPECT_EQ(w.runs_of(Step::Install), 1) << "the install is not redone";
   w.reboot();
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_ready");
 }
@@ -479,14 +454,9 @@ TEST(Machine, RestartBeforeRebootStartWasAcceptedSendsItAgain) {
 TEST(Machine, RestartDuringReadyContinues) {
   World w;
   w.use(Hooks{});
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   auto classic = w.script;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Ready)
-      return std::nullopt;
-    return classic(r);
-  };
+  w.hang_at(Step::Ready);
   w.reboot();
   ASSERT_TRUE(w.running_step && w.running_step->step == Step::Ready);
   w.script = classic;
@@ -508,7 +478,7 @@ TEST(Machine, LocalStateWinsOverCloudDetails) {
   w.store.state_ = s;
   w.cloud.jobs["upparat_1"].status = "IN_PROGRESS";
   w.cloud.jobs["upparat_1"].details = {{"state", "reboot_start"}};
-  w.download_script = [](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.hold_downloads();
   w.boot();
   w.connect();
   ASSERT_TRUE(w.running_download);
@@ -545,14 +515,9 @@ TEST(Machine, StaleLocalStateOfAnotherExecutionIsIgnored) {
 TEST(Machine, DaemonDyingThreeTimesInAStepFailsTheJob) {
   World w;
   w.use(Hooks{});
-  auto classic = w.script;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install)
-      return std::nullopt;  // the daemon dies during install, every time
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  // the daemon dies during install, every time
+  w.hang_at(Step::Install);
+  start(w);
   for (int i = 0; i < 2; ++i) {
     ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install) << i;
     w.boot();
@@ -563,23 +528,15 @@ TEST(Machine, DaemonDyingThreeTimesInAStepFailsTheJob) {
   w.connect();
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED installation_hook_failed");
   EXPECT_EQ(final_message(w, "upparat_1"), "daemon died 3 times during install");
-  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
-                          [](auto& r) { return r.step == Step::Install; }),
-            3);
+  EXPECT_EQ(w.runs_of(Step::Install), 3);
 }
 
 TEST(Machine, GracefulShutdownDoesNotCountAsADeath) {
   World w;
   w.use(Hooks{});
-  auto classic = w.script;
   bool hang = true;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install && hang)
-      return std::nullopt;
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hang_at(Step::Install, &hang);
+  start(w);
   for (int i = 0; i < 4; ++i) {
     ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
     const auto updates = w.cloud.updates.size();
@@ -605,8 +562,7 @@ TEST(Machine, PowerCutsDuringADownloadThatAdvancesDoNotFailIt) {
     w.download_script = [](const RunDownload&) {
       return std::optional<download::DownloadResult>();
     };
-    w.cloud.add(queued("upparat_1", "2.0", force));
-    w.connect();
+    start(w, queued("upparat_1", "2.0", force));
     for (std::uint64_t cut = 1; cut <= 5; ++cut) {
       ASSERT_TRUE(w.running_download)
           << "force " << force << " cut " << cut << ": " << final_state(w, "upparat_1") << " "
@@ -627,9 +583,8 @@ TEST(Machine, PowerCutsDuringADownloadThatAdvancesDoNotFailIt) {
 TEST(Machine, DownloadDyingThreeTimesWithoutProgressFailsTheJob) {
   World w;
   w.use(Hooks{});
-  w.download_script = [](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(w.running_download) << i;
     w.boot();
@@ -644,14 +599,8 @@ TEST(Machine, DownloadDyingThreeTimesWithoutProgressFailsTheJob) {
 TEST(Machine, DownloadGateDyingThreeTimesFailsTheJob) {
   World w;
   w.use(Hooks{});
-  auto classic = w.script;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Download)
-      return std::nullopt;
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hang_at(Step::Download);
+  start(w);
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(w.running_step && w.running_step->step == Step::Download) << i;
     EXPECT_EQ(w.store.state_->step, SavedStep::DownloadGate);
@@ -676,7 +625,7 @@ TEST(Machine, ShutdownDuringTheDownloadBeforeAResumedInstallKeepsTheInstallCount
   CloudJob j = queued("upparat_1");
   j.status = "IN_PROGRESS";
   w.cloud.add(j);
-  w.download_script = [](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.hold_downloads();
   w.boot();
   w.connect();
   ASSERT_TRUE(w.running_download);
@@ -691,14 +640,10 @@ TEST(Machine, ShutdownDuringTheDownloadBeforeAResumedInstallKeepsTheInstallCount
 TEST(Machine, RestartIsNotStartedWhenTheRebootStepCannotBeSaved) {
   World w;
   w.use(Hooks{});
-  auto classic = w.script;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install)
-      w.store.fail_saves_with = "write state.json.tmp: No space left on device";
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.before_step(Step::Install, [&](const RunStep&) {
+    w.store.fail_saves_with = "write state.json.tmp: No space left on device";
+  });
+  start(w);
   EXPECT_EQ(w.cloud.states("upparat_1"),
             (Strings{"download_start", "installation_start", "restart_hook_failed"}));
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED restart_hook_failed");
@@ -713,8 +658,7 @@ TEST(Machine, RestartIsNotStartedWhenTheRebootStepCannotBeSaved) {
 TEST(Machine, ShutdownDuringRestartStopsAndReportsNothing) {
   World w;
   w.use(Hooks{});
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   ASSERT_EQ(w.phase(), Phase::Restart);
   const auto stops = w.stopped.size();
   const auto updates = w.cloud.updates.size();
@@ -734,23 +678,8 @@ TEST_P(CancelAtStep, StopsTheWorkAndWaitsForJobs) {
   World w;
   w.use(Hooks{});
   auto classic = w.script;
-  int works = 0;
-  auto hang = [&]() { return works++ == cancel_at; };
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (hang())
-      return std::nullopt;
-    return classic(r);
-  };
-  w.download_script = [&](const RunDownload&) -> std::optional<download::DownloadResult> {
-    if (hang())
-      return std::nullopt;
-    download::DownloadResult r;
-    r.outcome = download::Outcome::Complete;
-    r.file = "/dl/x";
-    return r;
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hang_at_work(cancel_at);
+  start(w);
   ASSERT_TRUE(w.running_step || w.running_download);
   const std::uint64_t running = w.running_step ? w.running_step->work : w.running_download->work;
   const auto updates = w.cloud.updates.size();
@@ -780,7 +709,7 @@ TEST(Machine, CancelWhileWaitingForInstallationStartPreventsTheInstall) {
   World w;
   w.use(Hooks{});
   w.cloud.add(queued("upparat_1"));
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  w.hold_downloads();
   w.connect();
   ASSERT_TRUE(w.running_download);
   w.cloud.answer = false;  // installation_start will wait
@@ -790,17 +719,14 @@ TEST(Machine, CancelWhileWaitingForInstallationStartPreventsTheInstall) {
   w.cloud.jobs["upparat_1"].status = "CANCELED";
   w.release_held();
   EXPECT_EQ(w.phase(), Phase::Monitor);
-  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
-                          [](auto& r) { return r.step == Step::Install; }),
-            0);
+  EXPECT_EQ(w.runs_of(Step::Install), 0);
 }
 
 TEST(Machine, NotifyWithoutTheJobButStillInProgressContinues) {
   World w;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.running_download);
   // notify lists at most 15 jobs: one that does not list ours is not proof of a cancel.
   w.handle(MqttMessage{jobs::topic_prefix(kThing) + "/notify",
@@ -813,9 +739,8 @@ TEST(Machine, NotifyWithoutTheJobButStillInProgressContinues) {
 TEST(Machine, UpdateRejectedAsTerminalCancels) {
   World w;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.running_download);
   w.cloud.jobs["upparat_1"].status = "CANCELED";
   w.handle(DownloadProgress{w.running_download->work, {50, 100}});  // -> download_progress
@@ -844,9 +769,8 @@ TEST_P(RetriedExecution, NotifyOfTheNextExecutionStopsTheWorkOnOurs) {
   w.cloud.forget_past = GetParam() == PastExecution::NotFound;
   w.cloud.describe_ignores_number = GetParam() == PastExecution::NumberIgnored;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.running_download);
   const auto first = w.running_download->work;
   const auto describes = w.cloud.describes;
@@ -883,15 +807,9 @@ INSTANTIATE_TEST_SUITE_P(Cloud, RetriedExecution,
 TEST(Machine, UpdatesNeverLandOnTheNextExecution) {
   World w;
   w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
-  auto classic = w.script;
   bool hang = true;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install && hang)
-      return std::nullopt;
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hang_at(Step::Install, &hang);
+  start(w);
   ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
   w.cloud.retry("upparat_1");
   hang = false;
@@ -901,19 +819,12 @@ TEST(Machine, UpdatesNeverLandOnTheNextExecution) {
   EXPECT_EQ(w.cloud.applied("upparat_1", 2), (Strings{"download_start", "installation_start",
                                                       "reboot_start", "complete_soft_restart"}))
       << "execution 2 is installed by itself, not finished with execution 1's install";
-  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
-                          [](auto& r) { return r.step == Step::Install; }),
-            2);
+  EXPECT_EQ(w.runs_of(Step::Install), 2);
 }
 
 // ---- updates: order, duplicates, throttling ------------------------------------------------
 
 // ---- a final update the cloud refuses ---------------------------------------------------
-
-int steps_of(const World& w, Step step) {
-  return static_cast<int>(std::count_if(w.steps_run.begin(), w.steps_run.end(),
-                                        [&](const RunStep& r) { return r.step == step; }));
-}
 
 std::vector<std::string> statuses(const World& w, const std::string& id) {
   std::vector<std::string> out;
@@ -928,18 +839,12 @@ std::vector<std::string> statuses(const World& w, const std::string& id) {
 TEST(Machine, RefusedFinalUpdateIsSentAgainMinimalAndTheJobIsNotRedone) {
   World w;
   w.use(Hooks{});
-  auto classic = w.script;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Version)
-      return failed("bad \xef\xbf\xbe reason");
-    return classic(r);
-  };
+  w.answer_at(Step::Version, failed("bad \xef\xbf\xbe reason"));
   w.cloud.refuse = [](const SentUpdate& u) { return u.message != "none"; };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED version_hook_failed");
   EXPECT_EQ(final_message(w, "upparat_1"), "none");
-  EXPECT_EQ(steps_of(w, Step::Version), 1);
+  EXPECT_EQ(w.runs_of(Step::Version), 1);
   const auto sent = statuses(w, "upparat_1");
   ASSERT_EQ(sent.size(), 3u);
   EXPECT_EQ(sent[1], "IN_PROGRESS version_hook_failed none");
@@ -958,15 +863,14 @@ TEST(Machine, FinalUpdateRefusedForGoodEndsTheExecutionLocally) {
   w.cloud.refuse = [&](const SentUpdate& u) {
     return refusing && u.job_id == "upparat_1" && u.status != "IN_PROGRESS";
   };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   EXPECT_EQ(w.cloud.jobs.at("upparat_1").status, "IN_PROGRESS");
   EXPECT_EQ(w.phase(), Phase::Monitor);
   ASSERT_EQ(w.store.ended_.size(), 1u);
   EXPECT_EQ(w.store.ended_[0].job_id, "upparat_1");
   EXPECT_EQ(w.store.ended_[0].status, "SUCCEEDED");
   EXPECT_EQ(w.store.ended_[0].state, "complete_soft_restart");
-  const int installs = steps_of(w, Step::Install);
+  const int installs = w.runs_of(Step::Install);
   EXPECT_EQ(installs, 1);
 
   // A later job runs; the ended one is not run again, also after a restart.
@@ -976,7 +880,7 @@ TEST(Machine, FinalUpdateRefusedForGoodEndsTheExecutionLocally) {
   w.boot();
   w.connect();
   EXPECT_EQ(w.phase(), Phase::Monitor);
-  EXPECT_EQ(steps_of(w, Step::Install), installs + 1);
+  EXPECT_EQ(w.runs_of(Step::Install), installs + 1);
 
   // The minimal update is retried with back-off; once accepted, the record goes.
   const auto tries = w.cloud.updates.size();
@@ -986,15 +890,14 @@ TEST(Machine, FinalUpdateRefusedForGoodEndsTheExecutionLocally) {
   w.advance(std::chrono::hours(1));
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
   EXPECT_TRUE(w.store.ended_.empty());
-  EXPECT_EQ(steps_of(w, Step::Install), installs + 1);
+  EXPECT_EQ(w.runs_of(Step::Install), installs + 1);
 }
 
 TEST(Machine, ThrottledUpdatesAreRetriedWithBackoff) {
   World w;
   w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
   w.cloud.throttle_updates = 3;
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   EXPECT_EQ(w.cloud.updates.size(), 1u);
   w.advance(120s);
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
@@ -1024,9 +927,8 @@ TEST(Machine, UnansweredUpdateIsResentWithTheSameToken) {
 TEST(Machine, OneUpdateInFlightAndProgressMerged) {
   World w;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.running_download);
   w.cloud.answer = false;
   const auto before = w.published.size();
@@ -1044,9 +946,8 @@ TEST(Machine, OneUpdateInFlightAndProgressMerged) {
 TEST(Machine, ProgressBudget) {
   World w;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.running_download);
   const std::uint64_t total = 1ull << 30;
   for (std::uint64_t b = 0; b <= total; b += 1 << 20) {
@@ -1102,9 +1003,7 @@ TEST(Machine, StaleAndDuplicatedAnswersAreIgnored) {
   w.release_held();
   w.release_held();
   EXPECT_EQ(w.phase(), Phase::Restart);
-  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
-                          [](auto& r) { return r.step == Step::Install; }),
-            1);
+  EXPECT_EQ(w.runs_of(Step::Install), 1);
 }
 
 // ---- expectedVersion: a resent, duplicated or late update is never applied twice ---------
@@ -1115,8 +1014,7 @@ TEST(Machine, StaleAndDuplicatedAnswersAreIgnored) {
 TEST(Machine, EveryUpdateCarriesTheExpectedVersion) {
   World w;
   w.use(Hooks{});
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   ASSERT_EQ(w.phase(), Phase::Restart);
   w.reboot();
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_ready");
@@ -1136,9 +1034,8 @@ TEST(Machine, EveryUpdateCarriesTheExpectedVersion) {
 TEST(Machine, ResentUpdateWhoseAnswerWasLostIsNotAppliedAgain) {
   World w;
   w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.running_download);
   w.cloud.lose_answers = 1;
   w.finish_download(download::Outcome::Complete);
@@ -1149,9 +1046,7 @@ TEST(Machine, ResentUpdateWhoseAnswerWasLostIsNotAppliedAgain) {
   EXPECT_EQ(w.cloud.applied("upparat_1", 1), (Strings{"download_start", "installation_start",
                                                       "reboot_start", "complete_soft_restart"}));
   EXPECT_EQ(w.cloud.jobs.at("upparat_1").version, 5) << "versionNumber jumped";
-  EXPECT_EQ(std::count_if(w.steps_run.begin(), w.steps_run.end(),
-                          [](auto& r) { return r.step == Step::Install; }),
-            1);
+  EXPECT_EQ(w.runs_of(Step::Install), 1);
 }
 
 // A copy of installation_progress (a QoS 1 duplicate, or the network's late copy) reaches the
@@ -1159,15 +1054,9 @@ TEST(Machine, ResentUpdateWhoseAnswerWasLostIsNotAppliedAgain) {
 TEST(Machine, LateCopyOfAnOlderUpdateDoesNotOverwriteANewerOne) {
   World w;
   w.use(Hooks{});
-  auto classic = w.script;
   bool hang = true;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install && hang)
-      return std::nullopt;
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hang_at(Step::Install, &hang);
+  start(w);
   ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
   w.handle(StepProgress{w.running_step->work, "writing slot B", 50});
   ASSERT_EQ(final_state(w, "upparat_1"), "IN_PROGRESS installation_progress");
@@ -1190,9 +1079,8 @@ TEST(Machine, LateCopyOfAnOlderUpdateDoesNotOverwriteANewerOne) {
 TEST(Machine, UpdateMeetingAnotherChangeIsSentAgainWithTheNewVersion) {
   World w;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.running_download);
   CloudJob& j = w.cloud.jobs.at("upparat_1");
   j.details = {{"state", "operator_note"}};
@@ -1223,8 +1111,7 @@ TEST(Machine, RetryLaterRunsTheStepAgain) {
     }
     return classic(r);
   };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   EXPECT_EQ(gate_calls, 1);
   w.advance(5s);
   EXPECT_EQ(gate_calls, 2);
@@ -1242,8 +1129,7 @@ TEST(Machine, RetriesExhaustedFailTheStep) {
   World w(s);
   w.use(Hooks{});
   w.script = [&](const RunStep&) { return std::optional<plugin::StepResult>(retry_later()); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   w.advance(10s);
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED version_hook_failed");
   EXPECT_EQ(final_message(w, "upparat_1"), "timed out after 2 retries");
@@ -1255,14 +1141,8 @@ TEST(Machine, StepDeadlineStopsAndFails) {
   s.step_deadline[static_cast<int>(Step::Install)] = 100s;
   World w(s);
   w.use(Hooks{});
-  auto classic = w.script;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install)
-      return std::nullopt;
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hang_at(Step::Install);
+  start(w);
   ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
   const auto work = w.running_step->work;
   w.advance(99s);
@@ -1283,14 +1163,8 @@ MachineSettings install_deadline_100s(MachineSettings s = {}) {
 // Runs a job into an install step that hangs (the test finishes it, or never).
 void hang_in_install(World& w) {
   w.use(Hooks{});
-  auto classic = w.script;
-  w.script = [classic](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install)
-      return std::nullopt;
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hang_at(Step::Install);
+  start(w);
 }
 
 bool failed_sent(const World& w) {
@@ -1443,14 +1317,8 @@ TEST(Machine, NotInterruptibleInstallIsStillStoppedByTheDeadlineBeforeItRuns) {
   s.step_deadline[static_cast<int>(Step::Install)] = 100s;
   World w(s);
   w.use(Hooks{});
-  auto classic = w.script;
-  w.script = [classic](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install)
-      return retry_later(std::chrono::seconds(500));
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.answer_at(Step::Install, retry_later(std::chrono::seconds(500)));
+  start(w);
   w.advance(101s);
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED installation_hook_failed");
   EXPECT_EQ(final_message(w, "upparat_1"), "timed out after 100 s");
@@ -1468,8 +1336,7 @@ TEST(Machine, ExpiredUrlDescribesAgainAndResumes) {
     r.file = "/dl/" + d.request.job_id;
     return r;
   };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   EXPECT_EQ(runs, 2);
   const auto states = w.cloud.states("upparat_1");
   EXPECT_EQ(states, (Strings{"download_start", "download_interrupt", "download_start",
@@ -1501,8 +1368,7 @@ TEST(Machine, RefusedUrlBacksOffAndFailsAfterFiveRefusals) {
     runs.push_back(w.clock.now_);
     return refused();
   };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   // The first refusal may be a URL that merely expired: described again at once.
   ASSERT_EQ(runs.size(), 2u);
   EXPECT_EQ(w.cloud.describes, 2);
@@ -1538,8 +1404,7 @@ TEST(Machine, RefusalLimitIsConfigurable) {
   World w(s);
   w.use(Hooks{});
   w.download_script = [&](const RunDownload&) { return refused(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   EXPECT_EQ(w.downloads_run.size(), 2u);
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED download_hook_failed");
   EXPECT_EQ(final_message(w, "upparat_1"),
@@ -1560,8 +1425,7 @@ TEST(Machine, BytesTransferredResetTheRefusalCount) {
       return refused();
     return complete_download(d);
   };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   w.advance(2h);
   EXPECT_EQ(run, 10);
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
@@ -1571,8 +1435,7 @@ TEST(Machine, CancelDuringTheRefusalBackOffStopsAsking) {
   World w;
   w.use(Hooks{});
   w.download_script = [&](const RunDownload&) { return refused(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   ASSERT_EQ(w.downloads_run.size(), 2u);
   ASSERT_EQ(w.phase(), Phase::Download);
   w.cloud.jobs["upparat_1"].status = "CANCELED";
@@ -1588,8 +1451,7 @@ TEST(Machine, ShutdownDuringTheRefusalBackOffExits) {
   World w;
   w.use(Hooks{});
   w.download_script = [&](const RunDownload&) { return refused(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   ASSERT_EQ(w.phase(), Phase::Download);
   w.handle(ShutdownRequested{});
   EXPECT_TRUE(w.exited);
@@ -1602,9 +1464,8 @@ TEST(Machine, ShutdownDuringTheRefusalBackOffExits) {
 TEST(Machine, DownloadResumeStateIsSaved) {
   World w;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.running_download);
   w.handle(DownloadResumeState{w.running_download->work, {4096, "\"e1\""}});
   ASSERT_TRUE(w.store.state_);
@@ -1621,8 +1482,7 @@ TEST(Machine, DownloadFailureFailsTheJob) {
     r.reason = "SHA-256 mismatch";
     return std::optional<download::DownloadResult>(r);
   };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED download_hook_failed");
   EXPECT_EQ(final_message(w, "upparat_1"), "SHA-256 mismatch");
 }
@@ -1632,8 +1492,7 @@ TEST(Machine, InstallFromUrlSkipsTheDownloadAndDescribesAgain) {
   s.install_from_url = true;
   World w(s);
   w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   EXPECT_TRUE(w.downloads_run.empty());
   EXPECT_EQ(w.cloud.describes, 2);
   const auto install = std::find_if(w.steps_run.begin(), w.steps_run.end(),
@@ -1650,15 +1509,9 @@ TEST(Machine, RestartDuringStreamingInstallDescribesAgain) {
   s.install_from_url = true;
   World w(s);
   w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
-  auto classic = w.script;
   bool hang = true;
-  w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install && hang)
-      return std::nullopt;
-    return classic(r);
-  };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hang_at(Step::Install, &hang);
+  start(w);
   ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
   const int describes = w.cloud.describes;
   hang = false;
@@ -1672,8 +1525,7 @@ TEST(Machine, RestartDuringStreamingInstallDescribesAgain) {
 TEST(Machine, CancelDuringRestartStopsTheStep) {
   World w;
   w.use(Hooks{});
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   ASSERT_TRUE(w.running_step && w.running_step->step == Step::Restart);
   const auto work = w.running_step->work;
   w.cloud.jobs["upparat_1"].status = "CANCELED";
@@ -1704,9 +1556,7 @@ TEST(Machine, FinalUpdateSurvivesARestart) {
   v.boot();
   v.connect();
   EXPECT_EQ(final_state(v, "upparat_1"), "SUCCEEDED complete_soft_restart");
-  EXPECT_EQ(std::count_if(v.steps_run.begin(), v.steps_run.end(),
-                          [](auto& r) { return r.step == Step::Restart; }),
-            1);
+  EXPECT_EQ(v.runs_of(Step::Restart), 1);
 }
 
 TEST(Machine, KeyValueStoreIsSavedWithTheState) {
@@ -1718,8 +1568,7 @@ TEST(Machine, KeyValueStoreIsSavedWithTheState) {
       r.store->set("slot", std::string("B"));
     return classic(r);
   };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   ASSERT_TRUE(w.store.state_);
   EXPECT_EQ(w.store.state_->store.at("slot"), "B");
   std::optional<std::string> seen;
@@ -1768,9 +1617,8 @@ TEST(Machine, LostNotifyIsCaughtByTheSlowPoll) {
 TEST(Machine, PollOnlyWhileIdle) {
   World w;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.running_download);
   const int gets = w.cloud.gets;
   w.advance(3h);
@@ -1799,8 +1647,7 @@ TEST(Machine, PollWhileOfflineWaitsForTheReconnect) {
   w.advance(10min);
   EXPECT_EQ(w.cloud.gets, 1);
   EXPECT_EQ(w.phase(), Phase::Monitor);
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
   const int gets = w.cloud.gets;
   w.advance(70s);  // polling again
@@ -1812,9 +1659,8 @@ TEST(Machine, PollWhileOfflineWaitsForTheReconnect) {
 TEST(Machine, MultipleInProgressRemovesTheSavedStateAndDownloads) {
   World w;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_a"));
-  w.connect();
+  w.hold_downloads();
+  start(w, queued("upparat_a"));
   ASSERT_TRUE(w.running_download);
   ASSERT_TRUE(w.store.state_);
   // The daemon restarts; meanwhile a second job of ours was set IN_PROGRESS by someone else.
@@ -1834,9 +1680,8 @@ TEST(Machine, MultipleInProgressRemovesTheSavedStateAndDownloads) {
 TEST(Machine, SavedJobReplacedByAVanishingJobLosesItsDownload) {
   World w;
   w.use(Hooks{});
-  w.download_script = [&](const RunDownload&) { return std::optional<download::DownloadResult>(); };
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  w.hold_downloads();
+  start(w);
   ASSERT_TRUE(w.store.state_);
   // upparat_1 is deleted while the daemon is down; upparat_2 is listed, then deleted before
   // its describe is answered.
@@ -1879,8 +1724,7 @@ TEST(Machine, EveryTerminalEndRemovesTheDownloadAndTheState) {
     SCOPED_TRACE(c.name);
     World w;
     w.use(c.hooks);
-    w.cloud.add(queued("upparat_1"));
-    w.connect();
+    start(w);
     EXPECT_EQ(final_state(w, "upparat_1"), c.outcome);
     EXPECT_FALSE(w.store.state_);
     EXPECT_TRUE(download_removed(w, "upparat_1"));
@@ -1891,8 +1735,7 @@ TEST(Machine, EveryTerminalEndRemovesTheDownloadAndTheState) {
 TEST(Machine, NeverUsesStartNextOrNext) {
   World w;
   w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
-  w.cloud.add(queued("upparat_1"));
-  w.connect();
+  start(w);
   for (const auto& p : w.published) {
     EXPECT_EQ(p.topic.find("start-next"), std::string::npos);
     EXPECT_EQ(p.topic.find("$next"), std::string::npos);

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <deque>
 #include <functional>
 #include <map>
@@ -487,6 +488,68 @@ class World {
       }
       return std::nullopt;
     };
+  }
+
+  /// Steps of this kind never return (the plugin hangs, or the daemon dies while it runs),
+  /// while *while_set is true (always when null); the other steps run as scripted before.
+  void hang_at(plugin::Step step, const bool* while_set = nullptr) {
+    auto before = script;
+    script = [before, step, while_set](const RunStep& r) -> std::optional<plugin::StepResult> {
+      if (r.step == step && (!while_set || *while_set))
+        return std::nullopt;
+      return before(r);
+    };
+  }
+
+  /// The n-th work started (0 = the first step or download) never returns, while *while_set
+  /// is true (always when null); the other works run as scripted before.
+  void hang_at_work(int n, const bool* while_set = nullptr) {
+    auto works = std::make_shared<int>(0);
+    auto hang = [works, n, while_set] { return (!while_set || *while_set) && (*works)++ == n; };
+    auto before = script;
+    script = [before, hang](const RunStep& r) -> std::optional<plugin::StepResult> {
+      if (hang())
+        return std::nullopt;
+      return before(r);
+    };
+    auto before_download = download_script;
+    download_script = [before_download,
+                       hang](const RunDownload& d) -> std::optional<download::DownloadResult> {
+      if (hang())
+        return std::nullopt;
+      return before_download(d);
+    };
+  }
+
+  /// Downloads run until the test finishes them (finish_download).
+  void hold_downloads() {
+    download_script = [](const RunDownload&) { return std::optional<download::DownloadResult>(); };
+  }
+
+  /// Steps of this kind answer `result`; the other steps run as scripted before.
+  void answer_at(plugin::Step step, plugin::StepResult result) {
+    auto before = script;
+    script = [before, step, result](const RunStep& r) -> std::optional<plugin::StepResult> {
+      if (r.step == step)
+        return result;
+      return before(r);
+    };
+  }
+
+  /// Runs `effect` when a step of this kind starts, then the step as scripted before.
+  void before_step(plugin::Step step, std::function<void(const RunStep&)> effect) {
+    auto before = script;
+    script = [before, step, effect](const RunStep& r) {
+      if (r.step == step)
+        effect(r);
+      return before(r);
+    };
+  }
+
+  /// How many times a step of this kind was started.
+  int runs_of(plugin::Step step) const {
+    return static_cast<int>(std::count_if(steps_run.begin(), steps_run.end(),
+                                          [&](const RunStep& r) { return r.step == step; }));
   }
 
   /// The device reboots during the restart step: a new daemon on the new version.
