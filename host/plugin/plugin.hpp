@@ -20,28 +20,9 @@
 #include "common/error.hpp"
 #include "common/stop_signal.hpp"
 #include "plugin/key_value_store.hpp"
+#include "plugin/types.hpp"
 
 namespace upparat::plugin {
-
-/// The steps (upparat/step.hpp): one vocabulary for the daemon and the plugins.
-using ::upparat::Step;
-
-enum class Outcome { Ok, RetryLater, Failed, NotSupported };
-
-struct StepResult {
-  Outcome outcome = Outcome::Failed;
-  /// What the plugin wrote (at most 4095 bytes). For Ok as written, without leading and
-  /// trailing whitespace (the version step's installed version). For any other outcome the
-  /// reason, passed through sanitize_status_detail(): safe to report to the cloud.
-  std::string text;
-  /// For RetryLater: the plugin's own delay, when it gave one (0..86400 s: a longer one is cut
-  /// to 86400 s; a negative one is none, so the configured retry_interval applies).
-  std::optional<std::chrono::seconds> retry_after;
-};
-
-/// Capability bits (UPPARAT_CAP_*), mirrored so callers need not include the C header.
-inline constexpr std::uint64_t kCapInstallFromUrl = 1u << 0;
-inline constexpr std::uint64_t kCapInstallNotInterruptible = 1u << 1;
 
 /// The plugin ABI this daemon speaks (UPPARAT_ABI_MAJOR / UPPARAT_ABI_MINOR).
 extern const std::uint16_t kHostAbiMajor;
@@ -62,22 +43,6 @@ struct PluginInfo {
   std::uint64_t capabilities = 0;
   /// Which steps the function table provides (non-null pointers), in Step order.
   PerStep<bool> provides{};
-};
-
-/// What a step works on.
-struct JobContext {
-  std::string job_id;
-  std::int64_t execution_number = 0;
-  std::string version;
-  std::string meta;
-  std::string url;
-  std::optional<std::string> sha256;
-  std::optional<std::int64_t> size;
-  std::string document_json;
-  std::optional<std::filesystem::path> file_path;
-  bool force = false;
-  std::int64_t seconds_since_first = 0;
-  std::int32_t retry_count = 0;
 };
 
 /// Services for one step call. They are used only while run() runs, possibly from threads of

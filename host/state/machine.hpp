@@ -60,7 +60,8 @@
 #include <vector>
 
 #include "download/types.hpp"
-#include "plugin/plugin.hpp"
+#include "plugin/key_value_store.hpp"
+#include "plugin/types.hpp"
 #include "state/state_store.hpp"
 
 namespace upparat::state {

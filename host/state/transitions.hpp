@@ -5,7 +5,7 @@
 
 #include <optional>
 
-#include "plugin/plugin.hpp"
+#include "plugin/types.hpp"
 #include "state/machine.hpp"
 #include "state/state_store.hpp"
 

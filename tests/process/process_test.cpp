@@ -1,4 +1,4 @@
-// Unit tests of host/process: real child processes (/bin/sh and coreutils), no mocks.
+// Unit tests of plugins/process: real child processes (/bin/sh and coreutils), no mocks.
 
 #include "process/process.hpp"
 
