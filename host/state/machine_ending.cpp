@@ -8,10 +8,6 @@
 namespace upparat::state {
 
 using namespace machine_detail;
-using plugin::Outcome;
-using std::chrono::duration_cast;
-using std::chrono::milliseconds;
-using std::chrono::seconds;
 
 // ---------------------------------------------------------------- ending
 

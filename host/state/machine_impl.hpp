@@ -35,7 +35,13 @@
 #include "state/transitions.hpp"
 
 namespace upparat::state {
+// The private namespace of the machine's parts: each machine*.cpp uses all of it.
 namespace machine_detail {
+
+using plugin::Outcome;
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
 
 // The statusDetails state of a failed step.
 inline const char* failed_state(plugin::Step step) {
