@@ -293,9 +293,8 @@ struct Daemon::Impl {
 
   void do_action(const state::RunStep& a) {
     plugin::LoadedPlugin* p = step_plugins[index(a.step)];
-    bool not_interruptible = a.step == plugin::Step::Install && p &&
-                             p->has_capability(plugin::kCapInstallNotInterruptible);
-    auto stop = add_work(a.work, not_interruptible, a.step == plugin::Step::Restart);
+    auto stop = add_work(a.work, a.stop_policy == state::StopPolicy::NotInterruptible,
+                         a.stop_policy == state::StopPolicy::RunsOnAtShutdown);
     spdlog::info("job {}: {} step{}", a.job.job_id, to_string(a.step),
                  a.job.retry_count > 0 ? " (retry " + std::to_string(a.job.retry_count) + ")"
                                        : std::string());

@@ -19,12 +19,13 @@
 //                          fresh StopSignal and services.store = action.store.get(); post
 //                          StepProgress for each progress callback, then StepFinished. A step
 //                          with no plugin configured finishes at once with NotSupported.
+//                          `stop_policy` says how StopWork and a shutdown may stop it.
 //      RunDownload      -> on the worker thread, Downloader::run(request, resume, stop, ...)
 //                          posting DownloadProgress / DownloadResumeState, then DownloadFinished.
-//      StopWork         -> raise the StopSignal of the work with that id (if still running).
-//                          INSTALL_NOT_INTERRUPTIBLE: do not raise it for such an install; the
-//                          machine simply waits for its StepFinished (set
-//                          MachineSettings::install_not_interruptible from the capability).
+//      StopWork         -> raise the StopSignal of the work with that id (if still running),
+//                          unless its stop_policy is NotInterruptible: the machine then simply
+//                          waits for its StepFinished (set MachineSettings::
+//                          install_not_interruptible from the install plugin's capability).
 //                          The machine never starts new work before the stopped work's
 //                          *Finished event arrived, so one worker thread is enough. Work that
 //                          has not returned MachineSettings::stop_grace after its StopWork is
@@ -46,7 +47,8 @@
 //                          manager then starts a clean daemon, which resends the saved result.
 //  - Every *Finished / *Progress event echoes the `work` id of its action; the machine ignores
 //    events of work it no longer waits for.
-//  - On SIGTERM/SIGINT post ShutdownRequested{}. During `restart` the machine stops nothing
+//  - On SIGTERM/SIGINT post ShutdownRequested{}, and stop the running work unless its
+//    stop_policy says otherwise. During `restart` (RunsOnAtShutdown) the machine stops nothing
 //    and reports nothing (SIGTERM then means the reboot is under way).
 
 #include <array>
@@ -199,12 +201,22 @@ struct Publish {
   std::string payload;
   int qos = 1;
 };
+/// How the runtime may stop a step, chosen by the machine.
+enum class StopPolicy {
+  Interruptible,     ///< StopWork and a shutdown raise its stop signal
+  NotInterruptible,  ///< an INSTALL_NOT_INTERRUPTIBLE install: never stopped; a shutdown
+                     ///< waits for it (within the unit's stop timeout)
+  RunsOnAtShutdown,  ///< restart: StopWork stops it, but a shutdown means the reboot is
+                     ///< under way, so it is left alone
+};
+
 struct RunStep {
   std::uint64_t work = 0;
   plugin::Step step = plugin::Step::Version;
   plugin::JobContext job;
   /// The job's key/value store; pass it as StepServices::store. Thread-safe.
   std::shared_ptr<plugin::KeyValueStore> store;
+  StopPolicy stop_policy = StopPolicy::Interruptible;
 };
 struct RunDownload {
   std::uint64_t work = 0;

@@ -55,7 +55,12 @@ void Machine::Impl::run_step() {
   attempt_starts();
   Work w{next_id++, false, step};
   work = w;
-  out.push_back(RunStep{w.id, step, context(), job->kv});
+  StopPolicy policy = StopPolicy::Interruptible;
+  if (step == Step::Install && s.install_not_interruptible)
+    policy = StopPolicy::NotInterruptible;
+  else if (step == Step::Restart)
+    policy = StopPolicy::RunsOnAtShutdown;
+  out.push_back(RunStep{w.id, step, context(), job->kv, policy});
 }
 
 void Machine::Impl::on_step_finished(const StepFinished& f) {

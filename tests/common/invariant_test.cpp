@@ -1,6 +1,7 @@
 #include "common/invariant.hpp"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/stdout_sinks.h>
 
 namespace upparat {
 namespace {
@@ -15,6 +16,8 @@ TEST(Invariant, BrokenIsABug) {
 #ifdef NDEBUG
   EXPECT_FALSE(UPPARAT_CHECK(1 + 1 == 3, "arithmetic"));
 #else
+  // The daemon logs to stderr, where a death test looks for the message.
+  spdlog::set_default_logger(spdlog::stderr_logger_st("invariant_test"));
   EXPECT_DEATH((void)UPPARAT_CHECK(1 + 1 == 3, "arithmetic"), "this is a bug: arithmetic");
 #endif
 }

@@ -1270,6 +1270,26 @@ void PrintTo(const LateResult& c, std::ostream* os) {
   *os << c.name;
 }
 
+// The machine chooses how the runtime may stop each step; the runtime does not re-derive it.
+TEST(Machine, EachStepCarriesItsStopPolicy) {
+  for (bool not_interruptible : {false, true}) {
+    MachineSettings s;
+    s.install_not_interruptible = not_interruptible;
+    World w(s);
+    w.use(hooks_with([](Hooks& h) { h.restart = Hooks::Restart::Returns; }));
+    w.cloud.add(queued("upparat_1"));
+    w.connect();
+    ASSERT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
+    for (const RunStep& r : w.steps_run) {
+      const StopPolicy expected = r.step == Step::Install && not_interruptible
+                                      ? StopPolicy::NotInterruptible
+                                  : r.step == Step::Restart ? StopPolicy::RunsOnAtShutdown
+                                                            : StopPolicy::Interruptible;
+      EXPECT_EQ(r.stop_policy, expected) << to_string(r.step) << " " << not_interruptible;
+    }
+  }
+}
+
 class NotInterruptibleInstallPastItsDeadline : public ::testing::TestWithParam<LateResult> {};
 
 TEST_P(NotInterruptibleInstallPastItsDeadline, GetsNoFailedBeforeItReturns) {
