@@ -43,9 +43,10 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S "$here" -B "$build" "${generator[@]}" -DUPPARAT_BUILD_TESTS=OFF >/dev/null
 fi
 cmake --build "$build" --target upparat upparat-script upparat-plugin-check upparat-jobs-emulator -j"$(nproc)"
-upparat="$(find "$build" -type f -name upparat -perm -u+x | head -n1)"
-plugin="$(find "$build" -type f -name upparat-script.so | head -n1)"
-emulator="$(find "$build" -type f -name upparat-jobs-emulator -perm -u+x | head -n1)"
+# This build's own outputs (the test builds of scripts/test.sh may live below $build too).
+upparat="$build/host/daemon/upparat"
+plugin="$build/plugins/script/upparat-script.so"
+emulator="$build/sdk/emulator/upparat-jobs-emulator"
 [ -x "$upparat" ] && [ -f "$plugin" ] && [ -x "$emulator" ] || die "build outputs not found in $build"
 
 # ---- 3. everything below is stopped by cleanup -----------------------------------------------
