@@ -36,8 +36,9 @@ using Clock = std::chrono::steady_clock;
 
 Args parse(int argc, char** argv, int first) {
   Args args;
-  for (int i = first; i + 1 < argc; i += 2)
+  for (int i = first; i + 1 < argc; i += 2) {
     args[argv[i]] = argv[i + 1];
+  }
   return args;
 }
 
@@ -74,13 +75,15 @@ int fetch(const Args& args) {
   Request request;
   request.job_id = get(args, "--job", "upparat_bench");
   request.url = get(args, "--url");
-  if (!get(args, "--sha256").empty())
+  if (!get(args, "--sha256").empty()) {
     request.sha256 = get(args, "--sha256");
+  }
   const auto state_path = get(args, "--state");
   const int kill_at = std::stoi(get(args, "--kill-at-percent", "0"));
   // To stop at the given share, see every step of the progress (the default is 200 ms).
-  if (kill_at > 0)
+  if (kill_at > 0) {
     settings.progress_interval = std::chrono::milliseconds(0);
+  }
   ResumeState resume;
   if (!state_path.empty()) {
     std::ifstream in(state_path);
@@ -137,11 +140,13 @@ Measure run_measured(const std::vector<std::string>& argv) {
   const pid_t pid = ::fork();
   if (pid == 0) {
     const int devnull = ::open("/dev/null", O_WRONLY);
-    if (devnull >= 0)
+    if (devnull >= 0) {
       ::dup2(devnull, 1);
+    }
     std::vector<char*> cargv;
-    for (const auto& a : argv)
+    for (const auto& a : argv) {
       cargv.push_back(const_cast<char*>(a.c_str()));
+    }
     cargv.push_back(nullptr);
     ::execvp(cargv[0], cargv.data());
     _exit(127);
@@ -176,8 +181,9 @@ int compare(const Args& args, const std::string& self) {
   auto curl_cmd = [&](const std::string& u) {
     std::string script =
         "curl -sS -o '" + curl_file + "' '" + u + "' && sync -f '" + curl_file + "'";
-    if (!sha.empty())
+    if (!sha.empty()) {
       script += " && sha256sum '" + curl_file + "' >/dev/null";
+    }
     return std::vector<std::string>{"sh", "-c", script};
   };
   auto ours_cmd = [&](const std::string& u) {
@@ -272,8 +278,9 @@ int main(int argc, char** argv) {
   if (mode == "compare") {
     char self[4096];
     const auto n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0)
+    if (n <= 0) {
       return 1;
+    }
     self[n] = '\0';
     return compare(args, self);
   }

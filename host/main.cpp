@@ -81,13 +81,15 @@ int main(int argc, char** argv) {
       check_only = true;
     } else if (arg == "-c" || arg == "--config") {
       auto v = value("-c");
-      if (!v)
+      if (!v) {
         return upparat::daemon::kExitUsage;
+      }
       config_path = *v;
     } else if (arg == "-t" || arg == "--thing-name") {
       auto v = value("-t");
-      if (!v)
+      if (!v) {
         return upparat::daemon::kExitUsage;
+      }
       overrides.thing_name = *v;
     } else {
       std::fprintf(stderr, "upparat: unknown argument '%s' (see --help)\n", arg.c_str());
@@ -101,10 +103,12 @@ int main(int argc, char** argv) {
     spdlog::error("{}", config.error().message());
     return upparat::daemon::kExitConfig;
   }
-  if (!verbose)
+  if (!verbose) {
     spdlog::set_level(spdlog::level::from_str(config->service.log_level));
-  for (const auto& warning : config->warnings)
+  }
+  for (const auto& warning : config->warnings) {
     spdlog::warn("{}: {}", config->file.string(), warning);
+  }
 
   if (check_only) {
     if (auto ok = upparat::daemon::check_folders(*config, ::geteuid()); !ok) {

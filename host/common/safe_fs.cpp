@@ -38,11 +38,13 @@ int open_retrying(int directory, const char* name, int flags, mode_t mode = 0) {
 
 // The folders walked so far, for messages: {"tmp", "upparat"} is "/tmp/upparat".
 std::string shown(const std::vector<std::string>& names) {
-  if (names.empty())
+  if (names.empty()) {
     return "/";
+  }
   std::string out;
-  for (const auto& name : names)
+  for (const auto& name : names) {
     out += "/" + name;
+  }
   return out;
 }
 
@@ -55,8 +57,9 @@ void push_components(const std::string& path, std::vector<std::string>& todo) {
     const auto slash = path.find('/', start);
     const auto end = slash == std::string::npos ? path.size() : slash;
     std::string part = path.substr(start, end - start);
-    if (!part.empty() && part != ".")
+    if (!part.empty() && part != ".") {
       parts.push_back(std::move(part));
+    }
     start = end + 1;
   }
   todo.insert(todo.end(), parts.rbegin(), parts.rend());
@@ -74,10 +77,12 @@ Status check_owner(const struct stat& st, const std::string& where, uid_t uid) {
 
 // The rule for every folder on the way (`last` = the folder asked for).
 Status check_folder(const struct stat& st, const std::string& where, uid_t uid, bool last) {
-  if (!S_ISDIR(st.st_mode))
+  if (!S_ISDIR(st.st_mode)) {
     return fail(where + " is not a folder");
-  if (auto ok = check_owner(st, where, uid); !ok)
+  }
+  if (auto ok = check_owner(st, where, uid); !ok) {
     return ok;
+  }
   const bool shared = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
   const bool sticky_root = (st.st_mode & S_ISVTX) != 0 && st.st_uid == 0;
   if (shared && (last || !sticky_root)) {
@@ -91,16 +96,18 @@ Status check_folder(const struct stat& st, const std::string& where, uid_t uid, 
 }  // namespace
 
 void UniqueFd::reset(int fd) {
-  if (fd_ >= 0)
+  if (fd_ >= 0) {
     ::close(fd_);
+  }
   fd_ = fd;
 }
 
 Result<UniqueFd> open_owned_directory(const fs::path& path, const OwnedDirectoryOptions& options) {
   std::error_code ec;
   const fs::path absolute = fs::absolute(path, ec);
-  if (ec)
+  if (ec) {
     return fail("cannot make " + path.string() + " absolute: " + ec.message());
+  }
 
   // stack[i] is the folder names[0..i) ("/" first); todo holds what is left, next at the back.
   std::vector<UniqueFd> stack;
@@ -113,15 +120,18 @@ Result<UniqueFd> open_owned_directory(const fs::path& path, const OwnedDirectory
     names.clear();
     UniqueFd root(open_retrying(AT_FDCWD, "/", O_PATH | O_DIRECTORY));
     struct stat st {};
-    if (!root.valid() || ::fstat(root.get(), &st) != 0)
+    if (!root.valid() || ::fstat(root.get(), &st) != 0) {
       return fail("cannot open /: " + errno_text(errno));
-    if (auto ok = check_folder(st, "/", options.uid, false); !ok)
+    }
+    if (auto ok = check_folder(st, "/", options.uid, false); !ok) {
       return ok;
+    }
     stack.push_back(std::move(root));
     return {};
   };
-  if (auto ok = open_root(); !ok)
+  if (auto ok = open_root(); !ok) {
     return fail(ok.error());
+  }
 
   int links = 0;
   int creations = 0;
@@ -142,21 +152,27 @@ Result<UniqueFd> open_owned_directory(const fs::path& path, const OwnedDirectory
     struct stat st {};
     if (::fstatat(parent, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       const int error = errno;
-      if (error != ENOENT)
+      if (error != ENOENT) {
         return fail("cannot look at " + where + ": " + errno_text(error));
-      if (options.missing == Missing::Ignore)
+      }
+      if (options.missing == Missing::Ignore) {
         return UniqueFd();
-      if (options.missing == Missing::Fail)
+      }
+      if (options.missing == Missing::Fail) {
         return fail(where + " does not exist");
-      if (++creations > 100)
+      }
+      if (++creations > 100) {
         return fail(where + " keeps disappearing while it is created");
+      }
       if (::mkdirat(parent, name.c_str(), options.mode & 07777) == 0) {
         // Only a folder made here gets the mode (mkdir applied the umask) and the group.
         UniqueFd created(open_retrying(parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW));
-        if (!created.valid())
+        if (!created.valid()) {
           return fail("cannot open the folder " + where + ": " + errno_text(errno));
-        if (::fchmod(created.get(), options.mode & 07777) != 0)
+        }
+        if (::fchmod(created.get(), options.mode & 07777) != 0) {
           return fail("cannot chmod " + where + ": " + errno_text(errno));
+        }
         if (options.group && ::fchown(created.get(), static_cast<uid_t>(-1), *options.group) != 0) {
           return fail("cannot give " + where + " to group " + std::to_string(*options.group) +
                       ": " + errno_text(errno));
@@ -177,31 +193,38 @@ Result<UniqueFd> open_owned_directory(const fs::path& path, const OwnedDirectory
                     ", not by root or the daemon's user (uid " + std::to_string(options.uid) +
                     "): not following it; remove it or configure the real folder");
       }
-      if (++links > kMaxLinks)
+      if (++links > kMaxLinks) {
         return fail(where + ": too many symbolic links");
+      }
       std::string target(4096, '\0');
       const auto length = ::readlinkat(parent, name.c_str(), target.data(), target.size());
-      if (length <= 0 || static_cast<std::size_t>(length) >= target.size())
+      if (length <= 0 || static_cast<std::size_t>(length) >= target.size()) {
         return fail("cannot read the symbolic link " + where);
+      }
       target.resize(static_cast<std::size_t>(length));
       names.pop_back();
       push_components(target, todo);
       if (target.front() == '/') {
-        if (auto ok = open_root(); !ok)
+        if (auto ok = open_root(); !ok) {
           return fail(ok.error());
+        }
       }
       continue;
     }
-    if (!S_ISDIR(st.st_mode))
+    if (!S_ISDIR(st.st_mode)) {
       return fail(where + " is not a folder");
+    }
     UniqueFd next(open_retrying(parent, name.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW));
-    if (!next.valid())
+    if (!next.valid()) {
       return fail("cannot open the folder " + where + ": " + errno_text(errno));
+    }
     // The check is on what was opened: a folder swapped in after fstatat() is checked itself.
-    if (::fstat(next.get(), &st) != 0)
+    if (::fstat(next.get(), &st) != 0) {
       return fail("cannot look at " + where + ": " + errno_text(errno));
-    if (auto ok = check_folder(st, where, options.uid, false); !ok)
+    }
+    if (auto ok = check_folder(st, where, options.uid, false); !ok) {
       return fail(ok.error());
+    }
     stack.push_back(std::move(next));
   }
 
@@ -209,10 +232,12 @@ Result<UniqueFd> open_owned_directory(const fs::path& path, const OwnedDirectory
   const std::string where = shown(names);
   UniqueFd result(open_retrying(stack.back().get(), ".", O_RDONLY | O_DIRECTORY));
   struct stat st {};
-  if (!result.valid() || ::fstat(result.get(), &st) != 0)
+  if (!result.valid() || ::fstat(result.get(), &st) != 0) {
     return fail("cannot open the folder " + where + ": " + errno_text(errno));
-  if (auto ok = check_folder(st, where, options.uid, true); !ok)
+  }
+  if (auto ok = check_folder(st, where, options.uid, true); !ok) {
     return fail(ok.error());
+  }
   return result;
 }
 
@@ -221,15 +246,17 @@ Status check_owned_directory(const fs::path& path, uid_t uid) {
   options.uid = uid;
   options.missing = Missing::Ignore;
   auto fd = open_owned_directory(path, options);
-  if (!fd)
+  if (!fd) {
     return fail(fd.error());
+  }
   return {};
 }
 
 Result<UniqueFd> open_file_in(int directory, const fs::path& path, int flags, mode_t mode) {
   const std::string name = path.filename().string();
-  if (name.empty() || name == "." || name == "..")
+  if (name.empty() || name == "." || name == "..") {
     return fail(path.string() + ": not a file name");
+  }
   // O_NONBLOCK: opening a FIFO planted there must not block; cleared below.
   UniqueFd fd(open_retrying(directory, name.c_str(),
                             (flags & ~O_TRUNC) | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, mode));
@@ -242,19 +269,23 @@ Result<UniqueFd> open_file_in(int directory, const fs::path& path, int flags, mo
     return fail(path.string() + ": " + errno_text(error));
   }
   struct stat st {};
-  if (::fstat(fd.get(), &st) != 0)
+  if (::fstat(fd.get(), &st) != 0) {
     return fail(path.string() + ": " + errno_text(errno));
-  if (!S_ISREG(st.st_mode))
+  }
+  if (!S_ISREG(st.st_mode)) {
     return fail(path.string() + " is not a regular file: remove it");
+  }
   if (st.st_nlink > 1) {
     return fail(path.string() + " has " + std::to_string(st.st_nlink) +
                 " hard links, so it may be another file of the system: remove it");
   }
   const int status = ::fcntl(fd.get(), F_GETFL);
-  if (status < 0 || ::fcntl(fd.get(), F_SETFL, status & ~O_NONBLOCK) != 0)
+  if (status < 0 || ::fcntl(fd.get(), F_SETFL, status & ~O_NONBLOCK) != 0) {
     return fail(path.string() + ": " + errno_text(errno));
-  if ((flags & O_TRUNC) != 0 && ::ftruncate(fd.get(), 0) != 0)
+  }
+  if ((flags & O_TRUNC) != 0 && ::ftruncate(fd.get(), 0) != 0) {
     return fail(path.string() + ": truncate: " + errno_text(errno));
+  }
   return fd;
 }
 
@@ -262,12 +293,14 @@ Status write_all(int fd, const char* data, std::size_t size) {
   while (size > 0) {
     const auto written = ::write(fd, data, size);
     if (written < 0) {
-      if (errno == EINTR)
+      if (errno == EINTR) {
         continue;
+      }
       return fail(errno_text(errno));
     }
-    if (written == 0)
+    if (written == 0) {
       return fail("no progress");
+    }
     data += written;
     size -= static_cast<std::size_t>(written);
   }
@@ -275,14 +308,16 @@ Status write_all(int fd, const char* data, std::size_t size) {
 }
 
 Status rename_in(int directory, const fs::path& from, const fs::path& to) {
-  if (::renameat(directory, from.filename().c_str(), directory, to.filename().c_str()) != 0)
+  if (::renameat(directory, from.filename().c_str(), directory, to.filename().c_str()) != 0) {
     return fail("cannot rename " + from.string() + " to " + to.string() + ": " + errno_text(errno));
+  }
   return {};
 }
 
 Status remove_in(int directory, const fs::path& path) {
-  if (::unlinkat(directory, path.filename().c_str(), 0) != 0 && errno != ENOENT)
+  if (::unlinkat(directory, path.filename().c_str(), 0) != 0 && errno != ENOENT) {
     return fail("cannot remove " + path.string() + ": " + errno_text(errno));
+  }
   return {};
 }
 

@@ -24,8 +24,9 @@ class UniqueFd {
   explicit UniqueFd(int fd) : fd_(fd) {}
   UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
   UniqueFd& operator=(UniqueFd&& other) noexcept {
-    if (this != &other)
+    if (this != &other) {
       reset(std::exchange(other.fd_, -1));
+    }
     return *this;
   }
   UniqueFd(const UniqueFd&) = delete;

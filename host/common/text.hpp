@@ -37,8 +37,9 @@ inline constexpr std::string_view kWhitespace = " \t\n\v\f\r";
 /// `text` with every letter in lower case (std::tolower, byte by byte).
 [[nodiscard]] inline std::string lower(std::string_view text) {
   std::string out(text);
-  for (auto& c : out)
+  for (auto& c : out) {
     c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
   return out;
 }
 

@@ -22,8 +22,9 @@ namespace fs = std::filesystem;
 namespace {
 
 bool valid_thing_name(const std::string& name) {
-  if (name.empty() || name.size() > 128)
+  if (name.empty() || name.size() > 128) {
     return false;
+  }
   return std::all_of(name.begin(), name.end(), [](unsigned char c) {
     return std::isalnum(c) || c == ':' || c == '_' || c == '-';
   });
@@ -31,8 +32,9 @@ bool valid_thing_name(const std::string& name) {
 
 std::string host_name() {
   char buffer[256] = {};
-  if (::gethostname(buffer, sizeof(buffer) - 1) != 0)
+  if (::gethostname(buffer, sizeof(buffer) - 1) != 0) {
     return {};
+  }
   return buffer;
 }
 
@@ -40,86 +42,109 @@ std::string host_name() {
 Status check_readable(const fs::path& path) {
   std::error_code ec;
   auto status = fs::status(path, ec);
-  if (ec || !fs::exists(status))
+  if (ec || !fs::exists(status)) {
     return fail("no such file: " + path.string());
-  if (!fs::is_regular_file(status))
+  }
+  if (!fs::is_regular_file(status)) {
     return fail("not a regular file: " + path.string());
-  if (::access(path.c_str(), R_OK) != 0)
+  }
+  if (::access(path.c_str(), R_OK) != 0) {
     return fail("cannot read " + path.string() + ": " + std::strerror(errno));
+  }
   return {};
 }
 
 }  // namespace
 
 fs::path detail::resolve(const fs::path& base_file, const fs::path& path) {
-  if (path.empty() || path.is_absolute())
+  if (path.empty() || path.is_absolute()) {
     return path;
+  }
   return (base_file.has_parent_path() ? base_file.parent_path() : fs::path(".")) / path;
 }
 
 Status detail::finalize(Config& config, const Overrides& overrides) {
   const std::string file = config.file.string();
   auto& broker = config.broker;
-  if (overrides.thing_name)
+  if (overrides.thing_name) {
     broker.thing_name = *overrides.thing_name;
-  if (broker.thing_name.empty())
+  }
+  if (broker.thing_name.empty()) {
     broker.thing_name = host_name();
-  if (!valid_thing_name(broker.thing_name))
+  }
+  if (!valid_thing_name(broker.thing_name)) {
     return fail(file + ": [broker] thing_name: expected 1-128 characters of [a-zA-Z0-9:_-], got '" +
                 broker.thing_name + "'" +
                 (overrides.thing_name ? " (from -t)" : " (set thing_name or use -t)"));
-  if (broker.client_id.empty())
+  }
+  if (broker.client_id.empty()) {
     broker.client_id = broker.thing_name;
-  if (broker.client_id.size() > 128)
+  }
+  if (broker.client_id.size() > 128) {
     return fail(file + ": [broker] client_id: expected at most 128 bytes");
-  if (broker.host.empty())
+  }
+  if (broker.host.empty()) {
     return fail(file + ": [broker] host: expected the broker's host name (missing)");
+  }
 
   if (!broker.plain_tcp) {
-    if (broker.certfile.empty() || broker.keyfile.empty())
+    if (broker.certfile.empty() || broker.keyfile.empty()) {
       return fail(file + ": [broker] " + (broker.certfile.empty() ? "certfile" : "keyfile") +
                   ": expected the device's certificate and key for TLS (or plain_tcp = true for "
                   "a local broker)");
+    }
     for (auto [key, path] : {std::pair<const char*, fs::path*>{"cafile", &broker.cafile},
                              {"certfile", &broker.certfile},
                              {"keyfile", &broker.keyfile}}) {
-      if (path->empty())
+      if (path->empty()) {
         continue;
-      if (auto ok = check_readable(*path); !ok)
+      }
+      if (auto ok = check_readable(*path); !ok) {
         return fail(file + ": [broker] " + key + ": expected a readable file, " +
                     ok.error().message());
+      }
     }
   }
 
-  if (config.download.directory.empty())
+  if (config.download.directory.empty()) {
     config.download.directory = config.service.state_directory / "downloads";
-  if (!config.download.ca_file.empty())
-    if (auto ok = check_readable(config.download.ca_file); !ok)
+  }
+  if (!config.download.ca_file.empty()) {
+    if (auto ok = check_readable(config.download.ca_file); !ok) {
       return fail(file + ": [download] ca_file: expected a readable file, " + ok.error().message());
+    }
+  }
 
   // Without [steps], a single plugin serves every step.
-  if (config.steps.empty() && config.plugins.size() == 1)
-    for (Step step : kSteps)
+  if (config.steps.empty() && config.plugins.size() == 1) {
+    for (Step step : kSteps) {
       config.steps[std::string(to_string(step))] = config.plugins.begin()->first;
-  for (const auto& [step, plugin] : config.steps)
-    if (!config.plugins.count(plugin))
+    }
+  }
+  for (const auto& [step, plugin] : config.steps) {
+    if (!config.plugins.count(plugin)) {
       return fail(file + ": [steps] " + step +
                   ": expected the name of a [plugins.NAME] table, got '" + plugin + "'");
+    }
+  }
   for (auto& [name, plugin] : config.plugins) {
-    if (auto ok = check_readable(plugin.path); !ok)
+    if (auto ok = check_readable(plugin.path); !ok) {
       return fail(file + ": [plugins." + name + "] path: expected a plugin shared object, " +
                   ok.error().message());
+    }
     bool used = std::any_of(config.steps.begin(), config.steps.end(),
                             [&, n = name](const auto& s) { return s.second == n; });
-    if (!used)
+    if (!used) {
       config.warnings.push_back("[plugins." + name + "] is not used by any step in [steps]");
+    }
   }
   return {};
 }
 
 fs::path plugin_directory() {
-  if (const char* dir = std::getenv("UPPARAT_PLUGIN_DIR"); dir && *dir)
+  if (const char* dir = std::getenv("UPPARAT_PLUGIN_DIR"); dir && *dir) {
     return dir;
+  }
   return UPPARAT_DEFAULT_PLUGIN_DIR;
 }
 
@@ -127,17 +152,20 @@ Result<Config> load(const fs::path& file, const Overrides& overrides) {
   std::ifstream in(file, std::ios::binary);
   if (!in) {
     std::error_code ec;
-    if (!fs::exists(file, ec))
+    if (!fs::exists(file, ec)) {
       return fail(file.string() + ": no such configuration file");
+    }
     return fail(file.string() + ": cannot read: " + std::strerror(errno));
   }
   std::ostringstream buffer;
   buffer << in.rdbuf();
   std::string text = buffer.str();
-  if (text.size() > 1024 * 1024)
+  if (text.size() > 1024 * 1024) {
     return fail(file.string() + ": expected a configuration file below 1 MiB");
-  if (file.extension() == ".ini")
+  }
+  if (file.extension() == ".ini") {
     return parse_ini(text, file, overrides);
+  }
   return parse_toml(text, file, overrides);
 }
 

@@ -25,13 +25,15 @@ inline const std::set<std::string> kLogLevels = {"trace", "debug",    "info", "w
 
 template <class T>
 void set_if(T& target, const std::optional<T>& value) {
-  if (value)
+  if (value) {
     target = *value;
+  }
 }
 
 inline void set_seconds(std::chrono::seconds& target, const std::optional<std::int64_t>& value) {
-  if (value)
+  if (value) {
     target = std::chrono::seconds(*value);
+  }
 }
 
 /// `path` relative to the folder of `base_file` (absolute and empty paths as they are).

@@ -52,18 +52,21 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     Section s(file, "service", *t);
     UPPARAT_TRY(level, s.string("log_level"));
     if (*level) {
-      if (!kLogLevels.count(**level))
+      if (!kLogLevels.count(**level)) {
         return fail(s.error("log_level",
                             "expected one of trace, debug, info, warn, error, "
                             "critical, off, got '" +
                                 **level + "'"));
+      }
       config.service.log_level = **level;
     }
     UPPARAT_TRY(dir, s.string("state_directory"));
-    if (*dir)
+    if (*dir) {
       config.service.state_directory = resolve(file, **dir);
-    if (auto ok = s.finish(); !ok)
+    }
+    if (auto ok = s.finish(); !ok) {
       return fail(ok.error());
+    }
   }
   // [broker]
   {
@@ -73,8 +76,9 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     UPPARAT_TRY(host, s.string("host"));
     set_if(b.host, *host);
     UPPARAT_TRY(port, s.integer("port", 1, 65535));
-    if (*port)
+    if (*port) {
       b.port = static_cast<std::uint16_t>(**port);
+    }
     UPPARAT_TRY(thing, s.string("thing_name"));
     set_if(b.thing_name, *thing);
     UPPARAT_TRY(client, s.string("client_id"));
@@ -83,8 +87,9 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
                                {"certfile", &b.certfile},
                                {"keyfile", &b.keyfile}}) {
       UPPARAT_TRY(v, s.string(key));
-      if (*v)
+      if (*v) {
         *target = resolve(file, **v);
+      }
     }
     UPPARAT_TRY(alpn, s.boolean("alpn"));
     b.alpn = alpn->value_or(b.port == 443);
@@ -96,16 +101,21 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     set_seconds(b.reconnect_min, *rmin);
     UPPARAT_TRY(rmax, s.integer("reconnect_max", 1, 3600));
     set_seconds(b.reconnect_max, *rmax);
-    if (b.reconnect_max < b.reconnect_min)
+    if (b.reconnect_max < b.reconnect_min) {
       return fail(s.error("reconnect_max", "expected a value not below reconnect_min"));
-    if (b.plain_tcp && b.alpn && alpn->has_value())
+    }
+    if (b.plain_tcp && b.alpn && alpn->has_value()) {
       return fail(s.error("alpn", "expected false with plain_tcp = true (ALPN needs TLS)"));
-    if (b.plain_tcp)
+    }
+    if (b.plain_tcp) {
       b.alpn = false;
-    if (!*t)
+    }
+    if (!*t) {
       return fail(file.string() + ": [broker]: expected a [broker] table with at least host");
-    if (auto ok = s.finish(); !ok)
+    }
+    if (auto ok = s.finish(); !ok) {
       return fail(ok.error());
+    }
   }
   // [jobs]
   {
@@ -114,16 +124,18 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     auto& j = config.jobs;
     UPPARAT_TRY(prefix, s.string("prefix", true));
     if (*prefix) {
-      if (!valid_prefix(**prefix))
+      if (!valid_prefix(**prefix)) {
         return fail(s.error(
             "prefix", "expected up to 63 characters of [a-zA-Z0-9_-], got '" + **prefix + "'"));
+      }
       j.prefix = **prefix;
     }
     UPPARAT_TRY(interval, s.integer("progress_interval", 0, 86400));
     set_seconds(j.progress_interval, *interval);
     UPPARAT_TRY(percent, s.integer("progress_percent", 0, 100));
-    if (*percent)
+    if (*percent) {
       j.progress_percent = static_cast<int>(**percent);
+    }
     UPPARAT_TRY(margin, s.integer("step_timeout_margin", 0, 86400));
     set_seconds(j.step_timeout_margin, *margin);
     UPPARAT_TRY(update_timeout, s.integer("update_timeout", 1, 3600));
@@ -131,8 +143,9 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     UPPARAT_TRY(poll_interval, s.integer("poll_interval", 0, 7 * 86400));
     set_seconds(j.poll_interval, *poll_interval);
     UPPARAT_TRY(refusals, s.integer("max_url_refusals", 1, 1000));
-    if (*refusals)
+    if (*refusals) {
       j.max_url_refusals = static_cast<int>(**refusals);
+    }
     UPPARAT_TRY(grace, s.integer("stop_grace", 1, 3600));
     set_seconds(j.stop_grace, *grace);
     UPPARAT_TRY(deadlines, s.table("deadlines"));
@@ -142,10 +155,12 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
       UPPARAT_TRY(v, d.integer(std::string(to_string(step)), 1, 7 * 86400 - 86400));
       set_seconds(j.deadlines[index(step)], *v);
     }
-    if (auto ok = d.finish(); !ok)
+    if (auto ok = d.finish(); !ok) {
       return fail(ok.error());
-    if (auto ok = s.finish(); !ok)
+    }
+    if (auto ok = s.finish(); !ok) {
       return fail(ok.error());
+    }
   }
   // [download]
   {
@@ -153,29 +168,34 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     Section s(file, "download", *t);
     auto& d = config.download;
     UPPARAT_TRY(dir, s.string("directory"));
-    if (*dir)
+    if (*dir) {
       d.directory = resolve(file, **dir);
+    }
     UPPARAT_TRY(ca, s.string("ca_file"));
-    if (*ca)
+    if (*ca) {
       d.ca_file = resolve(file, **ca);
+    }
     UPPARAT_TRY(proxy, s.string("proxy", true));
     set_if(d.proxy, *proxy);
     UPPARAT_TRY(http, s.boolean("allow_http"));
     set_if(d.allow_http, *http);
     UPPARAT_TRY(speed, s.integer("max_bytes_per_second", 0, INT64_MAX));
-    if (*speed)
+    if (*speed) {
       d.max_bytes_per_second = static_cast<std::uint64_t>(**speed);
+    }
     UPPARAT_TRY(reserve, s.integer("reserve_bytes", 0, INT64_MAX));
-    if (*reserve)
+    if (*reserve) {
       d.reserve_bytes = static_cast<std::uint64_t>(**reserve);
+    }
     UPPARAT_TRY(fsync, s.integer("fsync_interval", 1, 3600));
     set_seconds(d.fsync_interval, *fsync);
     UPPARAT_TRY(cap, s.integer("backoff_cap", 1, 3600));
     set_seconds(d.backoff_cap, *cap);
     UPPARAT_TRY(group, s.boolean("group_readable"));
     set_if(d.group_readable, *group);
-    if (auto ok = s.finish(); !ok)
+    if (auto ok = s.finish(); !ok) {
       return fail(ok.error());
+    }
   }
   // [retry]
   {
@@ -184,10 +204,12 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     UPPARAT_TRY(interval, s.integer("retry_interval", 0, 86400));
     set_seconds(config.retry.retry_interval, *interval);
     UPPARAT_TRY(max, s.integer("max_retries", 0, 100000));
-    if (*max)
+    if (*max) {
       config.retry.max_retries = static_cast<int>(**max);
-    if (auto ok = s.finish(); !ok)
+    }
+    if (auto ok = s.finish(); !ok) {
       return fail(ok.error());
+    }
   }
   // [plugins.NAME]
   {
@@ -195,19 +217,22 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     if (*t) {
       for (const auto& [name, value] : (*t)->as_table()) {
         std::string section = "plugins." + name;
-        if (!value.is_table())
+        if (!value.is_table()) {
           return fail(file.string() + ": [plugins] " + name + ": expected a table [" + section +
                       "] with a path, got " + type_name(value.type()));
+        }
         Plugin plugin;
         plugin.name = name;
         const auto& table = value.as_table();
         auto path = table.find("path");
-        if (path == table.end())
+        if (path == table.end()) {
           return fail(file.string() + ": [" + section +
                       "] path: expected the plugin's .so file (missing)");
-        if (!path->second.is_string() || path->second.as_string().str.empty())
+        }
+        if (!path->second.is_string() || path->second.as_string().str.empty()) {
           return fail(file.string() + ": [" + section +
                       "] path: expected a non-empty string, got " + type_name(path->second.type()));
+        }
         fs::path p = path->second.as_string().str;
         plugin.path = p.has_parent_path() ? resolve(file, p) : plugin_directory() / p;
         Section host_keys(file, section, &value);
@@ -215,14 +240,16 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
         plugin.stream = stream->value_or(false);
         for (const auto& [key, setting] : table) {
           // The daemon's own keys are not handed to the plugin.
-          if (key == "path" || key == "stream")
+          if (key == "path" || key == "stream") {
             continue;
-          if (setting.is_table())
+          }
+          if (setting.is_table()) {
             flatten(setting, key, plugin.settings);
-          else if (setting.is_array())
+          } else if (setting.is_array()) {
             plugin.settings[key] = to_json(setting);
-          else
+          } else {
             plugin.settings[key] = scalar_text(setting);
+          }
         }
         config.plugins[name] = std::move(plugin);
       }
@@ -235,16 +262,20 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     for (Step step : kSteps) {
       const std::string name(to_string(step));
       UPPARAT_TRY(plugin, s.string(name));
-      if (*plugin)
+      if (*plugin) {
         config.steps[name] = **plugin;
+      }
     }
-    if (auto ok = s.finish(); !ok)
+    if (auto ok = s.finish(); !ok) {
       return fail(ok.error());
+    }
   }
-  if (auto ok = top.finish(); !ok)
+  if (auto ok = top.finish(); !ok) {
     return fail(ok.error());
-  if (auto ok = finalize(config, overrides); !ok)
+  }
+  if (auto ok = finalize(config, overrides); !ok) {
     return fail(ok.error());
+  }
   return config;
 }
 }  // namespace upparat::config

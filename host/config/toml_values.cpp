@@ -24,14 +24,16 @@ void write_json(JsonWriter& writer, const toml::value& value) {
       break;
     case toml::value_t::array:
       writer.StartArray();
-      for (const auto& item : value.as_array())
+      for (const auto& item : value.as_array()) {
         write_json(writer, item);
+      }
       writer.EndArray();
       break;
     case toml::value_t::table: {
       std::map<std::string, const toml::value*> sorted;
-      for (const auto& [k, v] : value.as_table())
+      for (const auto& [k, v] : value.as_table()) {
         sorted[k] = &v;
+      }
       writer.StartObject();
       for (const auto& [k, v] : sorted) {
         write_string(writer, k);
@@ -48,10 +50,11 @@ void write_json(JsonWriter& writer, const toml::value& value) {
       break;
     case toml::value_t::floating:
       // JSON has no inf or nan: those are handed over as their TOML spelling, in a string.
-      if (std::isfinite(value.as_floating()))
+      if (std::isfinite(value.as_floating())) {
         writer.Double(value.as_floating());
-      else
+      } else {
         write_string(writer, scalar_text(value));
+      }
       break;
     default:
       // Dates and times as their TOML spelling, in a string.
@@ -94,8 +97,9 @@ std::string scalar_text(const toml::value& value) {
       std::ostringstream out;
       out << value;
       std::string text = out.str();
-      while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back())))
+      while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) {
         text.pop_back();
+      }
       return text;
     }
   }
@@ -112,12 +116,13 @@ void flatten(const toml::value& table, const std::string& prefix,
              std::map<std::string, std::string>& out) {
   for (const auto& [key, value] : table.as_table()) {
     std::string full = prefix.empty() ? key : prefix + "." + key;
-    if (value.is_table())
+    if (value.is_table()) {
       flatten(value, full, out);
-    else if (value.is_array())
+    } else if (value.is_array()) {
       out[full] = to_json(value);
-    else
+    } else {
       out[full] = scalar_text(value);
+    }
   }
 }
 }  // namespace upparat::config::detail

@@ -79,11 +79,13 @@ class PriorityFlag final : public spdlog::custom_flag_formatter {
 /// True when stderr is connected to the journal (systemd sets JOURNAL_STREAM=dev:ino).
 bool stderr_is_journal() {
   const char* stream = std::getenv("JOURNAL_STREAM");
-  if (!stream)
+  if (!stream) {
     return false;
+  }
   struct stat st {};
-  if (::fstat(STDERR_FILENO, &st) != 0)
+  if (::fstat(STDERR_FILENO, &st) != 0) {
     return false;
+  }
   std::string expected = std::to_string(static_cast<unsigned long long>(st.st_dev)) + ":" +
                          std::to_string(static_cast<unsigned long long>(st.st_ino));
   return expected == stream;
@@ -94,8 +96,9 @@ Result<std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>> load_plugin
   std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>> plugins;
   for (const auto& [name, p] : config.plugins) {
     auto loaded = plugin::LoadedPlugin::load(p.path, p.settings);
-    if (!loaded)
+    if (!loaded) {
       return fail(loaded.error().context(config.file.string() + ": [plugins." + name + "]"));
+    }
     const auto& info = (*loaded)->info();
     spdlog::info("plugin {}: {} {} ({}) from {}", name, info.name, info.version, info.license,
                  p.path.string());
@@ -129,12 +132,14 @@ Status check_streaming(
     const config::Config& config,
     const std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>& plugins) {
   auto install = config.steps.find("install");
-  if (install == config.steps.end())
+  if (install == config.steps.end()) {
     return {};
+  }
   const auto& p = config.plugins.at(install->second);
-  if (p.stream && !plugins.at(install->second)->has_capability(plugin::kCapInstallFromUrl))
+  if (p.stream && !plugins.at(install->second)->has_capability(plugin::kCapInstallFromUrl)) {
     return fail(config.file.string() + ": [plugins." + install->second +
                 "] stream: the plugin cannot install from a URL (no INSTALL_FROM_URL)");
+  }
   return {};
 }
 
@@ -142,8 +147,9 @@ Status check_streaming(
 
 Status check_plugins(const config::Config& config) {
   auto plugins = load_plugins(config);
-  if (!plugins)
+  if (!plugins) {
     return fail(plugins.error());
+  }
   return check_streaming(config, *plugins);
 }
 
@@ -226,8 +232,9 @@ struct Daemon::Impl {
     std::unique_lock guard(worker_mutex);
     while (true) {
       worker_wake.wait(guard, [&] { return worker_quit || !worker_tasks.empty(); });
-      if (worker_tasks.empty())
+      if (worker_tasks.empty()) {
         return;
+      }
       auto task = std::move(worker_tasks.front());
       worker_tasks.pop_front();
       worker_busy = true;
@@ -264,19 +271,23 @@ struct Daemon::Impl {
   /// when it is still busy (a step that does not stop).
   bool stop_worker(milliseconds grace) {
     std::unique_lock guard(worker_mutex);
-    for (auto& [id, w] : work)
-      if (!w.not_interruptible && !w.keep_on_shutdown)
+    for (auto& [id, w] : work) {
+      if (!w.not_interruptible && !w.keep_on_shutdown) {
         w.stop->request();
+      }
+    }
     worker_tasks.clear();
     bool idle =
         worker_wake.wait_for(guard, grace, [&] { return !worker_busy && worker_tasks.empty(); });
-    if (!idle)
+    if (!idle) {
       return false;
+    }
     worker_quit = true;
     guard.unlock();
     worker_wake.notify_all();
-    if (worker.joinable())
+    if (worker.joinable()) {
       worker.join();
+    }
     return true;
   }
 
@@ -339,8 +350,9 @@ struct Daemon::Impl {
   void do_action(const state::StopWork& a) {
     std::lock_guard guard(worker_mutex);
     auto it = work.find(a.work);
-    if (it == work.end())
+    if (it == work.end()) {
       return;
+    }
     if (it->second.not_interruptible) {
       spdlog::info("the install step cannot be interrupted: waiting for it to end");
       return;
@@ -352,13 +364,15 @@ struct Daemon::Impl {
   void do_action(const state::CancelTimer& a) { timers.erase(a.id); }
 
   void do_action(const state::CleanDownloads& a) {
-    if (auto ok = downloader->clean(a.keep_job_id); !ok)
+    if (auto ok = downloader->clean(a.keep_job_id); !ok) {
       spdlog::warn("cleaning the download directory: {}", ok.error().message());
+    }
   }
 
   void do_action(const state::RemoveDownload& a) {
-    if (auto ok = downloader->remove(a.job_id); !ok)
+    if (auto ok = downloader->remove(a.job_id); !ok) {
       spdlog::warn("removing the download of {}: {}", a.job_id, ok.error().message());
+    }
   }
 
   void do_action(const state::SystemdStatus& a) {
@@ -368,14 +382,16 @@ struct Daemon::Impl {
 
   void do_action(const state::Exit& a) {
     exit_requested = true;
-    if (a.reason == state::ExitReason::PluginStuck)
+    if (a.reason == state::ExitReason::PluginStuck) {
       exit_code = kExitPluginStuck;
+    }
   }
 
   void handle(const state::Event& event) {
 #ifdef UPPARAT_DAEMON_TEST_SEAMS
-    if (before_event)
+    if (before_event) {
       before_event();
+    }
 #endif
     if (std::holds_alternative<state::Connected>(event) && !ready_sent) {
       ready_sent = true;
@@ -383,14 +399,16 @@ struct Daemon::Impl {
       spdlog::info("ready: subscribed as thing {}", config.broker.thing_name);
     }
     if (std::holds_alternative<state::ShutdownRequested>(event)) {
-      if (shutdown_started)
+      if (shutdown_started) {
         return;
+      }
       sd_notify(0, "STOPPING=1");
       spdlog::info("stopping (signal received)");
       shutdown_started = Clock::now();
     }
-    for (const auto& action : machine->handle(event))
+    for (const auto& action : machine->handle(event)) {
       execute(action);
+    }
   }
 
   // ---- signals ----
@@ -399,11 +417,13 @@ struct Daemon::Impl {
     const sigset_t set = daemon_signals();
     while (true) {
       int sig = 0;
-      if (sigwait(&set, &sig) != 0)
+      if (sigwait(&set, &sig) != 0) {
         continue;
+      }
       if (sig == SIGUSR2) {
-        if (signal_quit.load())
+        if (signal_quit.load()) {
           return;
+        }
         spdlog::debug("received SIGUSR2: ignored");
         continue;
       }
@@ -418,8 +438,9 @@ struct Daemon::Impl {
   }
 
   void stop_signal_thread() {
-    if (!signal_thread.joinable())
+    if (!signal_thread.joinable()) {
       return;
+    }
     signal_quit = true;
     pthread_kill(signal_thread.native_handle(), SIGUSR2);
     signal_thread.join();
@@ -437,8 +458,9 @@ struct Daemon::Impl {
   /// After a signal: when the loop gives up waiting for the machine's Exit. A running
   /// not-interruptible install is waited for as long as the stop budget allows.
   Clock::time_point shutdown_deadline() {
-    if (uninterruptible_running())
+    if (uninterruptible_running()) {
       return *shutdown_started + kShutdownBudget - kDisconnectWait;
+    }
     return *shutdown_started + kShutdownWait;
   }
 
@@ -456,12 +478,15 @@ struct Daemon::Impl {
     while (!exit_requested) {
       auto now = Clock::now();
       auto next = now + seconds(60);
-      for (const auto& [id, when] : timers)
+      for (const auto& [id, when] : timers) {
         next = std::min(next, when);
-      if (watchdog_interval.count() > 0)
+      }
+      if (watchdog_interval.count() > 0) {
         next = std::min(next, next_watchdog);
-      if (shutdown_started)
+      }
+      if (shutdown_started) {
         next = std::min(next, shutdown_deadline());
+      }
 
       std::deque<state::Event> batch;
       {
@@ -471,15 +496,17 @@ struct Daemon::Impl {
       }
       for (auto& event : batch) {
         handle(event);
-        if (exit_requested)
+        if (exit_requested) {
           break;
+        }
       }
       now = Clock::now();
       while (!exit_requested) {
         auto due = std::find_if(timers.begin(), timers.end(),
                                 [&](const auto& t) { return t.second <= now; });
-        if (due == timers.end())
+        if (due == timers.end()) {
           break;
+        }
         auto id = due->first;
         timers.erase(due);
         handle(state::TimerFired{id});
@@ -547,18 +574,22 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const config::Config& config) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   const auto& state_dir = config.service.state_directory;
-  if (auto ok = prepare_folders(config, ::geteuid()); !ok)
+  if (auto ok = prepare_folders(config, ::geteuid()); !ok) {
     return fail(ok.error());
+  }
   auto lock = state::LockFile::acquire(state_dir / "upparat.lock");
-  if (!lock)
+  if (!lock) {
     return fail(lock.error());
+  }
   impl->lock.emplace(std::move(*lock));
 
   auto plugins = load_plugins(config);
-  if (!plugins)
+  if (!plugins) {
     return fail(plugins.error());
-  if (auto ok = check_streaming(config, *plugins); !ok)
+  }
+  if (auto ok = check_streaming(config, *plugins); !ok) {
     return fail(ok.error());
+  }
   impl->plugins = std::move(*plugins);
   impl->step_plugins = step_plugins(config, impl->plugins);
 

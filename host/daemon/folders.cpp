@@ -11,8 +11,9 @@ namespace {
 // derived from [service] download_location (default /tmp), not configured one by one.
 Error explain(const config::Config& config, const std::string& what, const Error& error) {
   Error out = error.context(what);
-  if (config.format != config::Format::Ini)
+  if (config.format != config::Format::Ini) {
     return out;
+  }
   return Error(out.message() + " (the Python INI import " + config.file.string() +
                " keeps the state and downloads under <[service] download_location>/upparat, "
                "/tmp/upparat by default: remove that folder if another user made it, or set "
@@ -24,15 +25,17 @@ Status for_each_folder(const config::Config& config, uid_t uid, Missing missing)
       {"state folder ", &config.service.state_directory},
       {"download folder ", &config.download.directory}};
   for (const auto& [what, path] : folders) {
-    if (path->empty())
+    if (path->empty()) {
       continue;
+    }
     OwnedDirectoryOptions options;
     options.uid = uid;
     options.missing = missing;
     options.mode = folder_mode(config);
     auto fd = open_owned_directory(*path, options);
-    if (!fd)
+    if (!fd) {
       return fail(explain(config, what + path->string(), fd.error()));
+    }
   }
   return {};
 }

@@ -34,9 +34,10 @@ state::MachineSettings machine_settings(const config::Config& config, const Step
   ms.max_url_refusals = config.jobs.max_url_refusals;
   ms.stop_grace = config.jobs.stop_grace;
   // A step is configured when its plugin serves it (the script plugin: a hook is set).
-  for (Step step : kSteps)
+  for (Step step : kSteps) {
     ms.step_configured[index(step)] =
         plugins[index(step)] != nullptr && plugins[index(step)]->serves(step);
+  }
   const plugin::LoadedPlugin* installer = plugins[index(Step::Install)];
   const auto name = config.steps.find("install");
   if (installer != nullptr && installer->serves(plugin::Step::Install) &&

@@ -42,12 +42,14 @@ std::string_view trim_header(std::string_view s) {
 }
 
 std::optional<std::uint64_t> parse_u64(std::string_view s) {
-  if (s.empty() || s.size() > 19)
+  if (s.empty() || s.size() > 19) {
     return std::nullopt;
+  }
   std::uint64_t v = 0;
   for (char c : s) {
-    if (c < '0' || c > '9')
+    if (c < '0' || c > '9') {
       return std::nullopt;
+    }
     v = v * 10 + static_cast<std::uint64_t>(c - '0');
   }
   return v;
@@ -61,30 +63,36 @@ struct ContentRange {
 // "bytes 100-199/1000", "bytes 100-199/*" or "bytes */1000".
 std::optional<ContentRange> parse_content_range(std::string_view v) {
   v = trim_header(v);
-  if (v.size() < 6 || !iequals(v.substr(0, 6), "bytes "))
+  if (v.size() < 6 || !iequals(v.substr(0, 6), "bytes ")) {
     return std::nullopt;
+  }
   v = trim_header(v.substr(6));
   const auto slash = v.find('/');
-  if (slash == std::string_view::npos)
+  if (slash == std::string_view::npos) {
     return std::nullopt;
+  }
   ContentRange out;
   const auto range = v.substr(0, slash);
   const auto total = v.substr(slash + 1);
   if (total != "*") {
     out.total = parse_u64(total);
-    if (!out.total)
+    if (!out.total) {
       return std::nullopt;
+    }
   }
   if (range != "*") {
     const auto dash = range.find('-');
-    if (dash == std::string_view::npos)
+    if (dash == std::string_view::npos) {
       return std::nullopt;
+    }
     out.first = parse_u64(range.substr(0, dash));
     out.last = parse_u64(range.substr(dash + 1));
-    if (!out.first || !out.last || *out.last < *out.first)
+    if (!out.first || !out.last || *out.last < *out.first) {
       return std::nullopt;
-    if (out.total && *out.last >= *out.total)
+    }
+    if (out.total && *out.last >= *out.total) {
       return std::nullopt;
+    }
   } else if (!out.total) {
     return std::nullopt;
   }
@@ -94,16 +102,19 @@ std::optional<ContentRange> parse_content_range(std::string_view v) {
 // The text between <Tag> and </Tag> in S3's XML error body.
 std::string xml_field(const std::string& body, const std::string& tag) {
   const auto open = body.find("<" + tag + ">");
-  if (open == std::string::npos)
+  if (open == std::string::npos) {
     return {};
+  }
   const auto start = open + tag.size() + 2;
   const auto close = body.find("</" + tag + ">", start);
-  if (close == std::string::npos || close - start > 200)
+  if (close == std::string::npos || close - start > 200) {
     return {};
+  }
   std::string out = body.substr(start, close - start);
   for (auto& c : out) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
       c = ' ';
+    }
   }
   return out;
 }
@@ -111,8 +122,9 @@ std::string xml_field(const std::string& body, const std::string& tag) {
 std::string error_detail(const std::string& body) {
   const auto code = xml_field(body, "Code");
   const auto message = xml_field(body, "Message");
-  if (code.empty())
+  if (code.empty()) {
     return {};
+  }
   return message.empty() ? code : code + ": " + message;
 }
 
@@ -135,12 +147,14 @@ class Sha256 {
     }
   }
   Sha256(const Sha256& other) : ctx_(EVP_MD_CTX_new()) {
-    if (ctx_ == nullptr || EVP_MD_CTX_copy_ex(ctx_, other.ctx_) != 1)
+    if (ctx_ == nullptr || EVP_MD_CTX_copy_ex(ctx_, other.ctx_) != 1) {
       throw std::bad_alloc();
+    }
   }
   Sha256& operator=(const Sha256& other) {
-    if (this != &other && EVP_MD_CTX_copy_ex(ctx_, other.ctx_) != 1)
+    if (this != &other && EVP_MD_CTX_copy_ex(ctx_, other.ctx_) != 1) {
       throw std::bad_alloc();
+    }
     return *this;
   }
   ~Sha256() { EVP_MD_CTX_free(ctx_); }
@@ -188,10 +202,12 @@ struct CurlMulti {
   curl_slist* headers = nullptr;
   ~CurlMulti() {
     curl_slist_free_all(headers);
-    if (easy != nullptr)
+    if (easy != nullptr) {
       curl_easy_cleanup(easy);
-    if (multi != nullptr)
+    }
+    if (multi != nullptr) {
       curl_multi_cleanup(multi);
+    }
   }
 };
 
@@ -248,8 +264,9 @@ class Run {
   }
 
   ~Run() {
-    if (fd_ >= 0)
+    if (fd_ >= 0) {
       fs_.close(fd_);
+    }
   }
 
   DownloadResult execute();
@@ -331,8 +348,9 @@ class Run {
 void Run::report_resume_state() {
   resume_.synced_bytes = synced_;
   resume_.etag = etag_;
-  if (!on_resume_state_)
+  if (!on_resume_state_) {
     return;
+  }
   try {
     on_resume_state_(resume_);
   } catch (const std::exception& e) {
@@ -341,17 +359,20 @@ void Run::report_resume_state() {
 }
 
 void Run::report_progress(bool force) {
-  if (!on_progress_)
+  if (!on_progress_) {
     return;
+  }
   const auto now = Clock::now();
   const auto bytes = have();
-  if (last_progress_bytes_ && *last_progress_bytes_ == bytes && !force)
+  if (last_progress_bytes_ && *last_progress_bytes_ == bytes && !force) {
     return;
+  }
   if (!force && last_progress_bytes_ && now - last_progress_ < settings_.progress_interval) {
     return;
   }
-  if (force && last_progress_bytes_ && *last_progress_bytes_ == bytes)
+  if (force && last_progress_bytes_ && *last_progress_bytes_ == bytes) {
     return;
+  }
   last_progress_ = now;
   last_progress_bytes_ = bytes;
   try {
@@ -362,23 +383,27 @@ void Run::report_progress(bool force) {
 }
 
 Status Run::flush_buffer() {
-  if (buffer_.empty())
+  if (buffer_.empty()) {
     return {};
+  }
   if (auto st = fs_.write_all(fd_, buffer_.data(), buffer_.size()); !st) {
     return fail(st.error().context("writing " + part_.string()));
   }
-  if (hash_)
+  if (hash_) {
     hash_->update(buffer_.data(), buffer_.size());
+  }
   file_bytes_ += buffer_.size();
   buffer_.clear();
   return {};
 }
 
 Status Run::sync() {
-  if (auto st = flush_buffer(); !st)
+  if (auto st = flush_buffer(); !st) {
     return st;
-  if (auto st = fs_.sync(fd_); !st)
+  }
+  if (auto st = fs_.sync(fd_); !st) {
     return fail(st.error().context(part_.string()));
+  }
   last_sync_ = Clock::now();
   if (synced_ != file_bytes_ || resume_.etag != etag_ || resume_.synced_bytes != file_bytes_) {
     synced_ = file_bytes_;
@@ -392,8 +417,9 @@ void Run::maybe_sync_and_report() {
     const auto unsynced = have() - synced_;
     if (unsynced > 0 && (unsynced >= settings_.fsync_every_bytes ||
                          Clock::now() - last_sync_ >= settings_.fsync_every)) {
-      if (auto st = sync(); !st)
+      if (auto st = sync(); !st) {
         fatal_write_ = st.error().message();
+      }
     }
   }
   report_progress(false);
@@ -401,17 +427,21 @@ void Run::maybe_sync_and_report() {
 
 Status Run::restart_from_zero() {
   buffer_.clear();
-  if (auto st = fs_.truncate(fd_, 0); !st)
+  if (auto st = fs_.truncate(fd_, 0); !st) {
     return fail(st.error().context(part_.string()));
-  if (::lseek(fd_, 0, SEEK_SET) < 0)
+  }
+  if (::lseek(fd_, 0, SEEK_SET) < 0) {
     return fail("lseek: " + std::string(std::strerror(errno)));
+  }
   file_bytes_ = 0;
-  if (hash_)
+  if (hash_) {
     hash_->reset();
+  }
   etag_.clear();
   // The file is empty now: the saved state must not claim more (fsync the truncation first).
-  if (auto st = fs_.sync(fd_); !st)
+  if (auto st = fs_.sync(fd_); !st) {
     return fail(st.error().context(part_.string()));
+  }
   synced_ = 0;
   report_resume_state();
   return {};
@@ -423,8 +453,9 @@ void Run::delete_part() {
     fd_ = -1;
   }
   if (dir_.valid()) {
-    if (auto st = remove_in(dir_.get(), part_); !st)
+    if (auto st = remove_in(dir_.get(), part_); !st) {
       spdlog::warn("download {}: {}", request_.job_id, st.error().message());
+    }
   }
   file_bytes_ = synced_ = 0;
   buffer_.clear();
@@ -433,8 +464,9 @@ void Run::delete_part() {
 }
 
 Status Run::check_space(std::uint64_t total) {
-  if (total <= have())
+  if (total <= have()) {
     return {};
+  }
   const auto needed = total - have();
   auto available = fs_.available_bytes(settings_.directory);
   if (!available) {
@@ -456,8 +488,9 @@ std::chrono::milliseconds Run::backoff(int attempt) {
   const auto base = std::max<long long>(settings_.backoff_base.count(), 0);
   const auto cap = std::max<long long>(settings_.backoff_cap.count(), 0);
   long long ceiling = base;
-  for (int i = 0; i < attempt && ceiling < cap; ++i)
+  for (int i = 0; i < attempt && ceiling < cap; ++i) {
     ceiling *= 2;
+  }
   ceiling = std::min(ceiling, cap);
   std::uniform_int_distribution<long long> pick(0, std::max<long long>(ceiling, 0));
   return std::chrono::milliseconds(pick(rng));
@@ -468,8 +501,9 @@ DownloadResult Run::finish(Outcome outcome, std::string reason) {
   result.outcome = outcome;
   result.reason = std::move(reason);
   result.bytes_transferred = transferred_;
-  if (outcome == Outcome::Complete)
+  if (outcome == Outcome::Complete) {
     result.file = final_;
+  }
   // Keep the hash of what is on disk for the next run() (URL refresh without rehashing).
   impl_.cache.reset();
   if (outcome != Outcome::Complete && hash_ && fd_ >= 0 && buffer_.empty() &&
@@ -495,16 +529,18 @@ Status Run::prepare_directory() {
   options.mode = settings_.directory_mode;
   options.group = settings_.group;
   auto dir = open_owned_directory(settings_.directory, options);
-  if (!dir)
+  if (!dir) {
     return fail(dir.error().context("download folder " + settings_.directory.string()));
+  }
   dir_ = std::move(*dir);
   return {};
 }
 
 Status Run::open_part() {
   auto fd = fs_.open(dir_.get(), part_, O_RDWR | O_CREAT, settings_.file_mode);
-  if (!fd)
+  if (!fd) {
     return fail(fd.error());
+  }
   fd_ = *fd;
   // open() applies the umask and keeps the mode of an existing file: set it explicitly.
   if (::fchmod(fd_, settings_.file_mode) != 0) {
@@ -514,40 +550,48 @@ Status Run::open_part() {
     return fail("chown " + part_.string() + ": " + std::strerror(errno));
   }
   auto size = fs_.size(fd_);
-  if (!size)
+  if (!size) {
     return fail(size.error());
+  }
   std::uint64_t keep = std::min(*size, resume_.synced_bytes);
   // A file longer than the job says cannot be a prefix of it.
-  if (request_.size && keep > *request_.size)
+  if (request_.size && keep > *request_.size) {
     keep = 0;
-  if (keep == 0)
+  }
+  if (keep == 0) {
     etag_.clear();
-  else
+  } else {
     etag_ = resume_.etag;
+  }
   if (*size != keep) {
     // Bytes after the last fsync may be garbage after a power cut.
     spdlog::info("download {}: keeping {} of {} bytes of {}", request_.job_id, keep, *size,
                  part_.string());
-    if (auto st = fs_.truncate(fd_, keep); !st)
+    if (auto st = fs_.truncate(fd_, keep); !st) {
       return fail(st.error().context(part_.string()));
-    if (auto st = fs_.sync(fd_); !st)
+    }
+    if (auto st = fs_.sync(fd_); !st) {
       return fail(st.error().context(part_.string()));
+    }
   }
   if (::lseek(fd_, static_cast<off_t>(keep), SEEK_SET) < 0) {
     return fail("lseek: " + std::string(std::strerror(errno)));
   }
   file_bytes_ = synced_ = keep;
-  if (resume_.synced_bytes != keep || resume_.etag != etag_)
+  if (resume_.synced_bytes != keep || resume_.etag != etag_) {
     report_resume_state();
+  }
   return {};
 }
 
 Status Run::hash_prefix() {
-  if (!request_.sha256)
+  if (!request_.sha256) {
     return {};
+  }
   hash_.emplace();
-  if (file_bytes_ == 0)
+  if (file_bytes_ == 0) {
     return {};
+  }
   struct stat st {};
   if (impl_.cache && ::fstat(fd_, &st) == 0 && impl_.cache->job_id == request_.job_id &&
       impl_.cache->length == file_bytes_ && impl_.cache->dev == st.st_dev &&
@@ -558,13 +602,15 @@ Status Run::hash_prefix() {
   std::vector<char> chunk(1024 * 1024);
   std::uint64_t offset = 0;
   while (offset < file_bytes_) {
-    if (stop_.requested())
+    if (stop_.requested()) {
       return {};
+    }
     const auto want =
         static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size(), file_bytes_ - offset));
     const auto got = ::pread(fd_, chunk.data(), want, static_cast<off_t>(offset));
-    if (got < 0 && errno == EINTR)
+    if (got < 0 && errno == EINTR) {
       continue;
+    }
     if (got <= 0) {
       return fail("reading " + part_.string() + ": " +
                   (got < 0 ? std::string(std::strerror(errno)) : "unexpected end of file"));
@@ -578,8 +624,9 @@ Status Run::hash_prefix() {
 std::optional<DownloadResult> Run::use_existing_final() {
   struct stat st {};
   const auto name = final_.filename();
-  if (::fstatat(dir_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+  if (::fstatat(dir_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) {
     return std::nullopt;  // nothing there; anything but a file is replaced by the rename
+  }
   auto file = open_file_in(dir_.get(), final_, O_RDONLY);
   std::uint64_t size = 0;
   bool ok = file && ::fstat(file->get(), &st) == 0;
@@ -591,15 +638,19 @@ std::optional<DownloadResult> Run::use_existing_final() {
     Sha256 hash;
     std::vector<char> chunk(1024 * 1024);
     for (;;) {
-      if (stop_.requested())
+      if (stop_.requested()) {
         return finish(Outcome::Cancelled, "stopped");
+      }
       const auto got = ::read(file->get(), chunk.data(), chunk.size());
-      if (got < 0 && errno == EINTR)
+      if (got < 0 && errno == EINTR) {
         continue;
-      if (got < 0)
+      }
+      if (got < 0) {
         ok = false;
-      if (got <= 0)
+      }
+      if (got <= 0) {
         break;
+      }
       hash.update(chunk.data(), static_cast<std::size_t>(got));
     }
     ok = ok && hash.hex() == lower(*request_.sha256);
@@ -607,8 +658,9 @@ std::optional<DownloadResult> Run::use_existing_final() {
   if (!ok) {
     spdlog::warn("download {}: removing {}: {}", request_.job_id, final_.string(),
                  file ? "it does not match the job document" : file.error().message());
-    if (auto st = remove_in(dir_.get(), final_); !st)
+    if (auto st = remove_in(dir_.get(), final_); !st) {
       spdlog::warn("download {}: {}", request_.job_id, st.error().message());
+    }
     return std::nullopt;
   }
   spdlog::info("download {}: {} is already complete", request_.job_id, final_.string());
@@ -621,8 +673,9 @@ std::optional<DownloadResult> Run::use_existing_final() {
 }
 
 Status Run::setup_curl() {
-  if (curl_.multi == nullptr || curl_.easy == nullptr)
+  if (curl_.multi == nullptr || curl_.easy == nullptr) {
     return fail("libcurl initialisation failed");
+  }
   CURL* e = curl_.easy;
   const char* protocols = settings_.allow_http ? "https,http" : "https";
   curl_easy_setopt(e, CURLOPT_URL, request_.url.c_str());
@@ -632,10 +685,12 @@ Status Run::setup_curl() {
   curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-  if (!settings_.ca_file.empty())
+  if (!settings_.ca_file.empty()) {
     curl_easy_setopt(e, CURLOPT_CAINFO, settings_.ca_file.c_str());
-  if (!settings_.proxy.empty())
+  }
+  if (!settings_.proxy.empty()) {
     curl_easy_setopt(e, CURLOPT_PROXY, settings_.proxy.c_str());
+  }
   curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -698,15 +753,18 @@ std::size_t Run::on_header(std::string_view raw) {
     return raw.size();
   }
   if (line.empty()) {
-    if (status_ >= 100 && status_ < 200)
+    if (status_ >= 100 && status_ < 200) {
       return raw.size();
-    if (status_ >= 300 && status_ < 400 && resp_location_)
+    }
+    if (status_ >= 300 && status_ < 400 && resp_location_) {
       return raw.size();  // curl follows
+    }
     return decide_response() ? raw.size() : 0;
   }
   const auto colon = line.find(':');
-  if (colon == std::string_view::npos)
+  if (colon == std::string_view::npos) {
     return raw.size();
+  }
   const auto name = trim_header(line.substr(0, colon));
   const auto value = trim_header(line.substr(colon + 1));
   if (iequals(name, "etag")) {
@@ -757,8 +815,9 @@ bool Run::decide_response() {
   } else if (status_ == 416 && have() > 0) {
     const auto range =
         resp_content_range_ ? parse_content_range(*resp_content_range_) : std::nullopt;
-    if (range)
+    if (range) {
       range_total_ = range->total;
+    }
     stop_with(End::RangeComplete, status_text);
     return true;  // read the (small) body, then decide
   } else if (status_ == 403) {
@@ -797,8 +856,9 @@ bool Run::decide_response() {
 std::size_t Run::on_body(const char* data, std::size_t size) {
   if (!decided_) {
     // A body without a final status line (should not happen): treat as an answer.
-    if (!decide_response())
+    if (!decide_response()) {
       return 0;
+    }
   }
   if (!accepting_) {
     const auto room = kMaxErrorBody - std::min(kMaxErrorBody, error_body_.size());
@@ -824,8 +884,9 @@ std::size_t Run::on_body(const char* data, std::size_t size) {
       fatal_write_ = st.error().context("writing " + part_.string()).message();
       return 0;
     }
-    if (hash_)
+    if (hash_) {
       hash_->update(data, size);
+    }
     file_bytes_ += size;
   } else {
     buffer_.insert(buffer_.end(), data, data + size);
@@ -880,8 +941,9 @@ End Run::attempt() {
     if (running == 0) {
       int left = 0;
       while (CURLMsg* msg = curl_multi_info_read(curl_.multi, &left)) {
-        if (msg->msg == CURLMSG_DONE)
+        if (msg->msg == CURLMSG_DONE) {
           rc = msg->data.result;
+        }
       }
       break;
     }
@@ -902,15 +964,18 @@ End Run::attempt() {
     end_reason_ = fatal_write_;
     return End::Fatal;
   }
-  if (stopped || rc == CURLE_ABORTED_BY_CALLBACK || stop_.requested())
+  if (stopped || rc == CURLE_ABORTED_BY_CALLBACK || stop_.requested()) {
     return End::Stopped;
+  }
   if (end_) {
     if (*end_ == End::Expired || *end_ == End::Fatal || *end_ == End::Retry) {
       const auto detail = error_detail(error_body_);
-      if (status_ == 400 && detail.rfind("ExpiredToken", 0) == 0)
+      if (status_ == 400 && detail.rfind("ExpiredToken", 0) == 0) {
         end_ = End::Expired;
-      if (!detail.empty())
+      }
+      if (!detail.empty()) {
         end_reason_ += " (" + detail + ")";
+      }
     }
     return *end_;
   }
@@ -954,8 +1019,9 @@ std::optional<DownloadResult> Run::verify_and_commit(bool& retried_after_mismatc
   } else if (hash_) {
     const auto got = hash_->hex();
     const auto want = lower(*request_.sha256);
-    if (got != want)
+    if (got != want) {
       mismatch = "sha256: expected " + want + ", got " + got;
+    }
   }
   if (!mismatch.empty()) {
     if (!retried_after_mismatch) {
@@ -986,8 +1052,9 @@ DownloadResult Run::execute() {
     return failed("invalid job id for a file name (want [A-Za-z0-9_-]{1,64})");
   }
   const auto url = parse_url(request_.url);
-  if (!url)
+  if (!url) {
     return failed("bad URL " + redact_url(request_.url) + ": " + url.error().message());
+  }
   if (url->scheme != "https" && !(url->scheme == "http" && settings_.allow_http)) {
     return failed("URL scheme \"" + url->scheme + "\" refused (" +
                   (settings_.allow_http ? "https or http" : "https only") + "): " + shown_url_);
@@ -999,12 +1066,15 @@ DownloadResult Run::execute() {
   if (request_.sha256 && !valid_sha256(*request_.sha256)) {
     return failed("the job's sha256 is not 64 hexadecimal digits");
   }
-  if (auto st = prepare_directory(); !st)
+  if (auto st = prepare_directory(); !st) {
     return failed(st.error().message());
-  if (auto done = use_existing_final())
+  }
+  if (auto done = use_existing_final()) {
     return *done;
-  if (auto st = open_part(); !st)
+  }
+  if (auto st = open_part(); !st) {
     return failed(st.error().message());
+  }
   if (auto st = hash_prefix(); !st) {
     delete_part();
     return failed(st.error().message());
@@ -1014,11 +1084,13 @@ DownloadResult Run::execute() {
     return finish(Outcome::Cancelled, "stopped");
   }
   if (request_.size) {
-    if (auto st = check_space(*request_.size); !st)
+    if (auto st = check_space(*request_.size); !st) {
       return failed(st.error().message());
+    }
   }
-  if (auto st = setup_curl(); !st)
+  if (auto st = setup_curl(); !st) {
     return failed(st.error().message());
+  }
   spdlog::info("download {}: {} to {}{}", request_.job_id, shown_url_, final_.string(),
                file_bytes_ > 0 ? " from byte " + std::to_string(file_bytes_) : "");
   report_progress(true);
@@ -1031,8 +1103,9 @@ DownloadResult Run::execute() {
     const End end = have_all ? End::Done : attempt();
     switch (end) {
       case End::Done:
-        if (auto result = verify_and_commit(retried_after_mismatch))
+        if (auto result = verify_and_commit(retried_after_mismatch)) {
           return *result;
+        }
         failures = 0;
         continue;
       case End::RangeComplete:
@@ -1046,8 +1119,9 @@ DownloadResult Run::execute() {
           continue;
         }
         total_ = have();
-        if (auto result = verify_and_commit(retried_after_mismatch))
+        if (auto result = verify_and_commit(retried_after_mismatch)) {
           return *result;
+        }
         continue;
       case End::Restart:
         spdlog::warn("download {}: {}: starting from zero", request_.job_id, end_reason_);
@@ -1057,8 +1131,9 @@ DownloadResult Run::execute() {
         }
         if (++failures > 3) {
           // An inconsistent server again and again: back off like any failure.
-          if (stop_.wait_for(backoff(failures)))
+          if (stop_.wait_for(backoff(failures))) {
             return finish(Outcome::Cancelled, "stopped");
+          }
         }
         continue;
       case End::Expired:
@@ -1081,8 +1156,9 @@ DownloadResult Run::execute() {
         (void)sync();
         return failed(end_reason_);
       case End::Retry: {
-        if (progressed_)
+        if (progressed_) {
           failures = 0;  // a broken connection after progress starts afresh
+        }
         ++failures;
         if (settings_.max_attempts > 0 && failures >= settings_.max_attempts) {
           (void)sync();
@@ -1096,8 +1172,9 @@ DownloadResult Run::execute() {
           return failed(st.error().message());
         }
         report_progress(true);
-        if (stop_.wait_for(delay))
+        if (stop_.wait_for(delay)) {
           return finish(Outcome::Cancelled, "stopped");
+        }
         continue;
       }
     }
@@ -1152,25 +1229,30 @@ Result<UniqueFd> open_existing_directory(const std::filesystem::path& directory)
   options.uid = ::geteuid();
   options.missing = Missing::Ignore;
   auto dir = open_owned_directory(directory, options);
-  if (!dir)
+  if (!dir) {
     return fail(dir.error().context("download folder " + directory.string()));
+  }
   return dir;
 }
 
 }  // namespace
 
 Status Downloader::remove(const std::string& job_id) {
-  if (!valid_job_id(job_id))
+  if (!valid_job_id(job_id)) {
     return fail("invalid job id");
+  }
   impl_->cache.reset();
   auto dir = open_existing_directory(impl_->settings.directory);
-  if (!dir)
+  if (!dir) {
     return fail(dir.error());
-  if (!dir->valid())
+  }
+  if (!dir->valid()) {
     return {};
+  }
   for (const auto& path : {final_path(job_id), part_path(job_id)}) {
-    if (auto st = remove_in(dir->get(), path); !st)
+    if (auto st = remove_in(dir->get(), path); !st) {
       return st;
+    }
   }
   return {};
 }
@@ -1178,17 +1260,20 @@ Status Downloader::remove(const std::string& job_id) {
 Status Downloader::clean(const std::string& keep_job_id) {
   const auto& directory = impl_->settings.directory;
   auto dir = open_existing_directory(directory);
-  if (!dir)
+  if (!dir) {
     return fail(dir.error());
-  if (!dir->valid())
+  }
+  if (!dir->valid()) {
     return {};
+  }
   // fdopendir() takes its own descriptor: the listing is of the folder that was checked.
   const int listing_fd = ::dup(dir->get());
   DIR* listing = listing_fd < 0 ? nullptr : ::fdopendir(listing_fd);
   if (listing == nullptr) {
     const std::string err = std::strerror(errno);
-    if (listing_fd >= 0)
+    if (listing_fd >= 0) {
       ::close(listing_fd);
+    }
     return fail("listing " + directory.string() + ": " + err);
   }
   ::rewinddir(listing);
@@ -1200,21 +1285,26 @@ Status Downloader::clean(const std::string& keep_job_id) {
       job.resize(job.size() - 5);
     }
     // Only our own files: anything else in the directory (folders, links) is left alone.
-    if (!valid_job_id(job) || (!keep_job_id.empty() && job == keep_job_id))
+    if (!valid_job_id(job) || (!keep_job_id.empty() && job == keep_job_id)) {
       continue;
+    }
     struct stat st {};
-    if (::fstatat(dir->get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+    if (::fstatat(dir->get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISREG(st.st_mode)) {
       continue;
+    }
     spdlog::info("download: removing {} (not the current job's)", (directory / name).string());
-    if (auto st = remove_in(dir->get(), directory / name); !st)
+    if (auto st = remove_in(dir->get(), directory / name); !st) {
       errors += (errors.empty() ? "" : "; ") + st.error().message();
+    }
   }
   ::closedir(listing);
   if (keep_job_id.empty() || keep_job_id != (impl_->cache ? impl_->cache->job_id : "")) {
     impl_->cache.reset();
   }
-  if (!errors.empty())
+  if (!errors.empty()) {
     return fail(errors);
+  }
   return {};
 }
 

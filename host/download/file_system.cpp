@@ -23,8 +23,9 @@ std::string errno_text() {
 Result<int> FileSystem::open(int directory, const std::filesystem::path& path, int flags,
                              mode_t mode) {
   auto fd = open_file_in(directory, path, flags, mode);
-  if (!fd)
+  if (!fd) {
     return fail(fd.error());
+  }
   return fd->release();
 }
 
@@ -33,27 +34,31 @@ void FileSystem::close(int fd) {
 }
 
 Status FileSystem::write_all(int fd, const char* data, std::size_t size) {
-  if (auto written = upparat::write_all(fd, data, size); !written)
+  if (auto written = upparat::write_all(fd, data, size); !written) {
     return fail(written.error().context("write"));
+  }
   return {};
 }
 
 Status FileSystem::sync(int fd) {
-  if (::fsync(fd) != 0)
+  if (::fsync(fd) != 0) {
     return fail("fsync: " + errno_text());
+  }
   return {};
 }
 
 Status FileSystem::truncate(int fd, std::uint64_t length) {
-  if (::ftruncate(fd, static_cast<off_t>(length)) != 0)
+  if (::ftruncate(fd, static_cast<off_t>(length)) != 0) {
     return fail("truncate: " + errno_text());
+  }
   return {};
 }
 
 Result<std::uint64_t> FileSystem::size(int fd) {
   struct stat st {};
-  if (::fstat(fd, &st) != 0)
+  if (::fstat(fd, &st) != 0) {
     return fail("fstat: " + errno_text());
+  }
   return static_cast<std::uint64_t>(st.st_size);
 }
 
@@ -63,8 +68,9 @@ Status FileSystem::rename(int directory, const std::filesystem::path& from,
 }
 
 Status FileSystem::sync_directory(int directory, const std::filesystem::path& path) {
-  if (::fsync(directory) != 0)
+  if (::fsync(directory) != 0) {
     return fail("fsync " + path.string() + ": " + errno_text());
+  }
   return {};
 }
 

@@ -23,8 +23,9 @@ struct Progress {
   std::uint64_t bytes = 0;             ///< bytes of the file on disk so far
   std::optional<std::uint64_t> total;  ///< file size once known
   [[nodiscard]] std::optional<int> percent() const {
-    if (!total || *total == 0)
+    if (!total || *total == 0) {
       return std::nullopt;
+    }
     return static_cast<int>(bytes * 100 / *total);
   }
 };

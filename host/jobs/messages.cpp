@@ -14,31 +14,38 @@ using rapidjson::Value;
 Result<rapidjson::Document> parse_object(std::string_view payload) {
   rapidjson::Document doc;
   // An empty payload is read as {} (AWS does so too).
-  if (payload.empty())
+  if (payload.empty()) {
     payload = "{}";
+  }
   doc.Parse(payload.data(), payload.size());
-  if (doc.HasParseError())
+  if (doc.HasParseError()) {
     return fail("invalid JSON at offset " + std::to_string(doc.GetErrorOffset()));
-  if (!doc.IsObject())
+  }
+  if (!doc.IsObject()) {
     return fail("not a JSON object");
+  }
   return doc;
 }
 
 std::optional<std::string> opt_string(const Value& obj, const char* key) {
   auto it = obj.FindMember(key);
-  if (it == obj.MemberEnd() || !it->value.IsString())
+  if (it == obj.MemberEnd() || !it->value.IsString()) {
     return std::nullopt;
+  }
   return std::string(it->value.GetString(), it->value.GetStringLength());
 }
 
 std::optional<std::int64_t> opt_int(const Value& obj, const char* key) {
   auto it = obj.FindMember(key);
-  if (it == obj.MemberEnd())
+  if (it == obj.MemberEnd()) {
     return std::nullopt;
-  if (it->value.IsInt64())
+  }
+  if (it->value.IsInt64()) {
     return it->value.GetInt64();
-  if (it->value.IsDouble())
+  }
+  if (it->value.IsDouble()) {
     return static_cast<std::int64_t>(it->value.GetDouble());
+  }
   return std::nullopt;
 }
 
@@ -52,26 +59,31 @@ std::string to_compact_json(const Value& value) {
 Result<std::map<std::string, std::string>> parse_details(const Value& obj, const char* key) {
   std::map<std::string, std::string> out;
   auto it = obj.FindMember(key);
-  if (it == obj.MemberEnd() || it->value.IsNull())
+  if (it == obj.MemberEnd() || it->value.IsNull()) {
     return out;
-  if (!it->value.IsObject())
+  }
+  if (!it->value.IsObject()) {
     return fail(std::string(key) + " is not an object");
+  }
   for (auto m = it->value.MemberBegin(); m != it->value.MemberEnd(); ++m) {
-    if (m->value.IsString())
+    if (m->value.IsString()) {
       out[m->name.GetString()] = std::string(m->value.GetString(), m->value.GetStringLength());
-    else
+    } else {
       out[m->name.GetString()] = to_compact_json(m->value);
+    }
   }
   return out;
 }
 
 Result<JobSummary> parse_summary(const Value& v) {
-  if (!v.IsObject())
+  if (!v.IsObject()) {
     return fail("job summary is not an object");
+  }
   JobSummary s;
   auto id = opt_string(v, "jobId");
-  if (!id)
+  if (!id) {
     return fail("job summary without jobId");
+  }
   s.job_id = *id;
   s.queued_at = timestamp_seconds(opt_int(v, "queuedAt").value_or(0));
   s.execution_number = opt_int(v, "executionNumber").value_or(0);
@@ -82,14 +94,17 @@ Result<JobSummary> parse_summary(const Value& v) {
 Result<std::vector<JobSummary>> parse_summaries(const Value& obj, const char* key) {
   std::vector<JobSummary> out;
   auto it = obj.FindMember(key);
-  if (it == obj.MemberEnd() || it->value.IsNull())
+  if (it == obj.MemberEnd() || it->value.IsNull()) {
     return out;
-  if (!it->value.IsArray())
+  }
+  if (!it->value.IsArray()) {
     return fail(std::string(key) + " is not an array");
+  }
   for (const auto& v : it->value.GetArray()) {
     auto s = parse_summary(v);
-    if (!s)
+    if (!s) {
       return fail(s.error().context(key));
+    }
     out.push_back(std::move(*s));
   }
   return out;
@@ -98,11 +113,13 @@ Result<std::vector<JobSummary>> parse_summaries(const Value& obj, const char* ke
 Result<PendingJobs> parse_pending(const Value& obj, const char* in_progress, const char* queued) {
   PendingJobs p;
   auto a = parse_summaries(obj, in_progress);
-  if (!a)
+  if (!a) {
     return fail(a.error());
+  }
   auto b = parse_summaries(obj, queued);
-  if (!b)
+  if (!b) {
     return fail(b.error());
+  }
   p.in_progress = std::move(*a);
   p.queued = std::move(*b);
   return p;
@@ -110,15 +127,18 @@ Result<PendingJobs> parse_pending(const Value& obj, const char* in_progress, con
 
 Result<std::optional<ExecutionState>> parse_execution_state(const Value& obj) {
   auto it = obj.FindMember("executionState");
-  if (it == obj.MemberEnd() || it->value.IsNull())
+  if (it == obj.MemberEnd() || it->value.IsNull()) {
     return std::optional<ExecutionState>{};
-  if (!it->value.IsObject())
+  }
+  if (!it->value.IsObject()) {
     return fail("executionState is not an object");
+  }
   ExecutionState s;
   s.status = opt_string(it->value, "status").value_or("");
   auto details = parse_details(it->value, "statusDetails");
-  if (!details)
+  if (!details) {
     return fail(details.error());
+  }
   s.status_details = std::move(*details);
   s.version_number = opt_int(it->value, "versionNumber").value_or(0);
   return std::optional<ExecutionState>(std::move(s));
@@ -137,89 +157,105 @@ bool is_terminal_status(std::string_view status) {
 
 Result<PendingJobs> parse_get_accepted(std::string_view payload) {
   auto doc = parse_object(payload);
-  if (!doc)
+  if (!doc) {
     return fail(doc.error().context("get/accepted"));
+  }
   auto p = parse_pending(*doc, "inProgressJobs", "queuedJobs");
-  if (!p)
+  if (!p) {
     return fail(p.error().context("get/accepted"));
+  }
   p->client_token = opt_string(*doc, "clientToken");
   return p;
 }
 
 Result<PendingJobs> parse_notify(std::string_view payload) {
   auto doc = parse_object(payload);
-  if (!doc)
+  if (!doc) {
     return fail(doc.error().context("notify"));
+  }
   auto it = doc->FindMember("jobs");
-  if (it == doc->MemberEnd() || it->value.IsNull())
+  if (it == doc->MemberEnd() || it->value.IsNull()) {
     return PendingJobs{};
-  if (!it->value.IsObject())
+  }
+  if (!it->value.IsObject()) {
     return fail("notify: jobs is not an object");
+  }
   auto p = parse_pending(it->value, "IN_PROGRESS", "QUEUED");
-  if (!p)
+  if (!p) {
     return fail(p.error().context("notify"));
+  }
   return p;
 }
 
 Result<DescribeAccepted> parse_describe_accepted(std::string_view payload) {
   auto doc = parse_object(payload);
-  if (!doc)
+  if (!doc) {
     return fail(doc.error().context("describe accepted"));
+  }
   DescribeAccepted out;
   out.client_token = opt_string(*doc, "clientToken");
   auto it = doc->FindMember("execution");
-  if (it == doc->MemberEnd() || !it->value.IsObject())
+  if (it == doc->MemberEnd() || !it->value.IsObject()) {
     return fail("describe accepted: no execution");
+  }
   const Value& e = it->value;
   auto id = opt_string(e, "jobId");
-  if (!id)
+  if (!id) {
     return fail("describe accepted: execution without jobId");
+  }
   out.execution.job_id = *id;
   out.execution.status = opt_string(e, "status").value_or("");
   auto details = parse_details(e, "statusDetails");
-  if (!details)
+  if (!details) {
     return fail(details.error().context("describe accepted"));
+  }
   out.execution.status_details = std::move(*details);
   out.execution.queued_at = timestamp_seconds(opt_int(e, "queuedAt").value_or(0));
   out.execution.version_number = opt_int(e, "versionNumber").value_or(0);
   out.execution.execution_number = opt_int(e, "executionNumber").value_or(0);
   auto d = e.FindMember("jobDocument");
   if (d != e.MemberEnd() && !d->value.IsNull()) {
-    if (d->value.IsString())
+    if (d->value.IsString()) {
       out.execution.document_json.assign(d->value.GetString(), d->value.GetStringLength());
-    else
+    } else {
       out.execution.document_json = to_compact_json(d->value);
+    }
   }
   return out;
 }
 
 Result<UpdateAccepted> parse_update_accepted(std::string_view payload) {
   auto doc = parse_object(payload);
-  if (!doc)
+  if (!doc) {
     return fail(doc.error().context("update accepted"));
+  }
   UpdateAccepted out;
   out.client_token = opt_string(*doc, "clientToken");
   auto state = parse_execution_state(*doc);
-  if (!state)
+  if (!state) {
     return fail(state.error().context("update accepted"));
+  }
   out.execution_state = std::move(*state);
   return out;
 }
 
 Result<Rejected> parse_rejected(std::string_view payload) {
   auto doc = parse_object(payload);
-  if (!doc)
+  if (!doc) {
     return fail(doc.error().context("rejected"));
+  }
   Rejected out;
   auto code = opt_string(*doc, "code");
-  if (!code)
+  if (!code) {
     return fail("rejected: no code");
+  }
   out.code = *code;
   out.message = opt_string(*doc, "message").value_or("");
   out.client_token = opt_string(*doc, "clientToken");
   auto state = parse_execution_state(*doc);
-  if (!state)
+  if (!state) {
     return fail(state.error().context("rejected"));
+  }
   out.execution_state = std::move(*state);
   return out;
 }

@@ -27,33 +27,40 @@ std::vector<std::string> subscription_topics(std::string_view thing) {
 
 std::optional<ParsedTopic> parse_topic(std::string_view thing, std::string_view topic) {
   const std::string prefix = topic_prefix(thing) + "/";
-  if (thing.empty() || topic.substr(0, prefix.size()) != prefix)
+  if (thing.empty() || topic.substr(0, prefix.size()) != prefix) {
     return std::nullopt;
+  }
   std::string_view rest = topic.substr(prefix.size());
-  if (rest == "notify")
+  if (rest == "notify") {
     return ParsedTopic{TopicKind::Notify, {}};
-  if (rest == "get/accepted")
+  }
+  if (rest == "get/accepted") {
     return ParsedTopic{TopicKind::GetAccepted, {}};
-  if (rest == "get/rejected")
+  }
+  if (rest == "get/rejected") {
     return ParsedTopic{TopicKind::GetRejected, {}};
+  }
   const auto slash = rest.find('/');
-  if (slash == std::string_view::npos)
+  if (slash == std::string_view::npos) {
     return std::nullopt;
+  }
   const std::string_view job_id = rest.substr(0, slash);
   const std::string_view tail = rest.substr(slash + 1);
-  if (!valid_job_id(job_id))
+  if (!valid_job_id(job_id)) {
     return std::nullopt;  // also refuses "$next"
+  }
   ParsedTopic parsed{TopicKind::Notify, std::string(job_id)};
-  if (tail == "get/accepted")
+  if (tail == "get/accepted") {
     parsed.kind = TopicKind::DescribeAccepted;
-  else if (tail == "get/rejected")
+  } else if (tail == "get/rejected") {
     parsed.kind = TopicKind::DescribeRejected;
-  else if (tail == "update/accepted")
+  } else if (tail == "update/accepted") {
     parsed.kind = TopicKind::UpdateAccepted;
-  else if (tail == "update/rejected")
+  } else if (tail == "update/rejected") {
     parsed.kind = TopicKind::UpdateRejected;
-  else
+  } else {
     return std::nullopt;
+  }
   return parsed;
 }
 

@@ -39,20 +39,23 @@ std::string UpdateQueue::enqueue(Update update) {
 
 std::optional<std::int64_t> UpdateQueue::expected_version(const Update& update) const {
   auto it = versions_.find(update.job_id);
-  if (it == versions_.end() || it->second.execution != update.execution_number)
+  if (it == versions_.end() || it->second.execution != update.execution_number) {
     return std::nullopt;
+  }
   return it->second.version;
 }
 
 std::vector<Outgoing> UpdateQueue::poll(TimePoint now) {
   std::vector<Outgoing> out;
   for (auto& [job_id, queue] : jobs_) {
-    if (queue.empty())
+    if (queue.empty()) {
       continue;
+    }
     Entry& head = queue.front();
     const bool due = head.state == EntryState::Queued || now >= head.due;
-    if (!due)
+    if (!due) {
       continue;
+    }
     head.state = EntryState::InFlight;
     head.due = now + settings_.resend;
     if (!head.versioned) {
@@ -62,8 +65,9 @@ std::vector<Outgoing> UpdateQueue::poll(TimePoint now) {
     UpdateRequest request = request_of(head.update);
     request.step_timeout_minutes = head.update.step_timeout_minutes;
     request.expected_version = head.expected;
-    if (head.update.execution_number > 0)
+    if (head.update.execution_number > 0) {
       request.execution_number = head.update.execution_number;
+    }
     request.include_execution_state = true;
     request.client_token = head.token;
     out.push_back({update_topic(thing_, job_id), build_update_request(request)});
@@ -74,12 +78,14 @@ std::vector<Outgoing> UpdateQueue::poll(TimePoint now) {
 std::optional<TimePoint> UpdateQueue::next_wakeup() const {
   std::optional<TimePoint> next;
   for (const auto& [job_id, queue] : jobs_) {
-    if (queue.empty())
+    if (queue.empty()) {
       continue;
+    }
     const Entry& head = queue.front();
     const TimePoint t = head.state == EntryState::Queued ? TimePoint::min() : head.due;
-    if (!next || t < *next)
+    if (!next || t < *next) {
       next = t;
+    }
   }
   return next;
 }
@@ -88,26 +94,31 @@ void UpdateQueue::pop_head(Jobs::iterator it, UpdateResult result) {
   const bool ended =
       result == UpdateResult::Accepted && is_terminal_status(it->second.front().update.status);
   it->second.pop_front();
-  if (!it->second.empty())
+  if (!it->second.empty()) {
     return;
+  }
   // Nothing can change the execution after its terminal update: its version is of no use.
-  if (ended)
+  if (ended) {
     versions_.erase(it->first);
+  }
   jobs_.erase(it);
 }
 
 std::optional<UpdateOutcome> UpdateQueue::on_accepted(const std::string& job_id,
                                                       const UpdateAccepted& answer) {
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end() || it->second.empty() || !answer.client_token)
+  if (it == jobs_.end() || it->second.empty() || !answer.client_token) {
     return std::nullopt;
+  }
   Entry& head = it->second.front();
-  if (head.state == EntryState::Queued || head.token != *answer.client_token)
+  if (head.state == EntryState::Queued || head.token != *answer.client_token) {
     return std::nullopt;
-  if (answer.execution_state && answer.execution_state->version_number > 0)
+  }
+  if (answer.execution_state && answer.execution_state->version_number > 0) {
     set_version(job_id, head.update.execution_number, answer.execution_state->version_number);
-  else if (head.expected)
+  } else if (head.expected) {
     set_version(job_id, head.update.execution_number, *head.expected + 1);  // +1 per update
+  }
   UpdateOutcome outcome{head.token, head.update, UpdateResult::Accepted,
                         {},         {},          answer.execution_state};
   pop_head(it, outcome.result);
@@ -117,8 +128,9 @@ std::optional<UpdateOutcome> UpdateQueue::on_accepted(const std::string& job_id,
 std::chrono::milliseconds UpdateQueue::backoff(int failures) const {
   const int shift = std::min(failures, 20);
   auto delay = settings_.backoff_base * (1LL << shift);
-  if (delay > settings_.backoff_cap)
+  if (delay > settings_.backoff_cap) {
     delay = settings_.backoff_cap;
+  }
   return delay;
 }
 
@@ -181,11 +193,13 @@ std::optional<UpdateOutcome> UpdateQueue::on_version_mismatch(Jobs::iterator it,
 std::optional<UpdateOutcome> UpdateQueue::on_rejected(const std::string& job_id,
                                                       const Rejected& answer, TimePoint now) {
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end() || it->second.empty() || !answer.client_token)
+  if (it == jobs_.end() || it->second.empty() || !answer.client_token) {
     return std::nullopt;
+  }
   Entry& head = it->second.front();
-  if (head.state == EntryState::Queued || head.token != *answer.client_token)
+  if (head.state == EntryState::Queued || head.token != *answer.client_token) {
     return std::nullopt;
+  }
   if (answer.code == "RequestThrottled" || answer.code == "InternalError") {
     const auto delay = backoff(head.failures);
     ++head.failures;
@@ -195,8 +209,9 @@ std::optional<UpdateOutcome> UpdateQueue::on_rejected(const std::string& job_id,
                  head.update.state, answer.code, delay.count());
     return std::nullopt;
   }
-  if (answer.code == "VersionMismatch" && answer.execution_state)
+  if (answer.code == "VersionMismatch" && answer.execution_state) {
     return on_version_mismatch(it, answer, now);
+  }
   UpdateOutcome outcome{head.token,  head.update,    UpdateResult::Rejected,
                         answer.code, answer.message, answer.execution_state};
   const bool terminal_state =
@@ -222,9 +237,11 @@ std::optional<UpdateOutcome> UpdateQueue::on_rejected(const std::string& job_id,
 }
 
 void UpdateQueue::resend_all() {
-  for (auto& [job_id, queue] : jobs_)
-    if (!queue.empty() && queue.front().state == EntryState::InFlight)
+  for (auto& [job_id, queue] : jobs_) {
+    if (!queue.empty() && queue.front().state == EntryState::InFlight) {
       queue.front().state = EntryState::Queued;
+    }
+  }
 }
 
 void UpdateQueue::drop_job(const std::string& job_id) {
@@ -234,20 +251,24 @@ void UpdateQueue::drop_job(const std::string& job_id) {
 
 void UpdateQueue::set_version(const std::string& job_id, std::int64_t execution_number,
                               std::int64_t version) {
-  if (version <= 0)
+  if (version <= 0) {
     return;
+  }
   auto [it, inserted] = versions_.try_emplace(job_id, KnownVersion{execution_number, version});
-  if (inserted)
+  if (inserted) {
     return;
+  }
   KnownVersion& known = it->second;
-  if (known.execution != execution_number || version > known.version)
+  if (known.execution != execution_number || version > known.version) {
     known = KnownVersion{execution_number, version};
+  }
 }
 
 std::optional<std::int64_t> UpdateQueue::version(const std::string& job_id) const {
   auto it = versions_.find(job_id);
-  if (it == versions_.end())
+  if (it == versions_.end()) {
     return std::nullopt;
+  }
   return it->second.version;
 }
 

@@ -24,12 +24,14 @@ class Listener : public ::mqtt::iaction_listener {
   std::function<void(const ::mqtt::token&)> success;
   std::function<void(const ::mqtt::token&)> failure;
   void on_success(const ::mqtt::token& token) override {
-    if (success)
+    if (success) {
       success(token);
+    }
   }
   void on_failure(const ::mqtt::token& token) override {
-    if (failure)
+    if (failure) {
       failure(token);
+    }
   }
 };
 
@@ -92,24 +94,28 @@ struct Session::Impl : public ::mqtt::callback {
     subscribed = false;
     {
       std::lock_guard lock(mutex);
-      if (stopping)
+      if (stopping) {
         return;
+      }
       auto lived = Clock::now() - connected_at;
-      if (lived < settings.quick_disconnect)
+      if (lived < settings.quick_disconnect) {
         ++quick_disconnects;
-      else
+      } else {
         quick_disconnects = 0;
+      }
       state = State::Idle;
       schedule_locked();
     }
     wake.notify_all();
     spdlog::warn("mqtt: connection to {} lost{}{}", uri, cause.empty() ? "" : ": ", cause);
-    if (callbacks.on_disconnected)
+    if (callbacks.on_disconnected) {
       callbacks.on_disconnected(cause.empty() ? "connection lost" : cause);
+    }
   }
   void message_arrived(::mqtt::const_message_ptr message) override {
-    if (callbacks.on_message && message)
+    if (callbacks.on_message && message) {
       callbacks.on_message(message->get_topic(), message->get_payload_str());
+    }
   }
   void delivery_complete(::mqtt::delivery_token_ptr) override {}
 
@@ -118,12 +124,13 @@ struct Session::Impl : public ::mqtt::callback {
     milliseconds ceiling = settings.reconnect_max;
     if (quick_disconnects >= 3) {
       ceiling = std::max(settings.duplicate_backoff_max, settings.reconnect_max);
-      if (quick_disconnects == 3 || quick_disconnects % 10 == 0)
+      if (quick_disconnects == 3 || quick_disconnects % 10 == 0) {
         spdlog::error(
             "mqtt: client id {} is probably used by another connection (disconnected {} times "
             "right after connecting); backing off up to {} s",
             settings.client_id, quick_disconnects,
             std::chrono::duration_cast<std::chrono::seconds>(ceiling).count());
+      }
     }
     backoff = backoff.count() == 0 ? settings.reconnect_min : std::min(ceiling, backoff * 2);
     // Full jitter in the upper half keeps a fleet from reconnecting in lockstep.
@@ -162,8 +169,9 @@ struct Session::Impl : public ::mqtt::callback {
     {
       std::lock_guard lock(mutex);
       // Paho may report one connect's success twice: subscribe once.
-      if (stopping || state == State::Connected)
+      if (stopping || state == State::Connected) {
         return;
+      }
       state = State::Connected;
       connected_at = Clock::now();
     }
@@ -183,15 +191,17 @@ struct Session::Impl : public ::mqtt::callback {
     std::string reason = describe_failure(token);
     {
       std::lock_guard lock(mutex);
-      if (stopping)
+      if (stopping) {
         return;
+      }
       state = State::Idle;
       schedule_locked();
     }
     wake.notify_all();
     spdlog::warn("mqtt: connect to {} failed: {}; retrying", uri, reason);
-    if (callbacks.on_disconnected)
+    if (callbacks.on_disconnected) {
       callbacks.on_disconnected("connect failed: " + reason);
+    }
   }
 
   void on_subscribe_success(const ::mqtt::token& token) {
@@ -214,13 +224,15 @@ struct Session::Impl : public ::mqtt::callback {
       std::lock_guard lock(mutex);
       // A connection that stayed long enough to subscribe resets the back-off only when it
       // is not one of a series of quick disconnects.
-      if (quick_disconnects == 0)
+      if (quick_disconnects == 0) {
         backoff = milliseconds(0);
+      }
     }
     subscribed = true;
     spdlog::info("mqtt: subscribed to {} topic filters", settings.subscriptions.size());
-    if (callbacks.on_subscribed)
+    if (callbacks.on_subscribed) {
       callbacks.on_subscribed();
+    }
   }
 
   /// Drops the connection so that the reconnect logic runs again (not from Paho's thread
@@ -269,15 +281,17 @@ Status Session::start() {
     options.set_automatic_reconnect(false);  // the session's own loop reconnects
     if (!s.plain_tcp) {
       ::mqtt::ssl_options ssl;
-      if (!s.cafile.empty())
+      if (!s.cafile.empty()) {
         ssl.set_trust_store(s.cafile);
+      }
       ssl.set_key_store(s.certfile);
       ssl.set_private_key(s.keyfile);
       ssl.set_enable_server_cert_auth(true);
       ssl.set_verify(true);  // host name verification
       ssl.set_ssl_version(MQTT_SSL_VERSION_TLS_1_2);
-      if (s.alpn)
+      if (s.alpn) {
         ssl.set_alpn_protos({"x-amzn-mqtt-ca"});
+      }
       // No ssl error handler: Paho C++ 1.2 keeps a pointer to the ssl_options object as its
       // context, which dangles once the options are copied into connect_options.
       options.set_ssl(std::move(ssl));
@@ -300,8 +314,9 @@ Status Session::start() {
 }
 
 bool Session::publish(const std::string& topic, const std::string& payload) {
-  if (!impl_->client)
+  if (!impl_->client) {
     return false;
+  }
   try {
     auto message = ::mqtt::make_message(topic, payload, 1, false);
     impl_->client->publish(message);
@@ -316,21 +331,24 @@ void Session::stop(milliseconds flush) {
   auto& impl = *impl_;
   {
     std::lock_guard lock(impl.mutex);
-    if (impl.state == Impl::State::Stopped)
+    if (impl.state == Impl::State::Stopped) {
       return;
+    }
     impl.stopping = true;
   }
   impl.wake.notify_all();
-  if (impl.thread.joinable())
+  if (impl.thread.joinable()) {
     impl.thread.join();
+  }
   if (impl.client) {
     auto deadline = Clock::now() + flush;
     try {
       if (flush.count() > 0 && impl.client->is_connected()) {
         for (const auto& token : impl.client->get_pending_delivery_tokens()) {
           auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-          if (left.count() <= 0)
+          if (left.count() <= 0) {
             break;
+          }
           token->wait_for(left);
         }
       }
@@ -338,8 +356,9 @@ void Session::stop(milliseconds flush) {
       spdlog::debug("mqtt: flushing: {}", e.what());
     }
     try {
-      if (impl.client->is_connected())
+      if (impl.client->is_connected()) {
         impl.client->disconnect(milliseconds(1000))->wait_for(milliseconds(2000));
+      }
     } catch (const std::exception& e) {
       spdlog::debug("mqtt: disconnect: {}", e.what());
     }

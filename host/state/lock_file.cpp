@@ -18,11 +18,13 @@ namespace {
 std::optional<pid_t> read_pid(int fd) {
   char text[32] = {};
   const auto n = ::pread(fd, text, sizeof text - 1, 0);
-  if (n <= 0)
+  if (n <= 0) {
     return std::nullopt;
+  }
   const long long pid = std::atoll(text);
-  if (pid > 0)
+  if (pid > 0) {
     return static_cast<pid_t>(pid);
+  }
   return std::nullopt;
 }
 
@@ -30,8 +32,9 @@ std::optional<pid_t> read_pid(int fd) {
 
 std::optional<pid_t> lock_holder(const std::filesystem::path& path) {
   const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
-  if (!fd.valid())
+  if (!fd.valid()) {
     return std::nullopt;
+  }
   return read_pid(fd.get());
 }
 
@@ -39,11 +42,13 @@ Result<LockFile> LockFile::acquire(const std::filesystem::path& path) {
   OwnedDirectoryOptions options;
   options.uid = ::geteuid();
   auto dir = open_owned_directory(path.parent_path(), options);
-  if (!dir)
+  if (!dir) {
     return fail(dir.error().context("cannot open lock file " + path.string()));
+  }
   auto opened = open_file_in(dir->get(), path, O_RDWR | O_CREAT, 0644);
-  if (!opened)
+  if (!opened) {
     return fail("cannot open lock file: " + opened.error().message());
+  }
   UniqueFd fd = std::move(*opened);
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
@@ -67,8 +72,9 @@ LockFile::LockFile(LockFile&& other) noexcept
 
 LockFile& LockFile::operator=(LockFile&& other) noexcept {
   if (this != &other) {
-    if (fd_ >= 0)
+    if (fd_ >= 0) {
       ::close(fd_);
+    }
     path_ = std::move(other.path_);
     fd_ = std::exchange(other.fd_, -1);
   }
@@ -76,8 +82,9 @@ LockFile& LockFile::operator=(LockFile&& other) noexcept {
 }
 
 LockFile::~LockFile() {
-  if (fd_ >= 0)
+  if (fd_ >= 0) {
     ::close(fd_);  // releases the flock; the file stays (removing it would race a new owner)
+  }
 }
 
 }  // namespace upparat::state

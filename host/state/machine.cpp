@@ -15,8 +15,9 @@ std::string Machine::Impl::random_prefix() {
   std::random_device rd;
   static const char* hex = "0123456789abcdef";
   std::string out = "u";
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < 8; ++i) {
     out += hex[rd() % 16];
+  }
   return out;
 }
 
@@ -28,40 +29,49 @@ std::uint64_t Machine::Impl::set_timer(TimerPurpose purpose, milliseconds delay)
 }
 
 void Machine::Impl::cancel_timer(std::uint64_t& id) {
-  if (id != 0 && timers.erase(id) != 0)
+  if (id != 0 && timers.erase(id) != 0) {
     out.push_back(CancelTimer{id});
+  }
   id = 0;
 }
 
 void Machine::Impl::publish(std::string topic, std::string payload) {
-  if (connected)
+  if (connected) {
     out.push_back(Publish{std::move(topic), std::move(payload), 1});
+  }
 }
 
 Status Machine::Impl::persist() {
-  if (!durable)
+  if (!durable) {
     return {};
-  if (job)
+  }
+  if (job) {
     durable->store = job->kv->snapshot();
+  }
   auto saved = store.save(*durable);
-  if (!saved)
+  if (!saved) {
     spdlog::error("cannot save the job state: {}", saved.error().message());
+  }
   return saved;
 }
 
 void Machine::Impl::forget_durable() {
   durable.reset();
-  if (auto cleared = store.clear(); !cleared)
+  if (auto cleared = store.clear(); !cleared) {
     spdlog::error("cannot remove the job state: {}", cleared.error().message());
+  }
 }
 
 void Machine::Impl::pump_updates() {
-  if (connected)
-    for (auto& o : updates.poll(now()))
+  if (connected) {
+    for (auto& o : updates.poll(now())) {
       out.push_back(Publish{std::move(o.topic), std::move(o.payload), 1});
+    }
+  }
   const auto next = connected ? updates.next_wakeup() : std::nullopt;
-  if (next == updates_timer_at)
+  if (next == updates_timer_at) {
     return;
+  }
   cancel_timer(updates_timer);
   updates_timer_at = next;
   if (next) {
@@ -110,8 +120,9 @@ void Machine::Impl::take_transitions() {
     phase = found->to;
     spdlog::debug("state machine: {} -> {} on {}", to_string(from), to_string(phase),
                   to_string(trigger));
-    if (found->action == OnTransition::EndJob)
+    if (found->action == OnTransition::EndJob) {
       end_job();
+    }
     enter(phase);
   }
 }
@@ -151,8 +162,9 @@ void Machine::Impl::enter(Phase p) {
       return begin_step(Step::Version, SavedStep::VerifyJob);
     case Phase::DownloadGate:
       status("job " + job->id + ": waiting for the download to be allowed");
-      if (job->doc.force)
+      if (job->doc.force) {
         return gate_open();
+      }
       return begin_step(Step::Download, SavedStep::DownloadGate);
     case Phase::Download:
       return enter_download();

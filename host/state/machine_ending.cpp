@@ -20,47 +20,56 @@ void Machine::Impl::enter_finishing() {
     durable->final_message = final_updates.front().message;
     persist();
   }
-  for (auto& u : final_updates)
+  for (auto& u : final_updates) {
     final_tokens.insert(enqueue(u));
+  }
   final_updates.clear();
   status(job ? "job " + job->id + ": reporting the result" : "reporting");
   maybe_done();
 }
 
 void Machine::Impl::maybe_done() {
-  if (phase != Phase::Finishing || !final_tokens.empty())
+  if (phase != Phase::Finishing || !final_tokens.empty()) {
     return;
-  if (!work)
+  }
+  if (!work) {
     return fire(Trigger::Done);
-  if (work_abandoned)
+  }
+  if (work_abandoned) {
     exit_for_stuck_work();
+  }
 }
 
 void Machine::Impl::job_gone(const std::string& job_id) {
   spdlog::warn("job {} was cancelled or deleted: stopping", job_id);
   updates.drop_job(job_id);
-  if (!job)
+  if (!job) {
     job = Job{job_id, 0, "", {}, "", std::make_shared<plugin::KeyValueStore>(), {}};
+  }
   final_tokens.clear();
   fire(Trigger::Gone);
 }
 
 void Machine::Impl::enter_stopping() {
-  if (work_abandoned)
+  if (work_abandoned) {
     return exit_for_stuck_work();  // the job is gone: nothing to report
+  }
   stop_work();
   status(job ? "job " + job->id + ": stopping" : "stopping");
-  if (!work)
+  if (!work) {
     fire(Trigger::WorkEnded);
+  }
 }
 
 void Machine::Impl::end_job() {
-  if (job)
+  if (job) {
     out.push_back(RemoveDownload{job->id});
+  }
   // The saved state may still name another job (its describe never came back): its file
   // goes too.
-  if (durable && (!job || durable->job_id != job->id))
+  if (durable && (!job || durable->job_id != job->id)) {
     out.push_back(RemoveDownload{durable->job_id});
+  }
   forget_durable();
   url_refusals = 0;
   final_minimal.reset();
@@ -119,17 +128,20 @@ void Machine::Impl::on_final_refused(const jobs::UpdateOutcome& o) {
 
 milliseconds Machine::Impl::ended_delay(int tries) const {
   milliseconds delay = s.ended_retry_base;
-  for (int i = 0; i < tries && delay < s.ended_retry_cap; ++i)
+  for (int i = 0; i < tries && delay < s.ended_retry_cap; ++i) {
     delay *= 2;
+  }
   return std::min(delay, s.ended_retry_cap);
 }
 
 void Machine::Impl::save_ended() {
   std::vector<EndedExecution> list;
-  for (const auto& [id, e] : ended)
+  for (const auto& [id, e] : ended) {
     list.push_back(e.execution);
-  if (auto saved = store.save_ended(list); !saved)
+  }
+  if (auto saved = store.save_ended(list); !saved) {
     spdlog::error("cannot save the ended executions: {}", saved.error().message());
+  }
 }
 
 bool Machine::Impl::is_ended(const jobs::JobSummary& j) const {
@@ -141,10 +153,13 @@ void Machine::Impl::forget_ended_not_listed(const jobs::PendingJobs& pending) {
   bool changed = false;
   for (auto it = ended.begin(); it != ended.end();) {
     const jobs::JobSummary* listed = nullptr;
-    for (const auto* list : {&pending.in_progress, &pending.queued})
-      for (const auto& j : *list)
-        if (j.job_id == it->first && j.execution_number == it->second.execution.execution_number)
+    for (const auto* list : {&pending.in_progress, &pending.queued}) {
+      for (const auto& j : *list) {
+        if (j.job_id == it->first && j.execution_number == it->second.execution.execution_number) {
           listed = &j;
+        }
+      }
+    }
     if (listed) {
       updates.set_version(listed->job_id, listed->execution_number, listed->version_number);
       ++it;
@@ -156,14 +171,16 @@ void Machine::Impl::forget_ended_not_listed(const jobs::PendingJobs& pending) {
     it = ended.erase(it);
     changed = true;
   }
-  if (changed)
+  if (changed) {
     save_ended();
+  }
 }
 
 void Machine::Impl::retry_ended(std::uint64_t timer) {
   for (auto& [id, e] : ended) {
-    if (e.timer != timer)
+    if (e.timer != timer) {
       continue;
+    }
     e.timer = 0;
     ++e.tries;
     jobs::Update u;
@@ -183,8 +200,9 @@ void Machine::Impl::retry_ended(std::uint64_t timer) {
 
 bool Machine::Impl::on_ended_outcome(const jobs::UpdateOutcome& o) {
   auto it = ended.find(o.update.job_id);
-  if (it == ended.end() || it->second.tokens.erase(o.client_token) == 0)
+  if (it == ended.end() || it->second.tokens.erase(o.client_token) == 0) {
     return false;
+  }
   Ended& e = it->second;
   const bool terminal = o.update.status != "IN_PROGRESS";
   if (o.result == jobs::UpdateResult::Gone ||

@@ -43,14 +43,16 @@ void Machine::Impl::on(const Connected&) {
   connected = true;
   if (!ever_connected) {
     ever_connected = true;
-    if (phase == Phase::Idle)
+    if (phase == Phase::Idle) {
       return fire(Trigger::Connect);
+    }
   }
   updates.resend_all();
   resend(request, TimerPurpose::Request);
   resend(cancel_check, TimerPurpose::CancelCheck);
-  if (phase == Phase::Monitor)
+  if (phase == Phase::Monitor) {
     fire(Trigger::JobsNotified);  // notify messages may have been missed while offline
+  }
 }
 
 void Machine::Impl::on(const MqttMessage& m) {
@@ -64,46 +66,55 @@ void Machine::Impl::on(const MqttMessage& m) {
       return on_notify(m.payload);
     case jobs::TopicKind::GetAccepted: {
       auto answer = jobs::parse_get_accepted(m.payload);
-      if (!answer)
+      if (!answer) {
         return spdlog::warn("{}", answer.error().message());
-      if (phase != Phase::FetchJobs || !request || answer->client_token != request->token)
+      }
+      if (phase != Phase::FetchJobs || !request || answer->client_token != request->token) {
         return spdlog::debug("ignoring a stale get answer");
+      }
       return on_get_accepted(*answer);
     }
     case jobs::TopicKind::GetRejected: {
       auto answer = jobs::parse_rejected(m.payload);
       if (!answer || !request || phase != Phase::FetchJobs ||
-          answer->client_token != request->token)
+          answer->client_token != request->token) {
         return;
+      }
       spdlog::warn("get rejected with {}: {}", answer->code, answer->message);
       return;  // the request timer asks again
     }
     case jobs::TopicKind::DescribeAccepted: {
       auto answer = jobs::parse_describe_accepted(m.payload);
-      if (!answer)
+      if (!answer) {
         return spdlog::warn("{}", answer.error().message());
+      }
       return on_describe_accepted(topic->job_id, *answer);
     }
     case jobs::TopicKind::DescribeRejected: {
       auto answer = jobs::parse_rejected(m.payload);
-      if (!answer)
+      if (!answer) {
         return spdlog::warn("{}", answer.error().message());
+      }
       return on_describe_rejected(topic->job_id, *answer);
     }
     case jobs::TopicKind::UpdateAccepted: {
       auto answer = jobs::parse_update_accepted(m.payload);
-      if (!answer)
+      if (!answer) {
         return spdlog::warn("{}", answer.error().message());
-      if (auto outcome = updates.on_accepted(topic->job_id, *answer))
+      }
+      if (auto outcome = updates.on_accepted(topic->job_id, *answer)) {
         on_update_outcome(*outcome);
+      }
       return;
     }
     case jobs::TopicKind::UpdateRejected: {
       auto answer = jobs::parse_rejected(m.payload);
-      if (!answer)
+      if (!answer) {
         return spdlog::warn("{}", answer.error().message());
-      if (auto outcome = updates.on_rejected(topic->job_id, *answer, now()))
+      }
+      if (auto outcome = updates.on_rejected(topic->job_id, *answer, now())) {
         on_update_outcome(*outcome);
+      }
       return;
     }
   }
@@ -111,8 +122,9 @@ void Machine::Impl::on(const MqttMessage& m) {
 
 void Machine::Impl::on_notify(const std::string& payload) {
   auto pending = jobs::parse_notify(payload);
-  if (!pending)
+  if (!pending) {
     return spdlog::warn("{}", pending.error().message());
+  }
   // A notify lists at most 15 executions (10 in older documentation): when other agents'
   // jobs fill it, one of ours may be left out, so a full-looking list is worth a get too.
   const bool any = std::any_of(pending->in_progress.begin(), pending->in_progress.end(),
@@ -121,16 +133,18 @@ void Machine::Impl::on_notify(const std::string& payload) {
                                [&](const auto& j) { return ours(j.job_id); }) ||
                    pending->in_progress.size() + pending->queued.size() >= kNotifyMayBeTruncated;
   if (phase == Phase::Monitor) {
-    if (any)
+    if (any) {
       fire(Trigger::JobsNotified);
+    }
     return;
   }
   if (phase == Phase::FetchJobs && any) {
     notified_during_get = true;
     return;
   }
-  if (!job || !has_job(phase) || phase == Phase::Finishing)
+  if (!job || !has_job(phase) || phase == Phase::Finishing) {
     return;
+  }
   // Listed with another execution number: a retry queued a new execution after ours timed
   // out or failed. That one is not ours to report on; the describe below decides.
   auto listed = [&](const std::vector<jobs::JobSummary>& list) {
@@ -139,12 +153,14 @@ void Machine::Impl::on_notify(const std::string& payload) {
                                      j.execution_number == job->execution);
     });
   };
-  if (listed(pending->in_progress) || listed(pending->queued))
+  if (listed(pending->in_progress) || listed(pending->queued)) {
     return;
+  }
   // Not listed: cancelled, deleted, retried, or just beyond notify's 15 entries. Ask about
   // our execution.
-  if (cancel_check)
+  if (cancel_check) {
     return;
+  }
   Request r;
   r.purpose = RequestPurpose::Select;
   r.job_id = job->id;
@@ -161,20 +177,25 @@ void Machine::Impl::on_describe_accepted(const std::string& job_id,
   if (cancel_check && a.client_token == cancel_check->token && job_id == cancel_check->job_id) {
     cancel_timer(cancel_check->timer);
     cancel_check.reset();
-    if (!job || job->id != job_id || !has_job(phase))
+    if (!job || job->id != job_id || !has_job(phase)) {
       return;
+    }
     if (jobs::is_terminal_status(a.execution.status) ||
-        other_execution(a.execution, job->execution))
+        other_execution(a.execution, job->execution)) {
       return job_gone(job_id);
+    }
     updates.set_version(job_id, a.execution.execution_number, a.execution.version_number);
     return;
   }
-  if (!request || a.client_token != request->token || job_id != request->job_id)
+  if (!request || a.client_token != request->token || job_id != request->job_id) {
     return spdlog::debug("ignoring a stale describe answer for {}", job_id);
-  if (request->purpose == RequestPurpose::Select && phase == Phase::DescribeJob)
+  }
+  if (request->purpose == RequestPurpose::Select && phase == Phase::DescribeJob) {
     return on_select_described(a.execution);
-  if (request->purpose == RequestPurpose::Stream && phase == Phase::DescribeForInstall)
+  }
+  if (request->purpose == RequestPurpose::Stream && phase == Phase::DescribeForInstall) {
     return on_stream_described(a.execution);
+  }
 }
 
 void Machine::Impl::on_describe_rejected(const std::string& job_id, const jobs::Rejected& r) {
@@ -182,29 +203,36 @@ void Machine::Impl::on_describe_rejected(const std::string& job_id, const jobs::
   if (cancel_check && r.client_token == cancel_check->token && job_id == cancel_check->job_id) {
     cancel_timer(cancel_check->timer);
     cancel_check.reset();
-    if (gone && job && job->id == job_id && has_job(phase))
+    if (gone && job && job->id == job_id && has_job(phase)) {
       job_gone(job_id);
+    }
     return;
   }
-  if (!request || r.client_token != request->token || job_id != request->job_id)
+  if (!request || r.client_token != request->token || job_id != request->job_id) {
     return;
+  }
   spdlog::warn("describe of {} rejected with {}: {}", job_id, r.code, r.message);
-  if (gone)
+  if (gone) {
     return job_gone(job_id);
+  }
   // else the request timer asks again
 }
 
 void Machine::Impl::on_update_outcome(const jobs::UpdateOutcome& o) {
-  if (o.result == jobs::UpdateResult::Gone && job && o.update.job_id == job->id && has_job(phase))
+  if (o.result == jobs::UpdateResult::Gone && job && o.update.job_id == job->id && has_job(phase)) {
     return job_gone(job->id);
-  if (on_ended_outcome(o))
+  }
+  if (on_ended_outcome(o)) {
     return;
+  }
   if (o.result == jobs::UpdateResult::Accepted && job && o.update.job_id == job->id &&
-      o.update.status == "IN_PROGRESS")
+      o.update.status == "IN_PROGRESS") {
     job->status = "IN_PROGRESS";
+  }
   if (final_tokens.erase(o.client_token) != 0) {
-    if (o.result == jobs::UpdateResult::Rejected)
+    if (o.result == jobs::UpdateResult::Rejected) {
       on_final_refused(o);
+    }
     return maybe_done();
   }
   if (!awaited_token.empty() && o.client_token == awaited_token) {
@@ -216,8 +244,9 @@ void Machine::Impl::on_update_outcome(const jobs::UpdateOutcome& o) {
       refetch_later = true;
       return fire(Trigger::UpdateRefused);
     }
-    if (phase == Phase::Install)
+    if (phase == Phase::Install) {
       return on_install_accepted();
+    }
     if (phase == Phase::RebootAck) {
       awaited_token.clear();
       return fire(Trigger::RebootAccepted);
@@ -227,10 +256,12 @@ void Machine::Impl::on_update_outcome(const jobs::UpdateOutcome& o) {
 
 void Machine::Impl::work_finished() {
   work.reset();
-  if (phase == Phase::Stopping)
+  if (phase == Phase::Stopping) {
     return fire(Trigger::WorkEnded);
-  if (phase == Phase::Finishing)
+  }
+  if (phase == Phase::Finishing) {
     return maybe_done();
+  }
 }
 
 bool Machine::Impl::work_wanted() const {
@@ -238,16 +269,18 @@ bool Machine::Impl::work_wanted() const {
 }
 
 void Machine::Impl::on(const StepFinished& f) {
-  if (!current_work(f.work))
+  if (!current_work(f.work)) {
     return;
+  }
   work_returned();
   const bool wanted = work_wanted();
   if (phase == Phase::ShuttingDown) {
     work.reset();
     return;
   }
-  if (!wanted)
+  if (!wanted) {
     return work_finished();
+  }
   const bool stopped = !uninterruptible(*work);
   work.reset();
   if (deadline_missed && stopped) {
@@ -258,23 +291,27 @@ void Machine::Impl::on(const StepFinished& f) {
 }
 
 void Machine::Impl::on(const StepProgress& p) {
-  if (!current_work(p.work) || !job)
+  if (!current_work(p.work) || !job) {
     return;
-  if (phase == Phase::Install)
+  }
+  if (phase == Phase::Install) {
     return on_install_progress(p);
+  }
   spdlog::info("job {}: {}: {}", job->id, to_string(work->step), p.line);
 }
 
 void Machine::Impl::on(const DownloadFinished& f) {
-  if (!current_work(f.work))
+  if (!current_work(f.work)) {
     return;
+  }
   work_returned();
   if (phase == Phase::ShuttingDown) {
     work.reset();
     return;
   }
-  if (!work_wanted())
+  if (!work_wanted()) {
     return work_finished();
+  }
   work.reset();
   if (deadline_missed) {
     attempt_ended();
@@ -284,13 +321,15 @@ void Machine::Impl::on(const DownloadFinished& f) {
 }
 
 void Machine::Impl::on(const DownloadProgress& p) {
-  if (current_work(p.work) && phase == Phase::Download)
+  if (current_work(p.work) && phase == Phase::Download) {
     on_download_progress(p.progress);
+  }
 }
 
 void Machine::Impl::on(const DownloadResumeState& r) {
-  if (!current_work(r.work) || !durable)
+  if (!current_work(r.work) || !durable) {
     return;
+  }
   // Bytes synced to disk are progress: earlier deaths during the download (power cuts in
   // the middle of a long download) no longer count, only this unfinished attempt does.
   attempts.progressed(saved(), r.resume.synced_bytes);
@@ -300,8 +339,9 @@ void Machine::Impl::on(const DownloadResumeState& r) {
 
 void Machine::Impl::on(const TimerFired& t) {
   auto it = timers.find(t.id);
-  if (it == timers.end())
+  if (it == timers.end()) {
     return;  // cancelled
+  }
   const TimerPurpose purpose = it->second;
   timers.erase(it);
   switch (purpose) {
@@ -331,8 +371,9 @@ void Machine::Impl::on(const TimerFired& t) {
       }
       return;
     case TimerPurpose::StepDeadline:
-      if (deadline_timer == t.id)
+      if (deadline_timer == t.id) {
         on_deadline();
+      }
       return;
     case TimerPurpose::Progress:
       if (progress_timer == t.id) {
@@ -365,8 +406,9 @@ void Machine::Impl::on(const TimerFired& t) {
       }
       return;
     case TimerPurpose::StopGrace:
-      if (stop_grace_timer == t.id)
+      if (stop_grace_timer == t.id) {
         on_stop_grace();
+      }
       return;
     case TimerPurpose::Abandon:
       if (abandon_timer == t.id) {
@@ -384,8 +426,9 @@ void Machine::Impl::on(const TimerFired& t) {
 }
 
 void Machine::Impl::on(const ShutdownRequested&) {
-  if (shutdown)
+  if (shutdown) {
     return;
+  }
   shutdown = true;
   const Phase from = phase;
   spdlog::info("shutting down in phase {}", to_string(from));
@@ -397,16 +440,18 @@ void Machine::Impl::on(const ShutdownRequested&) {
     out.push_back(StopWork{work->id});
     cancel_timer(stop_grace_timer);
     // Stopped on purpose: the daemon did not die during this attempt.
-    if (attempts.stopped_on_purpose(saved()))
+    if (attempts.stopped_on_purpose(saved())) {
       persist();
+    }
   }
   status("stopping");
   fire(Trigger::Shutdown);
 }
 
 void Machine::Impl::maybe_exit() {
-  if (phase == Phase::ShuttingDown && (!work || work_abandoned) && updates.empty())
+  if (phase == Phase::ShuttingDown && (!work || work_abandoned) && updates.empty()) {
     out.push_back(Exit{work ? ExitReason::PluginStuck : ExitReason::Shutdown});
+  }
 }
 
 std::vector<Action> Machine::Impl::handle(const Event& event) {

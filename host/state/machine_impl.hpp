@@ -62,8 +62,9 @@ inline const char* failed_state(plugin::Step step) {
 
 // An execution number to send (0: not known, left out).
 inline std::optional<std::int64_t> known_execution(std::int64_t execution_number) {
-  if (execution_number > 0)
+  if (execution_number > 0) {
     return execution_number;
+  }
   return std::nullopt;
 }
 

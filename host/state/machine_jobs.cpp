@@ -33,8 +33,9 @@ void Machine::Impl::send_request(RequestPurpose purpose, const std::string& job_
 }
 
 void Machine::Impl::resend(std::optional<Request>& r, TimerPurpose purpose) {
-  if (!r)
+  if (!r) {
     return;
+  }
   publish(r->topic, r->payload);
   cancel_timer(r->timer);
   r->timer = set_timer(purpose, s.request_resend);
@@ -52,8 +53,9 @@ void Machine::Impl::enter_fetch_jobs() {
 }
 
 void Machine::Impl::arm_poll() {
-  if (s.poll_interval.count() <= 0)
+  if (s.poll_interval.count() <= 0) {
     return;
+  }
   const auto base = duration_cast<milliseconds>(s.poll_interval);
   std::random_device rd;
   const auto jitter = milliseconds(base.count() / 10 > 0 ? rd() % (base.count() / 10 + 1) : 0);
@@ -73,8 +75,9 @@ void Machine::Impl::on_get_accepted(const jobs::PendingJobs& pending) {
   if (!in_progress.empty()) {
     final_updates.clear();
     std::string ids;
-    for (const auto& j : in_progress)
+    for (const auto& j : in_progress) {
       ids += (ids.empty() ? "" : ", ") + j.job_id;
+    }
     for (const auto& j : in_progress) {
       updates.set_version(j.job_id, j.execution_number, j.version_number);
       jobs::Update u;
@@ -89,8 +92,9 @@ void Machine::Impl::on_get_accepted(const jobs::PendingJobs& pending) {
     spdlog::error("{} jobs IN_PROGRESS ({}): failing all of them", in_progress.size(), ids);
     // None of them goes on: their downloads and the saved state go (no job is set, so
     // end_job() does not run after this).
-    for (const auto& j : in_progress)
+    for (const auto& j : in_progress) {
       out.push_back(RemoveDownload{j.job_id});
+    }
     if (durable) {
       out.push_back(RemoveDownload{durable->job_id});
       forget_durable();
@@ -120,8 +124,9 @@ void Machine::Impl::on_get_accepted(const jobs::PendingJobs& pending) {
 }
 
 void Machine::Impl::on_select_described(const jobs::Execution& e) {
-  if (e.job_id != *selected)
+  if (e.job_id != *selected) {
     return;
+  }
   const bool local =
       durable && durable->job_id == e.job_id && durable->execution_number == e.execution_number;
   if (jobs::is_terminal_status(e.status) || other_execution(e, selected_execution)) {
@@ -141,10 +146,11 @@ void Machine::Impl::on_select_described(const jobs::Execution& e) {
   j.execution = e.execution_number;
   j.status = e.status;
   j.document_json = e.document_json;
-  if (job && job->id == j.id)
+  if (job && job->id == j.id) {
     j.kv = job->kv;
-  else if (local)
+  } else if (local) {
     j.kv = std::make_shared<plugin::KeyValueStore>(durable->store);
+  }
   job = std::move(j);
   // The starting point of expectedVersion (also after a reboot or a re-describe).
   updates.set_version(e.job_id, e.execution_number, e.version_number);
@@ -166,11 +172,13 @@ void Machine::Impl::on_select_described(const jobs::Execution& e) {
       return fire(Trigger::DaemonDied);
     }
     spdlog::info("job {}: continuing from the saved step {}", job->id, to_string(durable->step));
-    if (durable->step == SavedStep::Finish)
+    if (durable->step == SavedStep::Finish) {
       final_updates = {
           make_update(durable->final_status, durable->final_state, durable->final_message)};
-    if (rule.trigger)
+    }
+    if (rule.trigger) {
       return fire(s.install_from_url ? rule.streaming : *rule.trigger);
+    }
     // verify_job: start over as if new, keeping the saved counts
   } else {
     durable = JobState{};
@@ -181,12 +189,14 @@ void Machine::Impl::on_select_described(const jobs::Execution& e) {
   durable->force = job->doc.force;
   if (e.status == "IN_PROGRESS") {
     auto state = e.status_details.find("state");
-    if (!local && state != e.status_details.end() && state->second == "reboot_start")
+    if (!local && state != e.status_details.end() && state->second == "reboot_start") {
       return fire(Trigger::AlreadyRebooted);
+    }
     return fire(Trigger::Redo);
   }
-  if (job->doc.force)
+  if (job->doc.force) {
     return fire(Trigger::Redo);
+  }
   fire(Trigger::CheckVersion);
 }
 
@@ -206,14 +216,16 @@ bool Machine::Impl::other_execution(const jobs::Execution& e, std::int64_t execu
 }
 
 void Machine::Impl::on_stream_described(const jobs::Execution& e) {
-  if (jobs::is_terminal_status(e.status) || other_execution(e, job->execution))
+  if (jobs::is_terminal_status(e.status) || other_execution(e, job->execution)) {
     return job_gone(e.job_id);
+  }
   updates.set_version(e.job_id, e.execution_number, e.version_number);
   auto doc = jobs::parse_job_document(e.document_json, s.allow_http);
-  if (doc)
+  if (doc) {
     job->doc.file = doc->file;
-  else
+  } else {
     spdlog::warn("job {}: describe for a fresh URL: {}", job->id, doc.error().message());
+  }
   fire(Trigger::FreshUrl);
 }
 

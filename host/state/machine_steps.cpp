@@ -56,10 +56,11 @@ void Machine::Impl::run_step() {
   Work w{next_id++, false, step};
   work = w;
   StopPolicy policy = StopPolicy::Interruptible;
-  if (step == Step::Install && s.install_not_interruptible)
+  if (step == Step::Install && s.install_not_interruptible) {
     policy = StopPolicy::NotInterruptible;
-  else if (step == Step::Restart)
+  } else if (step == Step::Restart) {
     policy = StopPolicy::RunsOnAtShutdown;
+  }
   out.push_back(RunStep{w.id, step, context(), job->kv, policy});
 }
 
@@ -67,18 +68,21 @@ void Machine::Impl::on_step_finished(const StepFinished& f) {
   attempt_ended();
   const auto& r = f.result;
   if (r.outcome == Outcome::RetryLater) {
-    if (deadline_missed)
+    if (deadline_missed) {
       return step_failed(*deadline_missed);
-    if (attempts.retry_count() >= s.max_retries)
+    }
+    if (attempts.retry_count() >= s.max_retries) {
       return step_failed("timed out after " + std::to_string(s.max_retries) + " retries");
+    }
     const auto delay = r.retry_after.value_or(s.retry_interval);
     spdlog::info("job {}: {} step asks to retry in {} s ({}){}", job->id, to_string(step),
                  delay.count(), attempts.retry_count() + 1, r.text.empty() ? "" : ": " + r.text);
     retry_timer = set_timer(TimerPurpose::StepRetry, delay);
     return;
   }
-  if (r.outcome == Outcome::Failed)
+  if (r.outcome == Outcome::Failed) {
     return step_failed(r.text.empty() ? "failed" : r.text);
+  }
   const bool ok = r.outcome == Outcome::Ok;
   switch (phase) {
     case Phase::VerifyJob: {
@@ -87,8 +91,9 @@ void Machine::Impl::on_step_finished(const StepFinished& f) {
         final_updates = {make_update("SUCCEEDED", "version_already_installed", "none")};
         return fire(Trigger::VersionInstalled);
       }
-      if (ok)
+      if (ok) {
         spdlog::info("job {}: running {}, installing {}", job->id, trim(r.text), job->doc.version);
+      }
       return fire(Trigger::VersionDiffers);
     }
     case Phase::DownloadGate:
@@ -136,8 +141,9 @@ void Machine::Impl::on_deadline() {
   deadline_timer = 0;
   const auto limit = s.step_deadline[index(step)].count();
   const std::string reason = "timed out after " + std::to_string(limit) + " s";
-  if (!work)
+  if (!work) {
     return step_failed(reason);
+  }
   // No FAILED while the work runs: a step that goes on could still install, activate a
   // slot or reboot after the job was reported FAILED.
   deadline_missed = reason;
@@ -159,45 +165,52 @@ bool Machine::Impl::uninterruptible(const Work& w) const {
 }
 
 void Machine::Impl::stop_work() {
-  if (!work)
+  if (!work) {
     return;
+  }
   out.push_back(StopWork{work->id});
-  if (!uninterruptible(*work) && !work_abandoned && stop_grace_timer == 0)
+  if (!uninterruptible(*work) && !work_abandoned && stop_grace_timer == 0) {
     stop_grace_timer = set_timer(TimerPurpose::StopGrace, s.stop_grace);
+  }
 }
 
 void Machine::Impl::work_returned() {
   cancel_timer(stop_grace_timer);
   cancel_timer(abandon_timer);
-  if (work_abandoned)
+  if (work_abandoned) {
     spdlog::warn("job {}: the abandoned {} ended after all", job ? job->id : "?",
                  work->download ? "download" : to_string(work->step));
+  }
   work_abandoned = false;
 }
 
 void Machine::Impl::on_stop_grace() {
   stop_grace_timer = 0;
-  if (!work || phase == Phase::ShuttingDown)
+  if (!work || phase == Phase::ShuttingDown) {
     return;
+  }
   work_abandoned = true;
   const std::string what(work->download ? "download" : to_string(work->step));
   spdlog::critical(
       "job {}: the {} did not return within {} s of the request to stop: abandoning it; "
       "the daemon exits once the job's result is reported, for a clean daemon to take over",
       job ? job->id : "?", what, s.stop_grace.count());
-  if (!deadline_missed)
+  if (!deadline_missed) {
     return exit_for_stuck_work();  // Stopping: the job is gone, nothing to report
+  }
   final_updates = {make_update("FAILED", failed_state(step),
                                *deadline_missed + "; the plugin did not stop within " +
                                    std::to_string(s.stop_grace.count()) + " s")};
   fire(Trigger::StepFailed);  // Finishing saves `finish` and sends it; maybe_done() exits
-  if (!exited)
+  if (!exited) {
     abandon_timer = set_timer(TimerPurpose::Abandon, s.update_resend);
+  }
 }
 
 void Machine::Impl::exit_for_stuck_work() {
-  if (exited)
+  if (exited) {
     return;
+  }
   exited = true;
   status("a plugin step did not stop: exiting");
   out.push_back(Exit{ExitReason::PluginStuck});
@@ -224,14 +237,16 @@ void Machine::Impl::enter_download() {
   req.job_id = job->id;
   req.url = job->doc.file;
   req.sha256 = job->doc.sha256;
-  if (job->doc.size)
+  if (job->doc.size) {
     req.size = static_cast<std::uint64_t>(*job->doc.size);
+  }
   out.push_back(RunDownload{w.id, std::move(req), durable->resume});
 }
 
 void Machine::Impl::on_download_progress(const download::Progress& p) {
-  if (!progress.download_due(p.percent(), now()))
+  if (!progress.download_due(p.percent(), now())) {
     return;
+  }
   update("IN_PROGRESS", "download_progress",
          "{\"downloaded_bytes\": " + std::to_string(p.bytes) + "}", {}, true);
 }
@@ -269,8 +284,9 @@ void Machine::Impl::on_url_expired(const download::DownloadResult& r) {
     return fire(Trigger::UrlExpired);
   }
   auto delay = s.url_refused_backoff_base;
-  for (int i = 2; i < url_refusals && delay < s.url_refused_backoff_cap; ++i)
+  for (int i = 2; i < url_refusals && delay < s.url_refused_backoff_cap; ++i) {
     delay *= 2;
+  }
   delay = std::min(delay, s.url_refused_backoff_cap);
   spdlog::warn(
       "job {}: the download URL was refused {} times in a row: describing the job "
@@ -307,23 +323,27 @@ void Machine::Impl::on_install_accepted() {
 
 void Machine::Impl::on_install_progress(const StepProgress& p) {
   pending_line = p.line;
-  if (progress.line_due(p.percent, now()))
+  if (progress.line_due(p.percent, now())) {
     return send_line();
-  if (progress_timer == 0)
+  }
+  if (progress_timer == 0) {
     progress_timer = set_timer(TimerPurpose::Progress,
                                duration_cast<milliseconds>(progress.line_due_at() - now()));
+  }
 }
 
 void Machine::Impl::flush_line() {
-  if (pending_line)
+  if (pending_line) {
     progress.sent(-1, now());
+  }
   send_line();
 }
 
 void Machine::Impl::send_line() {
   cancel_timer(progress_timer);
-  if (!pending_line)
+  if (!pending_line) {
     return;
+  }
   update("IN_PROGRESS", "installation_progress", *pending_line, {}, true);
   pending_line.reset();
 }

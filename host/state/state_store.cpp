@@ -31,8 +31,9 @@ Result<UniqueFd> open_state_directory(const std::filesystem::path& directory, Mi
   options.uid = ::geteuid();
   options.missing = missing;
   auto fd = open_owned_directory(directory, options);
-  if (!fd)
+  if (!fd) {
     return fail(fd.error().context("state folder " + directory.string()));
+  }
   return fd;
 }
 
@@ -111,32 +112,39 @@ std::string to_json(const std::vector<EndedExecution>& ended) {
 Result<std::vector<EndedExecution>> ended_from_json(const std::string& text) {
   rapidjson::Document d;
   d.Parse(text.data(), text.size());
-  if (d.HasParseError() || !d.IsObject())
+  if (d.HasParseError() || !d.IsObject()) {
     return fail("not a JSON object");
+  }
   auto format = d.FindMember("format");
-  if (format == d.MemberEnd() || !format->value.IsInt() || format->value.GetInt() != kFormatVersion)
+  if (format == d.MemberEnd() || !format->value.IsInt() ||
+      format->value.GetInt() != kFormatVersion) {
     return fail("unknown format (expected \"format\": " + std::to_string(kFormatVersion) + ")");
+  }
   auto list = d.FindMember("ended");
-  if (list == d.MemberEnd() || !list->value.IsArray())
+  if (list == d.MemberEnd() || !list->value.IsArray()) {
     return fail("no \"ended\" list");
+  }
   std::vector<EndedExecution> out;
   for (const auto& v : list->value.GetArray()) {
     auto text_of = [&](const char* key) -> std::optional<std::string> {
       auto m = v.FindMember(key);
-      if (m == v.MemberEnd() || !m->value.IsString() || m->value.GetStringLength() == 0)
+      if (m == v.MemberEnd() || !m->value.IsString() || m->value.GetStringLength() == 0) {
         return std::nullopt;
+      }
       return std::string(m->value.GetString(), m->value.GetStringLength());
     };
-    if (!v.IsObject())
+    if (!v.IsObject()) {
       return fail("an entry of \"ended\" is not an object");
+    }
     auto exec = v.FindMember("execution_number");
     auto queued = v.FindMember("queued");
     EndedExecution e;
     auto job_id = text_of("job_id");
     auto status = text_of("status");
     auto state = text_of("state");
-    if (!job_id || !status || !state || exec == v.MemberEnd() || !exec->value.IsInt64())
+    if (!job_id || !status || !state || exec == v.MemberEnd() || !exec->value.IsInt64()) {
       return fail("an entry of \"ended\" lacks job_id, execution_number, status or state");
+    }
     e.job_id = *job_id;
     e.execution_number = exec->value.GetInt64();
     e.status = *status;
@@ -181,8 +189,9 @@ std::string to_json(const JobState& s) {
   str("final_message", s.final_message);
   w.Key("store");
   w.StartObject();
-  for (const auto& [key, value] : s.store)
+  for (const auto& [key, value] : s.store) {
     str(key.c_str(), value);
+  }
   w.EndObject();
   w.EndObject();
   return std::string(buffer.GetString(), buffer.GetSize());
@@ -191,57 +200,73 @@ std::string to_json(const JobState& s) {
 Result<JobState> job_state_from_json(const std::string& text) {
   rapidjson::Document d;
   d.Parse(text.data(), text.size());
-  if (d.HasParseError() || !d.IsObject())
+  if (d.HasParseError() || !d.IsObject()) {
     return fail("not a JSON object");
+  }
   auto get = [&](const char* key) -> const rapidjson::Value* {
     auto it = d.FindMember(key);
     return it == d.MemberEnd() ? nullptr : &it->value;
   };
   const auto* format = get("format");
-  if (!format || !format->IsInt() || format->GetInt() != kFormatVersion)
+  if (!format || !format->IsInt() || format->GetInt() != kFormatVersion) {
     return fail("unknown format (expected \"format\": " + std::to_string(kFormatVersion) + ")");
+  }
   JobState s;
   const auto* job_id = get("job_id");
   const auto* exec = get("execution_number");
   const auto* step = get("step");
   if (!job_id || !job_id->IsString() || job_id->GetStringLength() == 0 || !exec ||
-      !exec->IsInt64() || !step || !step->IsString())
+      !exec->IsInt64() || !step || !step->IsString()) {
     return fail("job_id, execution_number or step missing");
+  }
   s.job_id = job_id->GetString();
   s.execution_number = exec->GetInt64();
   const auto parsed = parse_saved_step(step->GetString());
-  if (!parsed)
+  if (!parsed) {
     return fail(std::string("unknown step '") + step->GetString() + "'");
+  }
   s.step = *parsed;
-  if (const auto* v = get("unfinished_starts"); v && v->IsInt())
+  if (const auto* v = get("unfinished_starts"); v && v->IsInt()) {
     s.unfinished_starts = v->GetInt();
-  if (const auto* v = get("retry_count"); v && v->IsInt())
+  }
+  if (const auto* v = get("retry_count"); v && v->IsInt()) {
     s.retry_count = v->GetInt();
-  if (const auto* v = get("step_elapsed_seconds"); v && v->IsInt64())
+  }
+  if (const auto* v = get("step_elapsed_seconds"); v && v->IsInt64()) {
     s.step_elapsed_seconds = v->GetInt64();
-  if (const auto* v = get("version"); v && v->IsString())
+  }
+  if (const auto* v = get("version"); v && v->IsString()) {
     s.version = v->GetString();
-  if (const auto* v = get("force"); v && v->IsBool())
+  }
+  if (const auto* v = get("force"); v && v->IsBool()) {
     s.force = v->GetBool();
-  if (const auto* v = get("final_status"); v && v->IsString())
+  }
+  if (const auto* v = get("final_status"); v && v->IsString()) {
     s.final_status = v->GetString();
-  if (const auto* v = get("final_state"); v && v->IsString())
+  }
+  if (const auto* v = get("final_state"); v && v->IsString()) {
     s.final_state = v->GetString();
-  if (const auto* v = get("final_message"); v && v->IsString())
+  }
+  if (const auto* v = get("final_message"); v && v->IsString()) {
     s.final_message = v->GetString();
+  }
   if (const auto* v = get("download"); v && v->IsObject()) {
     auto b = v->FindMember("synced_bytes");
-    if (b != v->MemberEnd() && b->value.IsUint64())
+    if (b != v->MemberEnd() && b->value.IsUint64()) {
       s.resume.synced_bytes = b->value.GetUint64();
+    }
     auto e = v->FindMember("etag");
-    if (e != v->MemberEnd() && e->value.IsString())
+    if (e != v->MemberEnd() && e->value.IsString()) {
       s.resume.etag = e->value.GetString();
+    }
   }
   if (const auto* v = get("store"); v && v->IsObject()) {
-    for (auto m = v->MemberBegin(); m != v->MemberEnd(); ++m)
-      if (m->value.IsString())
+    for (auto m = v->MemberBegin(); m != v->MemberEnd(); ++m) {
+      if (m->value.IsString()) {
         s.store[m->name.GetString()] =
             std::string(m->value.GetString(), m->value.GetStringLength());
+      }
+    }
   }
   return s;
 }
@@ -256,65 +281,80 @@ std::filesystem::path FileStateStore::path() const {
 Result<std::optional<std::string>> FileStateStore::read_file(const std::string& name) const {
   const std::filesystem::path file = directory_ / name;
   auto dir = open_state_directory(directory_, Missing::Ignore);
-  if (!dir)
+  if (!dir) {
     return fail(dir.error());
+  }
   struct stat st {};
   if (!dir->valid() ||
-      (::fstatat(dir->get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT))
+      (::fstatat(dir->get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT)) {
     return std::optional<std::string>{};
+  }
   auto fd = open_file_in(dir->get(), file, O_RDONLY);
-  if (!fd)
+  if (!fd) {
     return fail("cannot read " + file.string() + ": " + fd.error().message());
+  }
   std::string text;
   char chunk[16384];
   for (;;) {
     const auto n = ::read(fd->get(), chunk, sizeof chunk);
-    if (n < 0 && errno == EINTR)
+    if (n < 0 && errno == EINTR) {
       continue;
-    if (n < 0)
+    }
+    if (n < 0) {
       return fail("cannot read " + file.string() + ": " + errno_text());
-    if (n == 0)
+    }
+    if (n == 0) {
       break;
+    }
     text.append(chunk, static_cast<std::size_t>(n));
-    if (text.size() > kMaxStateBytes)
+    if (text.size() > kMaxStateBytes) {
       return fail(file.string() + ": larger than " + std::to_string(kMaxStateBytes) + " bytes");
+    }
   }
   return std::optional<std::string>(std::move(text));
 }
 
 Result<std::optional<JobState>> FileStateStore::load() {
   auto text = read_file("state.json");
-  if (!text)
+  if (!text) {
     return fail(text.error().context("cannot read the job state"));
-  if (!*text)
+  }
+  if (!*text) {
     return std::optional<JobState>{};
+  }
   auto state = job_state_from_json(**text);
-  if (!state)
+  if (!state) {
     return fail(state.error().context(path().string()));
+  }
   return std::optional<JobState>(std::move(*state));
 }
 
 Result<std::vector<EndedExecution>> FileStateStore::load_ended() {
   auto text = read_file("ended.json");
-  if (!text)
+  if (!text) {
     return fail(text.error());
-  if (!*text)
+  }
+  if (!*text) {
     return std::vector<EndedExecution>{};
+  }
   auto ended = ended_from_json(**text);
-  if (!ended)
+  if (!ended) {
     return fail(ended.error().context((directory_ / "ended.json").string()));
+  }
   return ended;
 }
 
 Status FileStateStore::save(const JobState& state) {
-  if (auto written = write_file("state.json", to_json(state)); !written)
+  if (auto written = write_file("state.json", to_json(state)); !written) {
     return fail(written.error().context("cannot save the job state"));
+  }
   return {};
 }
 
 Status FileStateStore::save_ended(const std::vector<EndedExecution>& ended) {
-  if (ended.empty())
+  if (ended.empty()) {
     return remove_file("ended.json");
+  }
   return write_file("ended.json", to_json(ended));
 }
 
@@ -322,11 +362,13 @@ Status FileStateStore::write_file(const std::string& name, const std::string& da
   const std::filesystem::path target = directory_ / name;
   const std::filesystem::path temp = directory_ / (name + ".tmp");
   auto dir = open_state_directory(directory_, Missing::Fail);
-  if (!dir)
+  if (!dir) {
     return fail(dir.error());
+  }
   auto fd = open_file_in(dir->get(), temp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  if (!fd)
+  if (!fd) {
     return fail(fd.error());
+  }
   // A temp file left by an older daemon may have another mode.
   if (::fchmod(fd->get(), 0600) != 0) {
     const std::string err = errno_text();
@@ -347,8 +389,9 @@ Status FileStateStore::write_file(const std::string& name, const std::string& da
     (void)remove_in(dir->get(), temp);
     return fail(renamed.error());
   }
-  if (::fsync(dir->get()) != 0)
+  if (::fsync(dir->get()) != 0) {
     return fail("cannot fsync " + directory_.string() + ": " + errno_text());
+  }
   return {};
 }
 
@@ -358,12 +401,15 @@ Status FileStateStore::clear() {
 
 Status FileStateStore::remove_file(const std::string& name) {
   auto dir = open_state_directory(directory_, Missing::Ignore);
-  if (!dir)
+  if (!dir) {
     return fail(dir.error());
-  if (!dir->valid())
+  }
+  if (!dir->valid()) {
     return {};
-  if (auto removed = remove_in(dir->get(), directory_ / name); !removed)
+  }
+  if (auto removed = remove_in(dir->get(), directory_ / name); !removed) {
     return removed;
+  }
   (void)::fsync(dir->get());
   return {};
 }

@@ -126,8 +126,9 @@ class MemoryStateStore final : public StateStore {
  public:
   [[nodiscard]] Result<std::optional<JobState>> load() override { return state_; }
   [[nodiscard]] Status save(const JobState& state) override {
-    if (fail_saves_with)
+    if (fail_saves_with) {
       return fail(*fail_saves_with);
+    }
     state_ = state;
     ++saves_;
     return {};
@@ -138,8 +139,9 @@ class MemoryStateStore final : public StateStore {
   }
   [[nodiscard]] Result<std::vector<EndedExecution>> load_ended() override { return ended_; }
   [[nodiscard]] Status save_ended(const std::vector<EndedExecution>& ended) override {
-    if (fail_saves_with)
+    if (fail_saves_with) {
       return fail(*fail_saves_with);
+    }
     ended_ = ended;
     return {};
   }

@@ -66,9 +66,11 @@ constexpr ResumeRule kResume[] = {
 };
 
 constexpr bool resume_rows_in_order() {
-  for (std::size_t i = 0; i < std::size(kResume); ++i)
-    if (static_cast<std::size_t>(kResume[i].saved) != i)
+  for (std::size_t i = 0; i < std::size(kResume); ++i) {
+    if (static_cast<std::size_t>(kResume[i].saved) != i) {
       return false;
+    }
+  }
   return std::size(kResume) == static_cast<std::size_t>(SavedStep::Finish) + 1;
 }
 static_assert(resume_rows_in_order(), "kResume has one row per SavedStep, in enum order");
@@ -233,15 +235,21 @@ const char* to_string(Phase phase) {
 constexpr Transition kShutdown = {Phase::Idle, Trigger::Shutdown, Phase::ShuttingDown};
 
 const Transition* find_transition(Phase from, Trigger trigger) {
-  if (trigger == Trigger::Shutdown)
+  if (trigger == Trigger::Shutdown) {
     return from == Phase::ShuttingDown ? nullptr : &kShutdown;
-  for (const auto& t : kTransitions)
-    if (t.from == from && t.trigger == trigger)
+  }
+  for (const auto& t : kTransitions) {
+    if (t.from == from && t.trigger == trigger) {
       return &t;
-  if (has_job(from))
-    for (const auto& t : kAnyJob)
-      if (t.trigger == trigger)
+    }
+  }
+  if (has_job(from)) {
+    for (const auto& t : kAnyJob) {
+      if (t.trigger == trigger) {
         return &t;
+      }
+    }
+  }
   return nullptr;
 }
 

@@ -82,10 +82,12 @@ std::string_view trim(std::string_view text) {
   const auto not_space = [](char c) {
     return c != ' ' && c != '\t' && c != '\r' && c != '\n' && c != '\v' && c != '\f';
   };
-  while (!text.empty() && !not_space(text.front()))
+  while (!text.empty() && !not_space(text.front())) {
     text.remove_prefix(1);
-  while (!text.empty() && !not_space(text.back()))
+  }
+  while (!text.empty() && !not_space(text.back())) {
     text.remove_suffix(1);
+  }
   return text;
 }
 
@@ -103,8 +105,9 @@ std::string last_lines(std::string_view tail, std::size_t count) {
   }
   std::string joined;
   for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
-    if (!joined.empty())
+    if (!joined.empty()) {
       joined += " | ";
+    }
     joined.append(it->data(), it->size());
   }
   return joined;

@@ -27,8 +27,9 @@ void write_job(Writer& w, const Job& job, const std::vector<Execution>& executio
   put(w, "createdAt", job.created_at);
   w.Key("things");
   w.StartArray();
-  for (const auto& t : job.things)
+  for (const auto& t : job.things) {
     w.String(t);
+  }
   w.EndArray();
   write_optional_int(w, "inProgressTimeoutMinutes", job.in_progress_timeout_minutes);
   put(w, "presignedUrl", job.url_expiry_seconds.has_value());
@@ -37,8 +38,9 @@ void write_job(Writer& w, const Job& job, const std::vector<Execution>& executio
   w.RawValue(job.document.data(), job.document.size(), rapidjson::kObjectType);
   w.Key("executions");
   w.StartArray();
-  for (const auto& e : executions)
+  for (const auto& e : executions) {
     write_execution(w, e);
+  }
   w.EndArray();
   w.EndObject();
 }
@@ -64,10 +66,12 @@ void reply_error(httplib::Response& res, int status, const std::string& message)
 /// Maps a model error ("Code: message") to an HTTP status.
 int status_of(const Error& error) {
   const auto& m = error.message();
-  if (m.rfind("ResourceNotFound", 0) == 0)
+  if (m.rfind("ResourceNotFound", 0) == 0) {
     return 404;
-  if (m.rfind("ResourceAlreadyExists", 0) == 0)
+  }
+  if (m.rfind("ResourceAlreadyExists", 0) == 0) {
     return 409;
+  }
   return 400;
 }
 
@@ -92,8 +96,9 @@ struct S3Target {
 };
 std::optional<S3Target> s3_request(const ControlContext& ctx, const httplib::Request& req,
                                    httplib::Response& res, rapidjson::Document& body) {
-  if (!parse_body(req, res, body))
+  if (!parse_body(req, res, body)) {
     return std::nullopt;
+  }
   if (!ctx.s3) {
     reply_error(res, 503, "no S3 server");
     return std::nullopt;
@@ -114,8 +119,9 @@ std::string list_to_json(const char* key, const Items& items, WriteItem write_it
     w.StartObject();
     w.Key(key);
     w.StartArray();
-    for (const auto& item : items)
+    for (const auto& item : items) {
       write_item(w, item);
+    }
     w.EndArray();
     w.EndObject();
   });
@@ -163,15 +169,18 @@ struct ControlServer::Impl {
 
   ~Impl() {
     server.stop();
-    if (thread.joinable())
+    if (thread.joinable()) {
       thread.join();
+    }
   }
 
   void changed(std::vector<Outgoing> out) {
-    if (ctx.publish)
+    if (ctx.publish) {
       ctx.publish(std::move(out));
-    if (ctx.after_change)
+    }
+    if (ctx.after_change) {
       ctx.after_change();
+    }
   }
 
   void routes() {
@@ -181,8 +190,9 @@ struct ControlServer::Impl {
 
     server.Post("/jobs", [this](const httplib::Request& req, httplib::Response& res) {
       rapidjson::Document body;
-      if (!parse_body(req, res, body))
+      if (!parse_body(req, res, body)) {
         return;
+      }
       JobSpec spec;
       spec.job_id = json_string(body, "jobId").value_or("");
       if (body.HasMember("document") && body["document"].IsString()) {
@@ -193,17 +203,21 @@ struct ControlServer::Impl {
         return reply_error(res, 400, "document (a JSON object, or its text) is required");
       }
       auto things = json_strings(body, "things");
-      if (!things)
+      if (!things) {
         return reply_error(res, 400, "things must be strings");
+      }
       spec.things = std::move(*things);
-      if (auto v = json_int(body, "inProgressTimeoutMinutes"))
+      if (auto v = json_int(body, "inProgressTimeoutMinutes")) {
         spec.in_progress_timeout_minutes = static_cast<int>(*v);
-      if (auto v = json_int(body, "urlExpirySeconds"))
+      }
+      if (auto v = json_int(body, "urlExpirySeconds")) {
         spec.url_expiry_seconds = static_cast<int>(*v);
+      }
       spec.presign = json_bool(body, "presignedUrl", true);
       auto out = ctx.model->create_job(spec);
-      if (!out)
+      if (!out) {
         return reply_error(res, status_of(out.error()), out.error().message());
+      }
       changed(std::move(*out));
       reply(res, 201,
             job_to_json(*ctx.model->job(spec.job_id), ctx.model->executions("", spec.job_id)));
@@ -218,20 +232,23 @@ struct ControlServer::Impl {
     server.Get(R"(/jobs/([A-Za-z0-9_-]+))",
                [this](const httplib::Request& req, httplib::Response& res) {
                  auto job = ctx.model->job(req.matches[1]);
-                 if (!job)
+                 if (!job) {
                    return reply_error(res, 404, "no job " + std::string(req.matches[1]));
+                 }
                  reply(res, 200, job_to_json(*job, ctx.model->executions("", job->job_id)));
                });
 
     server.Post(R"(/jobs/([A-Za-z0-9_-]+)/cancel)",
                 [this](const httplib::Request& req, httplib::Response& res) {
                   rapidjson::Document body;
-                  if (!parse_body(req, res, body))
+                  if (!parse_body(req, res, body)) {
                     return;
+                  }
                   std::string id = req.matches[1];
                   auto out = ctx.model->cancel_job(id, json_bool(body, "force", false));
-                  if (!out)
+                  if (!out) {
                     return reply_error(res, status_of(out.error()), out.error().message());
+                  }
                   changed(std::move(*out));
                   reply(res, 200, job_to_json(*ctx.model->job(id), ctx.model->executions("", id)));
                 });
@@ -248,8 +265,9 @@ struct ControlServer::Impl {
                   [this](const httplib::Request& req, httplib::Response& res) {
                     bool force = req.get_param_value("force") == "true";
                     auto out = ctx.model->delete_execution(req.matches[1], req.matches[2], force);
-                    if (!out)
+                    if (!out) {
                       return reply_error(res, status_of(out.error()), out.error().message());
+                    }
                     changed(std::move(*out));
                     reply(res, 200, R"({"deleted":true})");
                   });
@@ -260,11 +278,13 @@ struct ControlServer::Impl {
 
     server.Post("/clock/advance", [this](const httplib::Request& req, httplib::Response& res) {
       rapidjson::Document body;
-      if (!parse_body(req, res, body))
+      if (!parse_body(req, res, body)) {
         return;
+      }
       auto seconds = json_int(body, "seconds");
-      if (!seconds || *seconds < 0)
+      if (!seconds || *seconds < 0) {
         return reply_error(res, 400, "seconds (a non-negative integer) is required");
+      }
       changed(ctx.model->advance_clock(*seconds));
       reply(res, 200, "{\"now\":" + std::to_string(ctx.model->now()) + "}");
     });
@@ -275,16 +295,19 @@ struct ControlServer::Impl {
 
     server.Put("/faults", [this](const httplib::Request& req, httplib::Response& res) {
       rapidjson::Document body;
-      if (!parse_body(req, res, body))
+      if (!parse_body(req, res, body)) {
         return;
+      }
       Faults f = ctx.model->faults();
       for (auto [key, slot] :
            {std::pair{"responses", &f.responses}, std::pair{"notifications", &f.notifications}}) {
-        if (!body.HasMember(key))
+        if (!body.HasMember(key)) {
           continue;
+        }
         const auto& v = body[key];
-        if (!v.IsObject())
+        if (!v.IsObject()) {
           return reply_error(res, 400, std::string(key) + " must be an object");
+        }
         slot->drop_next = static_cast<int>(json_int(v, "drop").value_or(slot->drop_next));
         slot->duplicate_next =
             static_cast<int>(json_int(v, "duplicate").value_or(slot->duplicate_next));
@@ -292,8 +315,9 @@ struct ControlServer::Impl {
       }
       if (body.HasMember("rejectUpdates")) {
         const auto& v = body["rejectUpdates"];
-        if (!v.IsObject())
+        if (!v.IsObject()) {
           return reply_error(res, 400, "rejectUpdates must be an object");
+        }
         f.reject_updates_next = static_cast<int>(json_int(v, "count").value_or(0));
         f.reject_updates_code = json_string(v, "code").value_or("RequestThrottled");
         if (f.reject_updates_code != "RequestThrottled" &&
@@ -325,9 +349,11 @@ struct ControlServer::Impl {
     server.Post("/s3/objects", [this](const httplib::Request& req, httplib::Response& res) {
       rapidjson::Document body;
       auto target = s3_request(ctx, req, res, body);
-      if (!target)
+      if (!target) {
         return;
-      const auto& [bucket, key] = *target;
+      }
+      const std::string& bucket = target->bucket;
+      const std::string& key = target->key;
       Status st;
       if (auto file = json_string(body, "file")) {
         st = ctx.s3->put_object_file(bucket, key, *file);
@@ -336,8 +362,9 @@ struct ControlServer::Impl {
       } else {
         return reply_error(res, 400, "file (a local path) or data is required");
       }
-      if (!st)
+      if (!st) {
         return reply_error(res, 400, st.error().message());
+      }
       reply(res, 201, write_json([&](Writer& w) {
               w.StartObject();
               put(w, "bucket", bucket);
@@ -351,8 +378,9 @@ struct ControlServer::Impl {
     server.Post("/s3/presign", [this](const httplib::Request& req, httplib::Response& res) {
       rapidjson::Document body;
       auto target = s3_request(ctx, req, res, body);
-      if (!target)
+      if (!target) {
         return;
+      }
       auto expiry =
           json_int(body, "expirySeconds").value_or(ctx.model->options().url_expiry_seconds);
       reply_member(res, 200, "url",
@@ -362,40 +390,47 @@ struct ControlServer::Impl {
     server.Post("/s3/faults", [this](const httplib::Request& req, httplib::Response& res) {
       rapidjson::Document body;
       auto target = s3_request(ctx, req, res, body);
-      if (!target)
+      if (!target) {
         return;
+      }
       S3Fault f;
       auto u64 = [&](const char* name, std::optional<uint64_t>& slot) {
-        if (auto v = json_int(body, name); v && *v >= 0)
+        if (auto v = json_int(body, name); v && *v >= 0) {
           slot = static_cast<uint64_t>(*v);
+        }
       };
       u64("closeAfterBytes", f.close_after_bytes);
       u64("resetAfterBytes", f.reset_after_bytes);
       u64("stallAfterBytes", f.stall_after_bytes);
       u64("rateLimitBytesPerSecond", f.rate_limit_bytes_per_second);
       u64("corruptOffset", f.corrupt_offset);
-      if (auto v = json_int(body, "stallMs"))
+      if (auto v = json_int(body, "stallMs")) {
         f.stall_ms = static_cast<int>(*v);
-      if (auto v = json_int(body, "errorStatus"))
+      }
+      if (auto v = json_int(body, "errorStatus")) {
         f.error_status = static_cast<int>(*v);
+      }
       f.ignore_range = json_bool(body, "ignoreRange", false);
       f.times = static_cast<int>(json_int(body, "times").value_or(1));
       auto st = ctx.s3->add_fault(target->bucket, target->key, f);
-      if (!st)
+      if (!st) {
         return reply_error(res, 400, st.error().message());
+      }
       reply(res, 201, R"({"added":true})");
     });
 
     server.Delete("/s3/faults", [this](const httplib::Request&, httplib::Response& res) {
-      if (!ctx.s3)
+      if (!ctx.s3) {
         return reply_error(res, 503, "no S3 server");
+      }
       ctx.s3->clear_faults();
       reply(res, 200, R"({"cleared":true})");
     });
 
     server.Get("/s3/stats", [this](const httplib::Request& req, httplib::Response& res) {
-      if (!ctx.s3)
+      if (!ctx.s3) {
         return reply_error(res, 503, "no S3 server");
+      }
       auto s = ctx.s3->stats(req.get_param_value("bucket"), req.get_param_value("key"));
       reply(res, 200,
             "{\"requests\":" + std::to_string(s.requests) +
@@ -408,8 +443,9 @@ struct ControlServer::Impl {
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
           std::string what = "internal error";
           try {
-            if (ep)
+            if (ep) {
               std::rethrow_exception(ep);
+            }
           } catch (const std::exception& e) {
             what = e.what();
           } catch (...) {
@@ -432,8 +468,9 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(std::uint16_t port,
   impl->routes();
   if (port == 0) {
     int p = impl->server.bind_to_any_port("127.0.0.1");
-    if (p <= 0)
+    if (p <= 0) {
       return fail("control channel: cannot bind 127.0.0.1");
+    }
     impl->port = static_cast<std::uint16_t>(p);
   } else {
     if (!impl->server.bind_to_port("127.0.0.1", port)) {

@@ -23,16 +23,18 @@ constexpr int kMaxStepTimeoutMinutes = 10080;
 std::size_t utf8_chars(const std::string& text) {
   std::size_t n = 0;
   for (unsigned char c : text) {
-    if ((c & 0xC0) != 0x80)
+    if ((c & 0xC0) != 0x80) {
       ++n;
+    }
   }
   return n;
 }
 
 bool chars_in(const std::string& text, bool allow_colon) {
   for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '_' || c == '-' || (allow_colon && c == ':'))
+    if (std::isalnum(c) || c == '_' || c == '-' || (allow_colon && c == ':')) {
       continue;
+    }
     return false;
   }
   return true;
@@ -49,8 +51,9 @@ void write_summary(Writer& w, const Execution& e) {
 void write_summaries(Writer& w, const std::vector<Execution*>& executions, ExecStatus status) {
   w.StartArray();
   for (const Execution* e : executions) {
-    if (e->status == status)
+    if (e->status == status) {
       write_summary(w, *e);
+    }
   }
   w.EndArray();
 }
@@ -77,15 +80,17 @@ void write_execution_state(Writer& w, const Execution& e) {
 
 /// Validates statusDetails; returns an error message or "".
 std::string check_status_details(const rapidjson::Value& value, Details& out) {
-  if (!value.IsObject())
+  if (!value.IsObject()) {
     return "statusDetails must be an object of strings";
+  }
   for (auto it = value.MemberBegin(); it != value.MemberEnd(); ++it) {
     std::string key(it->name.GetString(), it->name.GetStringLength());
     if (key.empty() || utf8_chars(key) > 128 || !chars_in(key, true)) {
       return "statusDetails key '" + key + "' must be 1-128 characters of [a-zA-Z0-9:_-]";
     }
-    if (!it->value.IsString())
+    if (!it->value.IsString()) {
       return "statusDetails value of '" + key + "' must be a string";
+    }
     std::string v(it->value.GetString(), it->value.GetStringLength());
     if (v.empty() || utf8_chars(v) > 1024) {
       return "statusDetails value of '" + key + "' must be 1-1024 characters";
@@ -103,8 +108,9 @@ std::string check_status_details(const rapidjson::Value& value, Details& out) {
 std::string json_escape_url(const std::string& url) {
   std::string out;
   for (char c : url) {
-    if (c == '"' || c == '\\')
+    if (c == '"' || c == '\\') {
       out.push_back('\\');
+    }
     out.push_back(c);
   }
   return out;
@@ -117,8 +123,9 @@ std::vector<std::string> placeholder_urls(const std::string& document) {
   const std::string prefix = kPlaceholder;
   while ((pos = document.find(prefix, pos)) != std::string::npos) {
     std::size_t end = document.find('}', pos);
-    if (end == std::string::npos)
+    if (end == std::string::npos) {
       break;
+    }
     urls.push_back(document.substr(pos + prefix.size(), end - pos - prefix.size()));
     pos = end + 1;
   }
@@ -164,16 +171,18 @@ constexpr std::pair<ExecStatus, const char*> kStatusNames[] = {
 
 const char* to_string(ExecStatus status) {
   for (const auto& [s, name] : kStatusNames) {
-    if (s == status)
+    if (s == status) {
       return name;
+    }
   }
   return "UNKNOWN";
 }
 
 std::optional<ExecStatus> exec_status_from_string(const std::string& text) {
   for (const auto& [s, name] : kStatusNames) {
-    if (text == name)
+    if (text == name) {
       return s;
+    }
   }
   return std::nullopt;
 }
@@ -225,8 +234,9 @@ ModelOptions JobsModel::options() const {
 std::vector<Outgoing> JobsModel::handle(const std::string& topic, const std::string& payload) {
   // AWS's message broker refuses such a publish (PAYLOAD_LIMIT_EXCEEDED): the Jobs service
   // never sees it, so there is no answer at all.
-  if (payload.size() > kMaxMqttPayloadBytes)
+  if (payload.size() > kMaxMqttPayloadBytes) {
     return {};
+  }
   std::lock_guard lock(mutex_);
   std::vector<Outgoing> out;
   expire_timers_locked(out);
@@ -268,11 +278,13 @@ std::vector<Outgoing> JobsModel::apply_faults_locked(std::vector<Outgoing> out) 
 
 Execution* JobsModel::find_locked(const std::string& thing, const std::string& job_id) {
   auto it = executions_.find(thing);
-  if (it == executions_.end())
+  if (it == executions_.end()) {
     return nullptr;
+  }
   for (auto& e : it->second) {
-    if (e.job_id == job_id && !e.deleted)
+    if (e.job_id == job_id && !e.deleted) {
       return &e;
+    }
   }
   return nullptr;
 }
@@ -280,15 +292,18 @@ Execution* JobsModel::find_locked(const std::string& thing, const std::string& j
 std::vector<Execution*> JobsModel::pending_locked(const std::string& thing) {
   std::vector<Execution*> result;
   auto it = executions_.find(thing);
-  if (it == executions_.end())
+  if (it == executions_.end()) {
     return result;
-  for (auto& e : it->second) {
-    if (!e.deleted && e.status == ExecStatus::InProgress)
-      result.push_back(&e);
   }
   for (auto& e : it->second) {
-    if (!e.deleted && e.status == ExecStatus::Queued)
+    if (!e.deleted && e.status == ExecStatus::InProgress) {
       result.push_back(&e);
+    }
+  }
+  for (auto& e : it->second) {
+    if (!e.deleted && e.status == ExecStatus::Queued) {
+      result.push_back(&e);
+    }
   }
   return result;
 }
@@ -300,14 +315,16 @@ Execution* JobsModel::head_locked(const std::string& thing) {
 
 std::optional<std::string> JobsModel::head_id_locked(const std::string& thing) {
   Execution* head = head_locked(thing);
-  if (!head)
+  if (!head) {
     return std::nullopt;
+  }
   return head->job_id + "#" + std::to_string(head->execution_number);
 }
 
 std::string JobsModel::resolve_document_locked(const Job& job) const {
-  if (!job.url_expiry_seconds || !presigner_)
+  if (!job.url_expiry_seconds || !presigner_) {
     return job.document;
+  }
   std::string doc;
   const std::string& src = job.document;
   const std::string prefix = kPlaceholder;
@@ -334,8 +351,9 @@ std::string JobsModel::resolve_document_locked(const Job& job) const {
 
 void JobsModel::notify_locked(const std::string& thing, std::vector<Outgoing>& out) {
   auto pending = pending_locked(thing);
-  if (pending.size() > options_.notify_limit)
+  if (pending.size() > options_.notify_limit) {
     pending.resize(options_.notify_limit);
+  }
   std::string payload = write_json([&](Writer& w) {
     w.StartObject();
     put(w, "timestamp", now());
@@ -373,10 +391,12 @@ void JobsModel::notify_next_locked(const std::string& thing, std::vector<Outgoin
 void JobsModel::after_change_locked(const std::string& thing,
                                     const std::optional<std::string>& old_head, bool status_changed,
                                     std::vector<Outgoing>& out) {
-  if (status_changed)
+  if (status_changed) {
     notify_locked(thing, out);
-  if (head_id_locked(thing) != old_head)
+  }
+  if (head_id_locked(thing) != old_head) {
     notify_next_locked(thing, out);
+  }
 }
 
 void JobsModel::set_status_locked(Execution& e, ExecStatus status, const std::string& cause) {
@@ -400,12 +420,14 @@ void JobsModel::set_status_locked(Execution& e, ExecStatus status, const std::st
 
 void JobsModel::update_job_status_locked(const std::string& job_id) {
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end() || it->second.status != "IN_PROGRESS")
+  if (it == jobs_.end() || it->second.status != "IN_PROGRESS") {
     return;
+  }
   for (const auto& thing : it->second.things) {
     Execution* e = find_locked(thing, job_id);
-    if (e && !is_terminal(e->status))
+    if (e && !is_terminal(e->status)) {
       return;
+    }
   }
   it->second.status = "COMPLETED";
 }
@@ -415,12 +437,14 @@ void JobsModel::expire_timers_locked(std::vector<Outgoing>& out) {
   for (auto& [thing, list] : executions_) {
     for (std::size_t i = 0; i < list.size(); ++i) {
       Execution& e = list[i];
-      if (e.deleted || e.status != ExecStatus::InProgress)
+      if (e.deleted || e.status != ExecStatus::InProgress) {
         continue;
+      }
       bool step = e.step_deadline && *e.step_deadline <= ts;
       bool in_progress = e.in_progress_deadline && *e.in_progress_deadline <= ts;
-      if (!step && !in_progress)
+      if (!step && !in_progress) {
         continue;
+      }
       auto old_head = head_id_locked(thing);
       set_status_locked(e, ExecStatus::TimedOut, step ? "step-timeout" : "in-progress-timeout");
       std::string job_id = e.job_id;
@@ -435,15 +459,18 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
                                                const std::string& payload) {
   std::vector<Outgoing> out;
   const std::string prefix = kPrefix;
-  if (topic.rfind(prefix, 0) != 0)
+  if (topic.rfind(prefix, 0) != 0) {
     return out;
+  }
   auto thing_end = topic.find('/', prefix.size());
-  if (thing_end == std::string::npos)
+  if (thing_end == std::string::npos) {
     return out;
+  }
   std::string thing = topic.substr(prefix.size(), thing_end - prefix.size());
   const std::string jobs = "/jobs/";
-  if (topic.compare(thing_end, jobs.size(), jobs) != 0)
+  if (topic.compare(thing_end, jobs.size(), jobs) != 0) {
     return out;
+  }
   std::string rest = topic.substr(thing_end + jobs.size());
   std::vector<std::string> segs;
   {
@@ -451,16 +478,19 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
     while (true) {
       auto n = rest.find('/', p);
       segs.push_back(rest.substr(p, n == std::string::npos ? std::string::npos : n - p));
-      if (n == std::string::npos)
+      if (n == std::string::npos) {
         break;
+      }
       p = n + 1;
     }
   }
   // Our own publications come back through the broker: ignore them.
-  if (segs.back() == "accepted" || segs.back() == "rejected")
+  if (segs.back() == "accepted" || segs.back() == "rejected") {
     return out;
-  if (rest == "notify" || rest == "notify-next")
+  }
+  if (rest == "notify" || rest == "notify-next") {
     return out;
+  }
 
   long long ts = now();
   std::optional<std::string> token;
@@ -497,12 +527,14 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
       return reject("InvalidJson", std::string("Could not parse the request as JSON: ") +
                                        rapidjson::GetParseError_En(body.GetParseError()));
     }
-    if (!body.IsObject())
+    if (!body.IsObject()) {
       return reject("InvalidJson", "The request must be a JSON object");
+    }
   }
   if (body.HasMember("clientToken")) {
-    if (!body["clientToken"].IsString())
+    if (!body["clientToken"].IsString()) {
       return reject("InvalidRequest", "clientToken must be a string");
+    }
     token = std::string(body["clientToken"].GetString(), body["clientToken"].GetStringLength());
   }
   if (!valid_thing_name(thing)) {
@@ -515,8 +547,9 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
                   "Job id '" + job_id + "' must be 1-64 characters of [a-zA-Z0-9_-]");
   }
   auto get_bool = [&](const char* name, bool fallback, std::string& error) {
-    if (!body.HasMember(name))
+    if (!body.HasMember(name)) {
       return fallback;
+    }
     if (!body[name].IsBool()) {
       error = std::string(name) + " must be a boolean";
       return fallback;
@@ -524,10 +557,12 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
     return body[name].GetBool();
   };
   auto get_int = [&](const char* name, std::optional<long long>& value) -> std::string {
-    if (!body.HasMember(name))
+    if (!body.HasMember(name)) {
       return "";
-    if (!body[name].IsInt64())
+    }
+    if (!body[name].IsInt64()) {
       return std::string(name) + " must be an integer";
+    }
     value = body[name].GetInt64();
     return "";
   };
@@ -561,12 +596,14 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
       bool has_details = body.HasMember("statusDetails");
       if (has_details) {
         std::string error = check_status_details(body["statusDetails"], details);
-        if (!error.empty())
+        if (!error.empty()) {
           return reject("InvalidRequest", error);
+        }
       }
       std::optional<long long> step;
-      if (auto error = get_int("stepTimeoutInMinutes", step); !error.empty())
+      if (auto error = get_int("stepTimeoutInMinutes", step); !error.empty()) {
         return reject("InvalidRequest", error);
+      }
       if (step && (*step < 1 || *step > kMaxStepTimeoutMinutes)) {
         return reject("InvalidRequest", "stepTimeoutInMinutes must be 1-10080");
       }
@@ -578,11 +615,13 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
       std::vector<Outgoing> notes;
       if (head->status == ExecStatus::Queued) {
         auto old_head = head_id_locked(thing);
-        if (has_details)
+        if (has_details) {
           head->status_details = details;
+        }
         set_status_locked(*head, ExecStatus::InProgress, "start-next");
-        if (step)
+        if (step) {
           head->step_deadline = ts + 60 * *step;
+        }
         after_change_locked(thing, old_head, true, notes);
       }
       const Job& job = jobs_.at(head->job_id);
@@ -597,11 +636,13 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
     case Op::Describe: {
       std::string error;
       bool include_doc = get_bool("includeJobDocument", true, error);
-      if (!error.empty())
+      if (!error.empty()) {
         return reject("InvalidRequest", error);
+      }
       std::optional<long long> number;
-      if (auto e = get_int("executionNumber", number); !e.empty())
+      if (auto e = get_int("executionNumber", number); !e.empty()) {
         return reject("InvalidRequest", e);
+      }
       Execution* e = job_id == "$next" ? head_locked(thing) : find_locked(thing, job_id);
       if (job_id == "$next" && !e) {
         accepted([](Writer&) {});
@@ -642,15 +683,17 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
       bool has_details = body.HasMember("statusDetails");
       if (has_details) {
         std::string error = check_status_details(body["statusDetails"], details);
-        if (!error.empty())
+        if (!error.empty()) {
           return reject("InvalidRequest", error);
+        }
       }
       std::optional<long long> expected, number, step;
       for (auto [name, slot] :
            {std::pair{"expectedVersion", &expected}, std::pair{"executionNumber", &number},
             std::pair{"stepTimeoutInMinutes", &step}}) {
-        if (auto error = get_int(name, *slot); !error.empty())
+        if (auto error = get_int(name, *slot); !error.empty()) {
           return reject("InvalidRequest", error);
+        }
       }
       if (step && *step != -1 && (*step < 1 || *step > kMaxStepTimeoutMinutes)) {
         return reject("InvalidRequest",
@@ -659,8 +702,9 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
       std::string error;
       bool include_state = get_bool("includeJobExecutionState", false, error);
       bool include_doc = get_bool("includeJobDocument", false, error);
-      if (!error.empty())
+      if (!error.empty()) {
         return reject("InvalidRequest", error);
+      }
 
       Execution* e = find_locked(thing, job_id);
       if (!e || (number && *number != e->execution_number)) {
@@ -673,19 +717,22 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
                           std::to_string(e->version_number),
                       e);
       };
-      if (stale && options_.version_mismatch_before_terminal)
+      if (stale && options_.version_mismatch_before_terminal) {
         return version_mismatch();
+      }
       if (is_terminal(e->status)) {
         return reject(
             "InvalidStateTransition",
             std::string("The job execution is ") + to_string(e->status) + ", a terminal state", e);
       }
-      if (stale)
+      if (stale) {
         return version_mismatch();
+      }
       auto old_head = head_id_locked(thing);
       bool changed = e->status != *status;
-      if (has_details)
+      if (has_details) {
         e->status_details = details;
+      }
       set_status_locked(*e, *status, "update");
       if (*status == ExecStatus::InProgress && step) {
         if (*step == -1) {
@@ -728,8 +775,9 @@ Result<std::vector<Outgoing>> JobsModel::create_job(const JobSpec& spec) {
   if (doc.HasParseError() || !doc.IsObject()) {
     return fail("InvalidRequest: the job document must be a JSON object");
   }
-  if (spec.things.empty())
+  if (spec.things.empty()) {
     return fail("InvalidRequest: a job needs at least one thing");
+  }
   for (const auto& t : spec.things) {
     if (!valid_thing_name(t)) {
       return fail("InvalidRequest: thing name '" + t +
@@ -747,25 +795,29 @@ Result<std::vector<Outgoing>> JobsModel::create_job(const JobSpec& spec) {
   }
   if (spec.presign) {
     for (const auto& url : placeholder_urls(spec.document)) {
-      if (auto loc = parse_s3_url(url); !loc)
+      if (auto loc = parse_s3_url(url); !loc) {
         return fail(loc.error().context("InvalidRequest"));
+      }
     }
   }
   std::lock_guard lock(mutex_);
   std::vector<Outgoing> out;
   expire_timers_locked(out);
-  if (jobs_.count(spec.job_id))
+  if (jobs_.count(spec.job_id)) {
     return fail("ResourceAlreadyExists: job " + spec.job_id + " already exists");
+  }
   Job job;
   job.job_id = spec.job_id;
   job.document = spec.document;
   for (const auto& t : spec.things) {
-    if (std::find(job.things.begin(), job.things.end(), t) == job.things.end())
+    if (std::find(job.things.begin(), job.things.end(), t) == job.things.end()) {
       job.things.push_back(t);
+    }
   }
   job.in_progress_timeout_minutes = spec.in_progress_timeout_minutes;
-  if (spec.presign)
+  if (spec.presign) {
     job.url_expiry_seconds = spec.url_expiry_seconds.value_or(options_.url_expiry_seconds);
+  }
   long long ts = now();
   job.created_at = ts;
   job.seq = ++seq_;
@@ -789,16 +841,19 @@ Result<std::vector<Outgoing>> JobsModel::cancel_job(const std::string& job_id, b
   std::vector<Outgoing> out;
   expire_timers_locked(out);
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end())
+  if (it == jobs_.end()) {
     return fail("ResourceNotFound: no job " + job_id);
-  if (it->second.status == "COMPLETED")
+  }
+  if (it->second.status == "COMPLETED") {
     return fail("InvalidRequest: job " + job_id + " is already completed");
+  }
   it->second.status = "CANCELED";
   it->second.force_canceled = it->second.force_canceled || force;
   for (const auto& thing : it->second.things) {
     Execution* e = find_locked(thing, job_id);
-    if (!e)
+    if (!e) {
       continue;
+    }
     if (e->status == ExecStatus::Queued || (force && e->status == ExecStatus::InProgress)) {
       auto old_head = head_id_locked(thing);
       set_status_locked(*e, ExecStatus::Canceled, force ? "cancel --force" : "cancel");
@@ -814,8 +869,9 @@ Result<std::vector<Outgoing>> JobsModel::delete_execution(const std::string& thi
   std::vector<Outgoing> out;
   expire_timers_locked(out);
   Execution* e = find_locked(thing, job_id);
-  if (!e)
+  if (!e) {
     return fail("ResourceNotFound: no execution of job " + job_id + " on thing " + thing);
+  }
   if (!is_terminal(e->status) && !force) {
     return fail(std::string("InvalidRequest: the execution is ") + to_string(e->status) +
                 "; only a terminal execution can be deleted without force");
@@ -826,8 +882,9 @@ Result<std::vector<Outgoing>> JobsModel::delete_execution(const std::string& thi
   e->step_deadline.reset();
   e->in_progress_deadline.reset();
   e->history.push_back({e->status, e->status_details, now(), e->version_number, "deleted"});
-  if (was_pending)
+  if (was_pending) {
     after_change_locked(thing, old_head, true, out);
+  }
   update_job_status_locked(job_id);
   return apply_faults_locked(std::move(out));
 }
@@ -835,8 +892,9 @@ Result<std::vector<Outgoing>> JobsModel::delete_execution(const std::string& thi
 std::vector<Job> JobsModel::jobs() const {
   std::lock_guard lock(mutex_);
   std::vector<Job> result;
-  for (const auto& [id, job] : jobs_)
+  for (const auto& [id, job] : jobs_) {
     result.push_back(job);
+  }
   std::sort(result.begin(), result.end(), [](const Job& a, const Job& b) { return a.seq < b.seq; });
   return result;
 }
@@ -844,8 +902,9 @@ std::vector<Job> JobsModel::jobs() const {
 std::optional<Job> JobsModel::job(const std::string& job_id) const {
   std::lock_guard lock(mutex_);
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end())
+  if (it == jobs_.end()) {
     return std::nullopt;
+  }
   return it->second;
 }
 
@@ -854,11 +913,13 @@ std::vector<Execution> JobsModel::executions(const std::string& thing,
   std::lock_guard lock(mutex_);
   std::vector<Execution> result;
   for (const auto& [name, list] : executions_) {
-    if (!thing.empty() && name != thing)
+    if (!thing.empty() && name != thing) {
       continue;
+    }
     for (const auto& e : list) {
-      if (job_id.empty() || e.job_id == job_id)
+      if (job_id.empty() || e.job_id == job_id) {
         result.push_back(e);
+      }
     }
   }
   std::sort(result.begin(), result.end(),
@@ -880,8 +941,9 @@ std::string JobsModel::save() const {
       put(w, "document", j.document);
       w.Key("things");
       w.StartArray();
-      for (const auto& t : j.things)
+      for (const auto& t : j.things) {
         w.String(t);
+      }
       w.EndArray();
       write_optional_int(w, "inProgressTimeoutMinutes", j.in_progress_timeout_minutes);
       write_optional_int(w, "urlExpirySeconds", j.url_expiry_seconds);
@@ -895,8 +957,9 @@ std::string JobsModel::save() const {
     w.Key("executions");
     w.StartArray();
     for (const auto& [thing, list] : executions_) {
-      for (const auto& e : list)
+      for (const auto& e : list) {
         write_execution_record(w, e, {"stepDeadline", "inProgressDeadline", true});
+      }
     }
     w.EndArray();
     w.EndObject();
@@ -906,8 +969,9 @@ std::string JobsModel::save() const {
 Status JobsModel::load(const std::string& json) {
   rapidjson::Document d;
   d.Parse<rapidjson::kParseIterativeFlag>(json.data(), json.size());
-  if (d.HasParseError() || !d.IsObject())
+  if (d.HasParseError() || !d.IsObject()) {
     return fail("emulator state is not a JSON object");
+  }
   auto str = [](const rapidjson::Value& v, const char* k) {
     return json_string(v, k).value_or("");
   };
@@ -918,30 +982,36 @@ Status JobsModel::load(const std::string& json) {
     return fail("emulator state lacks jobs or executions");
   }
   for (const auto& v : d["jobs"].GetArray()) {
-    if (!v.IsObject())
+    if (!v.IsObject()) {
       return fail("emulator state: a job is not an object");
+    }
     Job j;
     j.job_id = str(v, "jobId");
     j.document = str(v, "document");
     auto things = json_strings(v, "things");
-    if (!things)
+    if (!things) {
       return fail("emulator state: a thing of job '" + j.job_id + "' is not a string");
+    }
     j.things = std::move(*things);
-    if (auto n = json_int(v, "inProgressTimeoutMinutes"))
+    if (auto n = json_int(v, "inProgressTimeoutMinutes")) {
       j.in_progress_timeout_minutes = static_cast<int>(*n);
-    if (auto n = json_int(v, "urlExpirySeconds"))
+    }
+    if (auto n = json_int(v, "urlExpirySeconds")) {
       j.url_expiry_seconds = static_cast<int>(*n);
+    }
     j.status = str(v, "status");
     j.force_canceled = json_bool(v, "forceCanceled", false);
     j.created_at = json_int(v, "createdAt").value_or(0);
     j.seq = json_int(v, "seq").value_or(0);
-    if (!valid_job_id(j.job_id))
+    if (!valid_job_id(j.job_id)) {
       return fail("emulator state: invalid job id '" + j.job_id + "'");
+    }
     jobs[j.job_id] = j;
   }
   for (const auto& v : d["executions"].GetArray()) {
-    if (!v.IsObject())
+    if (!v.IsObject()) {
       return fail("emulator state: an execution is not an object");
+    }
     Execution e;
     e.job_id = str(v, "jobId");
     e.thing_name = str(v, "thingName");
@@ -962,8 +1032,9 @@ Status JobsModel::load(const std::string& json) {
     e.deleted = json_bool(v, "deleted", false);
     if (v.HasMember("history") && v["history"].IsArray()) {
       for (const auto& h : v["history"].GetArray()) {
-        if (!h.IsObject())
+        if (!h.IsObject()) {
           continue;
+        }
         StatusChange c;
         c.status = exec_status_from_string(str(h, "status")).value_or(ExecStatus::Queued);
         c.status_details = json_string_map(h, "statusDetails");

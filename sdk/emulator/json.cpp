@@ -63,27 +63,31 @@ void write_execution_record(JsonWriter& w, const Execution& e, const ExecutionRe
 }
 
 std::optional<std::string> json_string(const rapidjson::Value& v, const char* key) {
-  if (v.IsObject() && v.HasMember(key) && v[key].IsString())
+  if (v.IsObject() && v.HasMember(key) && v[key].IsString()) {
     return std::string(v[key].GetString(), v[key].GetStringLength());
+  }
   return std::nullopt;
 }
 
 std::optional<long long> json_int(const rapidjson::Value& v, const char* key) {
-  if (v.IsObject() && v.HasMember(key) && v[key].IsInt64())
+  if (v.IsObject() && v.HasMember(key) && v[key].IsInt64()) {
     return v[key].GetInt64();
+  }
   return std::nullopt;
 }
 
 bool json_bool(const rapidjson::Value& v, const char* key, bool fallback) {
-  if (v.IsObject() && v.HasMember(key) && v[key].IsBool())
+  if (v.IsObject() && v.HasMember(key) && v[key].IsBool()) {
     return v[key].GetBool();
+  }
   return fallback;
 }
 
 std::map<std::string, std::string> json_string_map(const rapidjson::Value& v, const char* key) {
   std::map<std::string, std::string> out;
-  if (!v.IsObject() || !v.HasMember(key) || !v[key].IsObject())
+  if (!v.IsObject() || !v.HasMember(key) || !v[key].IsObject()) {
     return out;
+  }
   for (auto it = v[key].MemberBegin(); it != v[key].MemberEnd(); ++it) {
     if (it->value.IsString()) {
       out[std::string(it->name.GetString(), it->name.GetStringLength())] =
@@ -95,11 +99,13 @@ std::map<std::string, std::string> json_string_map(const rapidjson::Value& v, co
 
 std::optional<std::vector<std::string>> json_strings(const rapidjson::Value& v, const char* key) {
   std::vector<std::string> out;
-  if (!v.IsObject() || !v.HasMember(key) || !v[key].IsArray())
+  if (!v.IsObject() || !v.HasMember(key) || !v[key].IsArray()) {
     return out;
+  }
   for (const auto& s : v[key].GetArray()) {
-    if (!s.IsString())
+    if (!s.IsString()) {
       return std::nullopt;
+    }
     out.emplace_back(s.GetString(), s.GetStringLength());
   }
   return out;

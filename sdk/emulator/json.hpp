@@ -58,8 +58,9 @@ inline void put(JsonWriter& w, const char* key, int value) {
 /// Writes `"key": value` when the value is set.
 template <typename Int>
 void write_optional_int(JsonWriter& w, const char* key, const std::optional<Int>& value) {
-  if (value)
+  if (value) {
     put(w, key, static_cast<long long>(*value));
+  }
 }
 
 /// A statusDetails object.

@@ -72,8 +72,9 @@ struct Args {
   [[nodiscard]] std::vector<std::string> all(const std::string& k) const {
     std::vector<std::string> out;
     auto [a, b] = values.equal_range(k);
-    for (auto it = a; it != b; ++it)
+    for (auto it = a; it != b; ++it) {
       out.push_back(it->second);
+    }
     return out;
   }
 };
@@ -85,22 +86,26 @@ const std::vector<std::string> kFlags = {"--s3-http",      "--force",
 
 Result<Args> parse_args(int argc, char** argv) {
   Args args;
-  if (argc < 2)
+  if (argc < 2) {
     return fail("no command");
+  }
   args.command = argv[1];
   int i = 2;
-  if (args.command == "set-fault" && i < argc && argv[i][0] != '-')
+  if (args.command == "set-fault" && i < argc && argv[i][0] != '-') {
     args.sub = argv[i++];
+  }
   for (; i < argc; ++i) {
     std::string a = argv[i];
-    if (a.rfind("--", 0) != 0)
+    if (a.rfind("--", 0) != 0) {
       return fail("unexpected argument '" + a + "'");
+    }
     if (std::find(kFlags.begin(), kFlags.end(), a) != kFlags.end()) {
       args.values.emplace(a, "true");
       continue;
     }
-    if (i + 1 >= argc)
+    if (i + 1 >= argc) {
       return fail(a + " needs a value");
+    }
     args.values.emplace(a, argv[++i]);
   }
   return args;
@@ -110,8 +115,9 @@ Result<long long> to_int(const std::string& text, const std::string& what) {
   try {
     std::size_t pos = 0;
     long long v = std::stoll(text, &pos);
-    if (pos != text.size())
+    if (pos != text.size()) {
       throw std::invalid_argument(text);
+    }
     return v;
   } catch (const std::exception&) {
     return fail(what + ": '" + text + "' is not an integer");
@@ -134,15 +140,17 @@ Status write_state(const std::filesystem::path& file, const std::string& content
   auto tmp = file;
   tmp += ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0)
+  if (fd < 0) {
     return fail("state file " + tmp.string() + ": " + std::strerror(errno));
+  }
   const char* p = content.data();
   std::size_t left = content.size();
   while (left > 0) {
     ssize_t n = ::write(fd, p, left);
     if (n < 0) {
-      if (errno == EINTR)
+      if (errno == EINTR) {
         continue;
+      }
       ::close(fd);
       return fail("state file " + tmp.string() + ": " + std::strerror(errno));
     }
@@ -153,8 +161,9 @@ Status write_state(const std::filesystem::path& file, const std::string& content
   ::close(fd);
   std::error_code ec;
   std::filesystem::rename(tmp, file, ec);
-  if (ec)
+  if (ec) {
     return fail("state file " + file.string() + ": " + ec.message());
+  }
   return {};
 }
 
@@ -174,8 +183,9 @@ int serve(const Args& args) {
   ::signal(SIGPIPE, SIG_IGN);
 
   auto int_opt = [&](const char* name, long long fallback) -> Result<long long> {
-    if (!args.has(name))
+    if (!args.has(name)) {
       return fallback;
+    }
     return to_int(args.get(name), name);
   };
   auto s3_port = int_opt("--s3-port", 0);
@@ -217,8 +227,9 @@ int serve(const Args& args) {
       std::cerr << "serve: state file " << state_file << " is not an emulator state\n";
       return 1;
     }
-    if (auto offset = json_int(d, "clockOffsetSeconds"))
+    if (auto offset = json_int(d, "clockOffsetSeconds")) {
       clock->advance(std::chrono::seconds(*offset));
+    }
     saved_model = to_json(d["model"]);
   }
 
@@ -255,8 +266,9 @@ int serve(const Args& args) {
 
   std::mutex state_mutex;
   auto persist = [&state_file, &state_mutex, model, clock] {
-    if (state_file.empty())
+    if (state_file.empty()) {
       return;
+    }
     std::lock_guard lock(state_mutex);
     long long offset =
         clock->now_seconds() - std::chrono::duration_cast<std::chrono::seconds>(
@@ -264,8 +276,9 @@ int serve(const Args& args) {
                                    .count();
     std::string content =
         "{\"clockOffsetSeconds\":" + std::to_string(offset) + ",\"model\":" + model->save() + "}";
-    if (auto st = write_state(state_file, content); !st)
+    if (auto st = write_state(state_file, content); !st) {
       spdlog::error("{}", st.error().message());
+    }
   };
 
   auto front = MqttFront::start(args.get("--broker"), model, persist);
@@ -328,13 +341,15 @@ class ControlClient {
     } else {
       res = client_.Delete(path.c_str());
     }
-    if (!res)
+    if (!res) {
       return fail("cannot reach the emulator's control channel: " +
                   httplib::to_string(res.error()));
+    }
     rapidjson::Document d;
     d.Parse(res->body.c_str());
-    if (d.HasParseError())
+    if (d.HasParseError()) {
       return fail("HTTP " + std::to_string(res->status) + ": " + res->body);
+    }
     if (res->status / 100 != 2) {
       std::string msg = d.IsObject() && d.HasMember("error") && d["error"].IsString()
                             ? d["error"].GetString()
@@ -354,8 +369,9 @@ void print_execution(const rapidjson::Value& e) {
               static_cast<long long>(e["versionNumber"].GetInt64()),
               static_cast<long long>(e["executionNumber"].GetInt64()),
               e["deleted"].GetBool() ? "  (deleted)" : "");
-  if (e.HasMember("stepTimeoutAt"))
+  if (e.HasMember("stepTimeoutAt")) {
     std::printf("    step timer expires %s\n", format_time(e["stepTimeoutAt"].GetInt64()).c_str());
+  }
   if (e.HasMember("inProgressTimeoutAt")) {
     std::printf("    in-progress timer expires %s\n",
                 format_time(e["inProgressTimeoutAt"].GetInt64()).c_str());
@@ -371,12 +387,14 @@ void print_execution(const rapidjson::Value& e) {
 void print_job_line(const rapidjson::Value& j) {
   std::map<std::string, int> counts;
   for (const auto& e : j["executions"].GetArray()) {
-    if (!e["deleted"].GetBool())
+    if (!e["deleted"].GetBool()) {
       ++counts[e["status"].GetString()];
+    }
   }
   std::string summary;
-  for (const auto& [s, n] : counts)
+  for (const auto& [s, n] : counts) {
     summary += (summary.empty() ? "" : " ") + s + "=" + std::to_string(n);
+  }
   std::printf("%-32s %-12s %s  things: %u  %s\n", j["jobId"].GetString(), j["status"].GetString(),
               format_time(j["createdAt"].GetInt64()).c_str(), j["things"].Size(), summary.c_str());
 }
@@ -400,11 +418,13 @@ using FlagKeys = std::initializer_list<std::pair<const char*, const char*>>;
 Result<std::string> int_fields(const Args& args, FlagKeys flag_keys) {
   std::string out;
   for (auto [flag, key] : flag_keys) {
-    if (!args.has(flag))
+    if (!args.has(flag)) {
       continue;
+    }
     auto v = to_int(args.get(flag), flag);
-    if (!v)
+    if (!v) {
       return fail(v.error());
+    }
     out += (out.empty() ? "\"" : ",\"") + std::string(key) + "\":" + std::to_string(*v);
   }
   return out;
@@ -429,31 +449,36 @@ int run_client(const Args& args) {
     return true;
   };
   auto report = [&](const auto& r) {
-    if (!r)
+    if (!r) {
       std::cerr << args.command << ": " << r.error().message() << "\n";
+    }
     return r.has_value();
   };
   const auto& usage_ok = report;
   // Prints the array `key` of an answer item by item (or the whole answer with --json).
   auto print_list = [&](const Result<rapidjson::Document>& r, const char* key,
                         void (*print_item)(const rapidjson::Value&)) {
-    if (!report(r))
+    if (!report(r)) {
       return 1;
+    }
     if (args.has("--json")) {
       std::printf("%s\n", to_json(*r).c_str());
       return 0;
     }
-    if ((*r)[key].Empty())
+    if ((*r)[key].Empty()) {
       std::printf("no %s\n", key);
-    for (const auto& item : (*r)[key].GetArray())
+    }
+    for (const auto& item : (*r)[key].GetArray()) {
       print_item(item);
+    }
     return 0;
   };
   const std::string& c = args.command;
 
   if (c == "create-job") {
-    if (!need({"--job-id", "--document", "--thing"}))
+    if (!need({"--job-id", "--document", "--thing"})) {
       return 2;
+    }
     bool ok = false;
     std::string doc = read_whole(args.get("--document"), ok);
     if (!ok) {
@@ -463,21 +488,26 @@ int run_client(const Args& args) {
     std::string body = "{\"jobId\":" + quote(args.get("--job-id")) + ",\"document\":" + quote(doc) +
                        ",\"things\":[";
     auto things = args.all("--thing");
-    for (std::size_t i = 0; i < things.size(); ++i)
+    for (std::size_t i = 0; i < things.size(); ++i) {
       body += (i ? "," : "") + quote(things[i]);
+    }
     body += "]";
     auto fields = int_fields(args, {{"--in-progress-timeout", "inProgressTimeoutMinutes"},
                                     {"--url-expiry", "urlExpirySeconds"}});
-    if (!usage_ok(fields))
+    if (!usage_ok(fields)) {
       return 2;
-    if (!fields->empty())
+    }
+    if (!fields->empty()) {
       body += "," + *fields;
-    if (args.has("--no-presigned-url"))
+    }
+    if (args.has("--no-presigned-url")) {
       body += ",\"presignedUrl\":false";
+    }
     body += "}";
     auto r = client.call("POST", "/jobs", body);
-    if (!report(r))
+    if (!report(r)) {
       return 1;
+    }
     if (args.has("--json")) {
       std::printf("%s\n", to_json(*r).c_str());
     } else {
@@ -486,24 +516,28 @@ int run_client(const Args& args) {
     return 0;
   }
   if (c == "cancel-job") {
-    if (!need({"--job-id"}))
+    if (!need({"--job-id"})) {
       return 2;
+    }
     auto r =
         client.call("POST", "/jobs/" + args.get("--job-id") + "/cancel",
                     std::string("{\"force\":") + (args.has("--force") ? "true" : "false") + "}");
-    if (!report(r))
+    if (!report(r)) {
       return 1;
+    }
     print_job_line(*r);
     return 0;
   }
   if (c == "delete-execution") {
-    if (!need({"--thing", "--job-id"}))
+    if (!need({"--thing", "--job-id"})) {
       return 2;
+    }
     auto r =
         client.call("DELETE", "/things/" + args.get("--thing") + "/jobs/" + args.get("--job-id") +
                                   (args.has("--force") ? "?force=true" : ""));
-    if (!report(r))
+    if (!report(r)) {
       return 1;
+    }
     std::printf("deleted the execution of %s on %s\n", args.get("--job-id").c_str(),
                 args.get("--thing").c_str());
     return 0;
@@ -532,20 +566,23 @@ int run_client(const Args& args) {
       return 2;
     }
     auto r = client.call("POST", "/clock/advance", "{\"seconds\":" + std::to_string(seconds) + "}");
-    if (!report(r))
+    if (!report(r)) {
       return 1;
+    }
     std::printf("emulator time is now %s\n", format_time((*r)["now"].GetInt64()).c_str());
     return 0;
   }
   if (c == "put-object") {
-    if (!need({"--bucket", "--key", "--file"}))
+    if (!need({"--bucket", "--key", "--file"})) {
       return 2;
+    }
     std::string file = std::filesystem::absolute(args.get("--file")).string();
     auto r = client.call("POST", "/s3/objects",
                          "{\"bucket\":" + quote(args.get("--bucket")) + ",\"key\":" +
                              quote(args.get("--key")) + ",\"file\":" + quote(file) + "}");
-    if (!report(r))
+    if (!report(r)) {
       return 1;
+    }
     std::printf(
         "stored s3://%s/%s (ETag %s)\nuse in a job document: ${aws:iot:s3-presigned-url:%s}\n",
         args.get("--bucket").c_str(), args.get("--key").c_str(), (*r)["etag"].GetString(),
@@ -557,41 +594,50 @@ int run_client(const Args& args) {
     auto responses = int_fields(args, {{"--drop-responses", "drop"},
                                        {"--duplicate-responses", "duplicate"},
                                        {"--delay-responses-ms", "delayMs"}});
-    if (!usage_ok(responses))
+    if (!usage_ok(responses)) {
       return 2;
+    }
     auto notifications = int_fields(args, {{"--drop-notifications", "drop"},
                                            {"--duplicate-notifications", "duplicate"},
                                            {"--delay-notifications-ms", "delayMs"}});
-    if (!usage_ok(notifications))
+    if (!usage_ok(notifications)) {
       return 2;
+    }
     std::vector<std::string> parts;
-    if (!responses->empty())
+    if (!responses->empty()) {
       parts.push_back("\"responses\":{" + *responses + "}");
-    if (!notifications->empty())
+    }
+    if (!notifications->empty()) {
       parts.push_back("\"notifications\":{" + *notifications + "}");
+    }
     for (auto [flag, code] : {std::pair{"--throttle-updates", "RequestThrottled"},
                               std::pair{"--fail-updates", "InternalError"}}) {
       auto count = int_fields(args, {{flag, "count"}});
-      if (!usage_ok(count))
+      if (!usage_ok(count)) {
         return 2;
-      if (!count->empty())
+      }
+      if (!count->empty()) {
         parts.push_back("\"rejectUpdates\":{" + *count + ",\"code\":\"" + code + "\"}");
+      }
     }
     if (args.has("--terminal-state-reached")) {
       parts.push_back(std::string("\"terminalStateReachedOnDescribe\":") +
                       (args.get("--terminal-state-reached") == "off" ? "false" : "true"));
     }
-    for (std::size_t i = 0; i < parts.size(); ++i)
+    for (std::size_t i = 0; i < parts.size(); ++i) {
       body += (i ? "," : "") + parts[i];
+    }
     auto r = client.call("PUT", "/faults", "{" + body + "}");
-    if (!report(r))
+    if (!report(r)) {
       return 1;
+    }
     std::printf("jobs faults: %s\n", to_json(*r).c_str());
     return 0;
   }
   if (c == "set-fault" && args.sub == "s3") {
-    if (!need({"--bucket", "--key"}))
+    if (!need({"--bucket", "--key"})) {
       return 2;
+    }
     std::string body =
         "{\"bucket\":" + quote(args.get("--bucket")) + ",\"key\":" + quote(args.get("--key"));
     auto fields = int_fields(args, {{"--close-after-bytes", "closeAfterBytes"},
@@ -602,27 +648,33 @@ int run_client(const Args& args) {
                                     {"--rate-limit", "rateLimitBytesPerSecond"},
                                     {"--corrupt-offset", "corruptOffset"},
                                     {"--times", "times"}});
-    if (!usage_ok(fields))
+    if (!usage_ok(fields)) {
       return 2;
-    if (!fields->empty())
+    }
+    if (!fields->empty()) {
       body += "," + *fields;
-    if (args.has("--ignore-range"))
+    }
+    if (args.has("--ignore-range")) {
       body += ",\"ignoreRange\":true";
+    }
     body += "}";
     auto r = client.call("POST", "/s3/faults", body);
-    if (!report(r))
+    if (!report(r)) {
       return 1;
+    }
     std::printf("S3 fault added for %s/%s\n", args.get("--bucket").c_str(),
                 args.get("--key").c_str());
     return 0;
   }
   if (c == "clear-faults") {
     auto r = client.call("DELETE", "/faults");
-    if (!report(r))
+    if (!report(r)) {
       return 1;
+    }
     auto r2 = client.call("DELETE", "/s3/faults");
-    if (!report(r2))
+    if (!report(r2)) {
       return 1;
+    }
     std::printf("all faults cleared\n");
     return 0;
   }
@@ -646,8 +698,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   try {
-    if (args->command == "serve")
+    if (args->command == "serve") {
       return serve(*args);
+    }
     return run_client(*args);
   } catch (const std::exception& e) {
     std::cerr << "upparat-jobs-emulator: " << e.what() << "\n";

@@ -35,10 +35,12 @@ struct MqttFront::Impl : public virtual mqtt::callback {
       stopping = true;
     }
     cv.notify_all();
-    if (worker.joinable())
+    if (worker.joinable()) {
       worker.join();
-    if (ticker.joinable())
+    }
+    if (ticker.joinable()) {
       ticker.join();
+    }
     if (client) {
       try {
         client->disconnect()->wait_for(std::chrono::seconds(2));
@@ -70,8 +72,9 @@ struct MqttFront::Impl : public virtual mqtt::callback {
   void delivery_complete(mqtt::delivery_token_ptr) override {}
 
   void enqueue(std::vector<Outgoing> messages) {
-    if (messages.empty())
+    if (messages.empty()) {
       return;
+    }
     {
       std::lock_guard lock(mutex);
       auto now = SteadyClock::now();
@@ -104,8 +107,9 @@ struct MqttFront::Impl : public virtual mqtt::callback {
                        topic, payload.size());
         }
         auto out = model->handle(topic, payload);
-        if (!out.empty() && after_change)
+        if (!out.empty() && after_change) {
           after_change();
+        }
         enqueue(std::move(out));
         lock.lock();
         continue;
@@ -130,12 +134,14 @@ struct MqttFront::Impl : public virtual mqtt::callback {
     std::unique_lock lock(mutex);
     while (!stopping) {
       cv.wait_for(lock, std::chrono::seconds(1));
-      if (stopping)
+      if (stopping) {
         break;
+      }
       lock.unlock();
       auto out = model->tick();
-      if (!out.empty() && after_change)
+      if (!out.empty() && after_change) {
         after_change();
+      }
       enqueue(std::move(out));
       lock.lock();
     }

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <string>
 
+#include "support/binaries.hpp"
 #include "support/temp_dir.hpp"
 
 namespace upparat {
@@ -22,11 +23,12 @@ namespace fs = std::filesystem;
 
 constexpr uid_t kNobody = 65534;
 
-#define SKIP_UNLESS_ROOT()                                                            \
-  do {                                                                                \
-    if (::geteuid() != 0)                                                             \
-      GTEST_SKIP() << "needs root to give a folder to another user (uid 65534) with " \
-                      "chown; CI runs the tests as root";                             \
+#define SKIP_UNLESS_ROOT()                                                              \
+  do {                                                                                  \
+    if (::geteuid() != 0) {                                                             \
+      UPPARAT_SKIP() << "needs root to give a folder to another user (uid 65534) with " \
+                        "chown; CI runs the tests as root";                             \
+    }                                                                                   \
   } while (false)
 
 mode_t mode_of(const fs::path& path) {
@@ -76,9 +78,10 @@ class SafeFsTest : public ::testing::Test {
                       Missing missing = Missing::Fail) {
     auto fd = open(path, missing);
     ASSERT_FALSE(fd) << path << " was accepted";
-    for (const auto& part : parts)
+    for (const auto& part : parts) {
       EXPECT_NE(fd.error().message().find(part), std::string::npos)
           << "'" << part << "' not in: " << fd.error().message();
+    }
     // The check alone says the same.
     auto checked = check_owned_directory(path, ::geteuid());
     ASSERT_FALSE(checked);
@@ -227,8 +230,9 @@ class SafeFileTest : public SafeFsTest {
  protected:
   void SetUp() override {
     SafeFsTest::SetUp();
-    if (HasFatalFailure())
+    if (HasFatalFailure()) {
       return;
+    }
     auto fd = open(folder("state"));
     ASSERT_TRUE(fd) << fd.error().message();
     dir_fd_ = std::move(*fd);

@@ -55,8 +55,9 @@ TEST(ValidJobId, AwsRules) {
   EXPECT_TRUE(valid_job_id(std::string(64, 'z')));
   EXPECT_FALSE(valid_job_id(std::string(65, 'z')));
   EXPECT_FALSE(valid_job_id(""));
-  for (const char* bad : {"../x", "a b", "a/b", "a.b", "a:b", "caf\xc3\xa9", "$next"})
+  for (const char* bad : {"../x", "a b", "a/b", "a.b", "a:b", "caf\xc3\xa9", "$next"}) {
     EXPECT_FALSE(valid_job_id(bad)) << bad;
+  }
 }
 
 }  // namespace

@@ -47,9 +47,10 @@ class ConfigTest : public ::testing::Test {
   void expect_error(const std::string& text, std::initializer_list<std::string> parts) {
     auto config = toml(text);
     ASSERT_FALSE(config) << "accepted:\n" << text;
-    for (const auto& part : parts)
+    for (const auto& part : parts) {
       EXPECT_NE(config.error().message().find(part), std::string::npos)
           << "'" << part << "' not in: " << config.error().message();
+    }
     EXPECT_NE(config.error().message().find("upparat.toml"), std::string::npos)
         << config.error().message();
   }
@@ -141,8 +142,9 @@ TEST_F(ConfigTest, PluginArraysAndTablesAreValidJsonWithAwkwardStrings) {
 TEST_F(ConfigTest, OnePluginWithoutStepsServesEveryStep) {
   auto config = toml(base("[plugins.script]\npath = \"upparat-script.so\"\n"));
   ASSERT_TRUE(config) << config.error().message();
-  for (Step step : kSteps)
+  for (Step step : kSteps) {
     EXPECT_EQ(config->steps.at(std::string(to_string(step))), "script") << to_string(step);
+  }
 }
 
 TEST_F(ConfigTest, ThingNameOverrideFromCommandLine) {
@@ -212,8 +214,9 @@ TEST_F(ConfigTest, MissingOrUnreadableCertificates) {
       {"[broker] certfile", "no such file", "/nonexistent.pem"});
   expect_error("[broker]\nhost = \"h\"\nthing_name = \"t\"\n", {"[broker] certfile", "plain_tcp"});
   fs::permissions(key_, fs::perms::none);
-  if (::geteuid() != 0)  // root reads anything
+  if (::geteuid() != 0) {  // root reads anything
     expect_error(base(), {"[broker] keyfile", "cannot read"});
+  }
   expect_error(
       base().replace(base().find(ca_.string()), ca_.string().size(), dir_->path().string()),
       {"[broker] cafile", "not a regular file"});
@@ -303,8 +306,9 @@ TEST_F(ConfigTest, PythonIniDefaults) {
   EXPECT_EQ(script.settings.at("version"), version.string());
   EXPECT_EQ(script.settings.at("install"), (dir_->path() / "hooks/install.sh").string());
   EXPECT_EQ(script.settings.count("restart"), 0u);
-  for (Step step : kSteps)
+  for (Step step : kSteps) {
     EXPECT_EQ(config->steps.at(std::string(to_string(step))), "script");
+  }
   bool warned_http = false, warned_sentry = false;
   for (const auto& w : config->warnings) {
     warned_http |= w.find("http") != std::string::npos;
@@ -356,8 +360,9 @@ TEST_F(ConfigTest, DocumentedExampleIsValidAndSetsEveryKey) {
   auto text = test::read_file(fs::path(UPPARAT_SOURCE_DIR) / "config/upparat.toml");
   ASSERT_TRUE(text) << text.error().message();
   auto replace_all = [](std::string& s, const std::string& from, const std::string& to) {
-    for (auto pos = s.find(from); pos != std::string::npos; pos = s.find(from, pos + to.size()))
+    for (auto pos = s.find(from); pos != std::string::npos; pos = s.find(from, pos + to.size())) {
       s.replace(pos, from.size(), to);
+    }
   };
   replace_all(*text, "/etc/upparat/AmazonRootCA1.pem", ca_.string());
   replace_all(*text, "/etc/upparat/device.pem.crt", cert_.string());

@@ -109,9 +109,10 @@ TEST_F(E2eCancelTest, SeveralInProgressJobsAllFail) {
   // Another agent (or an older daemon) left both IN_PROGRESS.
   auto client = MqttTestClient::connect(broker_->plain_uri());
   ASSERT_TRUE(client) << client.error().message();
-  for (const char* id : {"upparat_one", "upparat_two"})
+  for (const char* id : {"upparat_one", "upparat_two"}) {
     ASSERT_TRUE(client->publish(std::string("$aws/things/") + kThing + "/jobs/" + id + "/update",
                                 R"({"status":"IN_PROGRESS"})"));
+  }
   ASSERT_TRUE(eventually([&] {
     auto one = view("upparat_one");
     auto two = view("upparat_two");

@@ -28,8 +28,9 @@ TEST_F(E2eDaemonTest, SoftRestartCompletesWithEveryStatusReported) {
   create_job("upparat_soft", document("2.0.0", "2.0.0"));
   auto view = wait_status("upparat_soft", "SUCCEEDED");
   EXPECT_EQ(view.state, "complete_soft_restart") << join(view.states);
-  for (const char* state : {"download_start", "installation_start", "reboot_start"})
+  for (const char* state : {"download_start", "installation_start", "reboot_start"}) {
     EXPECT_TRUE(contains(view.states, state)) << state << " missing in " << join(view.states);
+  }
   EXPECT_EQ(installed_version(), "2.0.0");
   std::ifstream in(path("installed.bin"), std::ios::binary);
   std::string installed((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -165,8 +166,9 @@ TEST_F(E2eDaemonTest, CancelDuringInstallKillsTheHook) {
   ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
   create_job("upparat_cancel", document("2.0.0", "2.0.0"));
   auto deadline = std::chrono::steady_clock::now() + 60s;
-  while (!fs::exists(path("install_started")) && std::chrono::steady_clock::now() < deadline)
+  while (!fs::exists(path("install_started")) && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(100ms);
+  }
   ASSERT_TRUE(fs::exists(path("install_started"))) << daemon.log_tail();
   ASSERT_TRUE(emulator_->cancel_job("upparat_cancel", true));
   // The hook is gone well before its 60 s sleep ends, and the daemon takes the next job.
@@ -218,8 +220,9 @@ TEST_F(E2eDaemonTest, PythonIniImport) {
   std::string ini = "[service]\nlog_level = debug\ndownload_location = " + path("dl").string() +
                     "\n[broker]\nhost = 127.0.0.1\nport = " + std::to_string(broker_->port()) +
                     "\nthing_name = " + kThing + "\n[hooks]\n";
-  for (const auto& [step, p] : hooks_)
+  for (const auto& [step, p] : hooks_) {
     ini += step + " = " + p.string() + "\n";
+  }
   ini += "retry_interval = 1\nmax_retries = 2\n[sentry]\ndsn = https://example.invalid/1\n";
   auto file = path("upparat.ini");
   std::ofstream(file) << ini;
@@ -273,8 +276,9 @@ TEST_F(E2eDaemonTest, SigtermDuringInstallStopsTheHookReportsNothingAndResumes) 
     ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
     create_job("upparat_term", document("2.0.0", "2.0.0"));
     auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (!fs::exists(marker) && std::chrono::steady_clock::now() < deadline)
+    while (!fs::exists(marker) && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(100ms);
+    }
     ASSERT_TRUE(fs::exists(marker)) << daemon.log_tail();
     auto begin = std::chrono::steady_clock::now();
     auto stopped = daemon.stop();  // SIGTERM (SIGKILL only after 15 s)
@@ -342,8 +346,9 @@ TEST_F(E2eDaemonTest, SystemdNotifyReadyStatusAndWatchdog) {
     if (::poll(&p, 1, 200) == 1) {
       char buffer[4096];
       auto n = ::recv(fd, buffer, sizeof(buffer), 0);
-      if (n > 0)
+      if (n > 0) {
         received.emplace_back(buffer, static_cast<std::size_t>(n));
+      }
     }
     if (has("READY=1") && !job_created) {
       job_created = true;
@@ -372,10 +377,12 @@ TEST_F(E2eDaemonTest, ThrottledDuplicatedAndDroppedResponsesStillEndInOrder) {
   EXPECT_EQ(view.state, "complete_soft_restart") << join(view.states);
   // The cloud saw the steps in their order, whatever the transport did.
   std::vector<std::string> order;
-  for (const auto& s : view.states)
+  for (const auto& s : view.states) {
     if (s != "download_progress" && s != "installation_progress" &&
-        (order.empty() || order.back() != s))
+        (order.empty() || order.back() != s)) {
       order.push_back(s);
+    }
+  }
   EXPECT_EQ(join(order), "download_start, installation_start, reboot_start, complete_soft_restart");
 }
 

@@ -53,23 +53,27 @@ inline std::optional<CloudView> parse_execution(const std::string& json) {
   rapidjson::Document d;
   d.Parse(json.c_str());
   if (d.HasParseError() || !d.IsObject() || !d.HasMember("executions") ||
-      !d["executions"].IsArray() || d["executions"].Empty())
+      !d["executions"].IsArray() || d["executions"].Empty()) {
     return std::nullopt;
+  }
   const auto& e = d["executions"][0];
   CloudView view;
   view.status = e["status"].GetString();
   if (e.HasMember("statusDetails") && e["statusDetails"].IsObject()) {
     const auto& sd = e["statusDetails"];
-    if (sd.HasMember("state") && sd["state"].IsString())
+    if (sd.HasMember("state") && sd["state"].IsString()) {
       view.state = sd["state"].GetString();
-    if (sd.HasMember("message") && sd["message"].IsString())
+    }
+    if (sd.HasMember("message") && sd["message"].IsString()) {
       view.message = sd["message"].GetString();
+    }
   }
   if (e.HasMember("history") && e["history"].IsArray()) {
     for (const auto& h : e["history"].GetArray()) {
       if (h.HasMember("statusDetails") && h["statusDetails"].IsObject() &&
-          h["statusDetails"].HasMember("state") && h["statusDetails"]["state"].IsString())
+          h["statusDetails"].HasMember("state") && h["statusDetails"]["state"].IsString()) {
         view.states.push_back(h["statusDetails"]["state"].GetString());
+      }
     }
   }
   return view;
@@ -77,8 +81,9 @@ inline std::optional<CloudView> parse_execution(const std::string& json) {
 
 inline std::string join(const std::vector<std::string>& items) {
   std::string out;
-  for (const auto& i : items)
+  for (const auto& i : items) {
     out += (out.empty() ? "" : ", ") + i;
+  }
   return out;
 }
 
@@ -96,8 +101,9 @@ inline bool eventually(const std::function<bool()>& condition,
                        std::chrono::milliseconds timeout = 60s) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
-    if (condition())
+    if (condition()) {
       return true;
+    }
     std::this_thread::sleep_for(50ms);
   }
   return condition();
@@ -141,8 +147,9 @@ class E2eFixture : public ::testing::Test {
     ASSERT_TRUE(emulator) << emulator.error().message();
     emulator_.emplace(std::move(*emulator));
     firmware_ = std::string(300 * 1024, 'x');
-    for (std::size_t i = 0; i < firmware_.size(); i += 7)
+    for (std::size_t i = 0; i < firmware_.size(); i += 7) {
       firmware_[i] = static_cast<char>('a' + i % 26);
+    }
     auto put = emulator_->put_object(kBucket, kKey, firmware_);
     ASSERT_TRUE(put) << put.error().message();
     write_version("1.0.0");
@@ -239,16 +246,18 @@ class E2eFixture : public ::testing::Test {
   /// Waits until the blocked hook of `step` runs; returns its PID (0 on time-out).
   pid_t wait_entered(const std::string& step, std::chrono::seconds timeout = 60s) {
     auto file = path(step + "_entered");
-    if (!eventually([&] { return fs::exists(file); }, timeout))
+    if (!eventually([&] { return fs::exists(file); }, timeout)) {
       return 0;
+    }
     return static_cast<pid_t>(std::atol(read_text(file).c_str()));
   }
 
   std::vector<std::string> install_log() const {
     std::vector<std::string> lines;
     std::ifstream in(path("install_log"));
-    for (std::string line; std::getline(in, line);)
+    for (std::string line; std::getline(in, line);) {
       lines.push_back(line);
+    }
     return lines;
   }
 
@@ -256,13 +265,15 @@ class E2eFixture : public ::testing::Test {
   std::uint64_t s3_body_bytes_sent() const {
     auto json =
         emulator_->request("GET", std::string("/s3/stats?bucket=") + kBucket + "&key=" + kKey);
-    if (!json)
+    if (!json) {
       return 0;
+    }
     rapidjson::Document d;
     d.Parse(json->c_str());
     if (d.HasParseError() || !d.IsObject() || !d.HasMember("bodyBytesSent") ||
-        !d["bodyBytesSent"].IsUint64())
+        !d["bodyBytesSent"].IsUint64()) {
       return 0;
+    }
     return d["bodyBytesSent"].GetUint64();
   }
 
@@ -278,8 +289,9 @@ class E2eFixture : public ::testing::Test {
   fs::path write_config(const DaemonConfig& c) {
     std::string plugin = "[plugins.script]\npath = \"" + std::string(UPPARAT_SCRIPT_PLUGIN) +
                          "\"\nkill_grace_seconds = 2\n";
-    for (const auto& [step, p] : hooks_)
+    for (const auto& [step, p] : hooks_) {
       plugin += step + " = \"" + p.string() + "\"\n";
+    }
     std::string broker = "[broker]\nhost = \"127.0.0.1\"\n";
     if (c.tls_port) {
       broker += "port = " + std::to_string(*c.tls_port) + "\ncafile = \"" + c.cafile.string() +
@@ -372,8 +384,9 @@ class E2eFixture : public ::testing::Test {
   std::optional<CloudView> view(const std::string& job_id,
                                 const std::string& thing = kThing) const {
     auto json = emulator_->describe(thing, job_id);
-    if (!json)
+    if (!json) {
       return std::nullopt;
+    }
     return parse_execution(*json);
   }
 
@@ -385,8 +398,9 @@ class E2eFixture : public ::testing::Test {
     while (std::chrono::steady_clock::now() < deadline) {
       if (auto v = view(job_id, thing)) {
         last = *v;
-        if (v->status == status)
+        if (v->status == status) {
           return *v;
+        }
       }
       std::this_thread::sleep_for(200ms);
     }

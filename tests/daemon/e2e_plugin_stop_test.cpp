@@ -24,8 +24,9 @@ class E2ePluginStopTest : public E2eFixture {
  protected:
   void SetUp() override {
     E2eFixture::SetUp();
-    if (IsSkipped() || HasFatalFailure())
+    if (IsSkipped() || HasFatalFailure()) {
       return;
+    }
     default_hooks();
     hooks_["restart"] = hook("restart", "exit 0");
   }
@@ -37,8 +38,9 @@ class E2ePluginStopTest : public E2eFixture {
     DaemonConfig c;
     c.state_dir = path("state");
     c.jobs = "stop_grace = " + std::to_string(stop_grace) + "\n";
-    if (install_deadline > 0)
+    if (install_deadline > 0) {
       c.extra += "[jobs.deadlines]\ninstall = " + std::to_string(install_deadline) + "\n";
+    }
     c.extra +=
         "[steps]\nversion = \"script\"\ninstall = \"stubborn\"\nrestart = \"script\"\n"
         "[plugins.stubborn]\npath = \"" +
@@ -55,8 +57,9 @@ class E2ePluginStopTest : public E2eFixture {
   std::string saved_step() const {
     rapidjson::Document d;
     d.Parse(read_text(path("state/state.json")).c_str());
-    if (d.HasParseError() || !d.IsObject() || !d.HasMember("step") || !d["step"].IsString())
+    if (d.HasParseError() || !d.IsObject() || !d.HasMember("step") || !d["step"].IsString()) {
       return "";
+    }
     return d["step"].GetString();
   }
 };

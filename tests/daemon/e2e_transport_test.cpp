@@ -57,8 +57,9 @@ TEST_F(E2eTransportTest, TwoDaemonsWithTheirOwnIniFilesSideBySide) {
     std::string ini = "[service]\nlog_level = debug\ndownload_location = " + d +
                       "/dl\n[broker]\nhost = 127.0.0.1\nport = " + std::to_string(broker_->port()) +
                       "\nthing_name = thing-" + name + "\n[hooks]\n";
-    for (const auto& [step, p] : hooks)
+    for (const auto& [step, p] : hooks) {
       ini += step + " = " + p.string() + "\n";
+    }
     ini += "retry_interval = 1\nmax_retries = 2\n";
     auto file = path(name + ".ini");
     std::ofstream(file) << ini;
@@ -72,8 +73,9 @@ TEST_F(E2eTransportTest, TwoDaemonsWithTheirOwnIniFilesSideBySide) {
     ASSERT_TRUE(daemon) << daemon.error().message();
     daemons.push_back(std::move(*daemon));
   }
-  for (auto& daemon : daemons)
+  for (auto& daemon : daemons) {
     ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  }
   // One job for both things, as a fleet rollout would be.
   auto created = emulator_->create_job(job, document("2.0.0", "2.0.0"), {"thing-a", "thing-b"});
   ASSERT_TRUE(created) << created.error().message();
@@ -102,8 +104,9 @@ class E2eTlsTest : public E2eFixture {
  protected:
   Result<Mosquitto> start_broker() override {
     auto ca = CertificateAuthority::create();
-    if (!ca)
+    if (!ca) {
       return fail(ca.error());
+    }
     ca_.emplace(std::move(*ca));
     MosquittoOptions options;
     options.tls = &*ca_;

@@ -17,6 +17,7 @@
 
 #include "config/config.hpp"
 #include "daemon/daemon.hpp"
+#include "support/binaries.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
@@ -28,11 +29,12 @@ using namespace std::chrono_literals;
 
 constexpr uid_t kNobody = 65534;
 
-#define SKIP_UNLESS_ROOT()                                                              \
-  do {                                                                                  \
-    if (::geteuid() != 0)                                                               \
-      GTEST_SKIP() << "needs root to make a root-owned /tmp-like folder and to give a " \
-                      "folder to another user (uid 65534); CI runs the tests as root";  \
+#define SKIP_UNLESS_ROOT()                                                                \
+  do {                                                                                    \
+    if (::geteuid() != 0) {                                                               \
+      UPPARAT_SKIP() << "needs root to make a root-owned /tmp-like folder and to give a " \
+                        "folder to another user (uid 65534); CI runs the tests as root";  \
+    }                                                                                     \
   } while (false)
 
 mode_t mode_of(const fs::path& path) {
@@ -101,9 +103,10 @@ class FoldersTest : public ::testing::Test {
     ASSERT_TRUE(run) << run.error().message() << " (the daemon did not refuse to start)";
     EXPECT_FALSE(run->status.signaled) << run->output;
     EXPECT_EQ(run->status.exit_code, code) << run->output;
-    for (const auto& part : parts)
+    for (const auto& part : parts) {
       EXPECT_NE(run->output.find(part), std::string::npos)
           << "'" << part << "' not in: " << run->output;
+    }
   }
 
   std::optional<test::TempDir> dir_;

@@ -28,16 +28,18 @@ constexpr StepPlugins kNoPlugins{};
 std::unique_ptr<LoadedPlugin> load(const std::string& path,
                                    const std::map<std::string, std::string>& settings = {}) {
   auto plugin = LoadedPlugin::load(path, settings);
-  if (!plugin)
+  if (!plugin) {
     throw std::runtime_error(plugin.error().message());
+  }
   return std::move(*plugin);
 }
 
 /// The script plugin with a hook (/bin/true) for each of `steps`.
 std::unique_ptr<LoadedPlugin> script(std::initializer_list<const char*> steps) {
   std::map<std::string, std::string> settings;
-  for (const char* step : steps)
+  for (const char* step : steps) {
     settings[step] = "/bin/true";
+  }
   return load(UPPARAT_SCRIPT_PLUGIN, settings);
 }
 

@@ -16,8 +16,9 @@ namespace upparat::test {
 inline std::string random_bytes(std::size_t size, std::uint32_t seed) {
   std::mt19937 rng(seed);
   std::string out(size, '\0');
-  for (auto& c : out)
+  for (auto& c : out) {
     c = static_cast<char>(rng() & 0xff);
+  }
   return out;
 }
 
@@ -36,8 +37,9 @@ inline std::string sha256_hex(std::string_view data) {
 
 inline mode_t file_mode(const std::string& path) {
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0)
+  if (::stat(path.c_str(), &st) != 0) {
     return 0;
+  }
   return st.st_mode & 07777;
 }
 

@@ -25,18 +25,21 @@ namespace {
 upparat::StopSignal* g_stop = nullptr;
 
 extern "C" void on_signal(int) {
-  if (g_stop != nullptr)
+  if (g_stop != nullptr) {
     g_stop->request();
+  }
 }
 
 // Writes the state file like the daemon does: temp file, fsync, rename.
 void save_state(const std::string& path, const upparat::download::ResumeState& state) {
-  if (path.empty())
+  if (path.empty()) {
     return;
+  }
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0)
+  if (fd < 0) {
     return;
+  }
   const std::string text = std::to_string(state.synced_bytes) + "\n" + state.etag + "\n";
   [[maybe_unused]] auto written = ::write(fd, text.data(), text.size());
   ::fsync(fd);

@@ -83,8 +83,9 @@ TEST_F(DownloaderNginxTest, ResumesWithRangeAndIfRangeFromNginx) {
   ResumeState resume;
   StopSignal stop;
   auto result = d.run(r, resume, stop, [&](const Progress& p) {
-    if (p.bytes > 256 * 1024)
+    if (p.bytes > 256 * 1024) {
       stop.request();
+    }
   });
   ASSERT_EQ(result.outcome, Outcome::Cancelled) << result.reason;
   ASSERT_GT(resume.synced_bytes, 0u);
@@ -142,16 +143,17 @@ class DiskFullTest : public DownloaderNginxTest {
 
   void SetUp() override {
     DownloaderNginxTest::SetUp();
-    if (IsSkipped())
+    if (IsSkipped()) {
       return;
+    }
     fs::create_directories(tmp_->path() / "probe");
     const auto probe =
         test::run_process({"unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs",
                            "-o", "size=1m", "tmpfs", (tmp_->path() / "probe").string()},
                           10s);
     if (!probe || !probe->status.success()) {
-      GTEST_SKIP() << "a private mount namespace with a tmpfs is not permitted here ("
-                   << (probe ? probe->output : probe.error().message()) << ")";
+      UPPARAT_SKIP() << "a private mount namespace with a tmpfs is not permitted here ("
+                     << (probe ? probe->output : probe.error().message()) << ")";
     }
   }
 };

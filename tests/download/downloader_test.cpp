@@ -26,6 +26,7 @@
 #include "download/file_system.hpp"
 #include "download_test_util.hpp"
 #include "emulator/s3/s3_server.hpp"
+#include "support/binaries.hpp"
 #include "support/certificates.hpp"
 #include "support/process.hpp"
 #include "support/result.hpp"
@@ -308,8 +309,9 @@ TEST_F(DownloaderTest, UrlExpiryMidwayKeepsBytesAndContinuesWithFreshUrl) {
   std::atomic<bool> advanced{false};
   const auto result = d.run(r, resume, stop,
                             [&](const Progress& p) {
-                              if (p.bytes >= 300 * 1024 && !advanced.exchange(true))
+                              if (p.bytes >= 300 * 1024 && !advanced.exchange(true)) {
                                 clock_->advance(120s);
+                              }
                             },
                             {});
   ASSERT_EQ(result.outcome, Outcome::UrlExpired) << result.reason;
@@ -502,8 +504,9 @@ TEST_F(DownloaderTest, StopFromAnotherThreadDuringBackoff) {
   StopSignal stop;
   std::chrono::steady_clock::time_point stop_time;
   std::thread stopper([&] {
-    while (server_->stats(kBucket, "backoff").get_requests < 1)
+    while (server_->stats(kBucket, "backoff").get_requests < 1) {
       std::this_thread::sleep_for(5ms);
+    }
     // Now in a back-off sleep of up to 60 s (or, rarely, already in the next attempt).
     std::this_thread::sleep_for(300ms);
     stop_time = std::chrono::steady_clock::now();
@@ -769,8 +772,9 @@ TEST_F(DownloaderTest, GroupWritableDownloadFolderIsRefused) {
 }
 
 TEST_F(DownloaderTest, DownloadFolderOfAnotherUserIsRefused) {
-  if (::geteuid() != 0)
-    GTEST_SKIP() << "needs root to give the folder to another user (uid 65534); CI runs as root";
+  if (::geteuid() != 0) {
+    UPPARAT_SKIP() << "needs root to give the folder to another user (uid 65534); CI runs as root";
+  }
   const auto data = put("theirs", 1000, 44);
   fs::create_directories(settings_.directory);
   ASSERT_EQ(::chown(settings_.directory.c_str(), 65534, 65534), 0);

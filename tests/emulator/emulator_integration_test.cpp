@@ -29,8 +29,9 @@ rapidjson::Document parse(const std::string& text) {
   rapidjson::Document d;
   d.Parse(text.c_str());
   EXPECT_FALSE(d.HasParseError()) << text;
-  if (d.HasParseError())
+  if (d.HasParseError()) {
     d.Parse("{}");
+  }
   return d;
 }
 
@@ -46,8 +47,9 @@ class EmulatorIntegrationTest : public ::testing::Test {
  protected:
   void SetUp() override {
     UPPARAT_SKIP_UNLESS_EXECUTABLE(kMosquittoPath);
-    if (!is_executable(emulator_binary()))
-      GTEST_SKIP() << emulator_binary() << " is not built";
+    if (!is_executable(emulator_binary())) {
+      UPPARAT_SKIP() << emulator_binary() << " is not built";
+    }
     ca_.emplace(must(CertificateAuthority::create()));
     broker_.emplace(must(Mosquitto::start()));
     EmulatorOptions options;
@@ -262,8 +264,9 @@ TEST_F(EmulatorIntegrationTest, CliActsOnARunningEmulator) {
 
 TEST(EmulatorProcessTest, StatePersistsAcrossRestart) {
   UPPARAT_SKIP_UNLESS_EXECUTABLE(kMosquittoPath);
-  if (!is_executable(emulator_binary()))
-    GTEST_SKIP() << emulator_binary() << " is not built";
+  if (!is_executable(emulator_binary())) {
+    UPPARAT_SKIP() << emulator_binary() << " is not built";
+  }
   auto broker = must(Mosquitto::start());
   auto dir = must(TempDir::create("emustate"));
   EmulatorOptions options;
@@ -288,8 +291,9 @@ TEST(EmulatorProcessTest, StatePersistsAcrossRestart) {
 }
 
 TEST(EmulatorProcessTest, BadCommandLinesAndUnreachableBrokerFailClearly) {
-  if (!is_executable(emulator_binary()))
-    GTEST_SKIP() << emulator_binary() << " is not built";
+  if (!is_executable(emulator_binary())) {
+    UPPARAT_SKIP() << emulator_binary() << " is not built";
+  }
   const std::string closed = "127.0.0.1:" + std::to_string(must(free_port()));
   auto out = must(run_process({emulator_binary().string(), "serve"}));
   EXPECT_EQ(out.status.exit_code, 2);

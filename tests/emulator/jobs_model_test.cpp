@@ -56,15 +56,17 @@ class JobsModelTest : public ::testing::Test {
       }
     }
     EXPECT_EQ(n, 1) << "messages on " << topic;
-    if (n == 0)
+    if (n == 0) {
       return parse("{}");
+    }
     return parse(payload);
   }
 
   static int count(const std::vector<Outgoing>& out, const std::string& topic) {
     int n = 0;
-    for (const auto& m : out)
+    for (const auto& m : out) {
       n += m.topic == topic ? 1 : 0;
+    }
     return n;
   }
 
@@ -226,8 +228,9 @@ TEST_F(JobsModelTest, CreateValidatesLikeAws) {
 }
 
 TEST_F(JobsModelTest, NotifyListsAtMost15InProgressFirst) {
-  for (int i = 0; i < 20; ++i)
+  for (int i = 0; i < 20; ++i) {
     create("job" + std::to_string(i));
+  }
   // Move job5 to IN_PROGRESS by an update.
   auto out = send(T + "/job5/update", R"({"status":"IN_PROGRESS"})");
   auto n = only(out, T + "/notify");
@@ -600,8 +603,9 @@ TEST_F(JobsModelTest, RemovingAnExecutionBehindTheHeadSendsNotifyOnly) {
 TEST_F(JobsModelTest, ThingsAreIndependent) {
   create("job1", {"dev1", "dev2"});
   auto out = send(T + "/job1/update", R"({"status":"SUCCEEDED"})");
-  for (const auto& m : out)
+  for (const auto& m : out) {
     EXPECT_EQ(m.topic.rfind(T + "/", 0), 0u) << m.topic;
+  }
   auto d = only(send("$aws/things/dev2/jobs/job1/get"), "$aws/things/dev2/jobs/job1/get/accepted");
   EXPECT_STREQ(d["execution"]["status"].GetString(), "QUEUED");
   EXPECT_EQ(model_.job("job1")->status, "IN_PROGRESS");
@@ -690,8 +694,9 @@ TEST_F(JobsModelTest, FaultsDropDuplicateAndDelay) {
   auto out = model_.cancel_job("job1", false);
   ASSERT_TRUE(out);
   EXPECT_EQ(count(*out, T + "/notify"), 1);
-  for (const auto& m : *out)
+  for (const auto& m : *out) {
     EXPECT_EQ(m.delay_ms, 250);
+  }
   f = {};
   f.notifications.drop_next = 2;
   model_.set_faults(f);

@@ -69,9 +69,11 @@ class UpdateQueueOnEmulator : public ::testing::Test {
   /// The request reaches the cloud; returns the answers it publishes (notifications dropped).
   std::vector<emulator::Outgoing> to_cloud(const Outgoing& request) {
     std::vector<emulator::Outgoing> answers;
-    for (auto& m : model_.handle(request.topic, request.payload))
-      if (m.kind == emulator::Outgoing::Kind::Response)
+    for (auto& m : model_.handle(request.topic, request.payload)) {
+      if (m.kind == emulator::Outgoing::Kind::Response) {
         answers.push_back(std::move(m));
+      }
+    }
     return answers;
   }
 
@@ -79,8 +81,9 @@ class UpdateQueueOnEmulator : public ::testing::Test {
   std::optional<UpdateOutcome> to_daemon(const emulator::Outgoing& answer) {
     auto topic = parse_topic(kThing, answer.topic);
     EXPECT_TRUE(topic) << answer.topic;
-    if (!topic)
+    if (!topic) {
       return std::nullopt;
+    }
     if (topic->kind == TopicKind::UpdateAccepted) {
       auto a = parse_update_accepted(answer.payload);
       EXPECT_TRUE(a) << answer.payload;
@@ -94,9 +97,11 @@ class UpdateQueueOnEmulator : public ::testing::Test {
   /// Sends the head, delivers it and its answers: the outcome.
   std::optional<UpdateOutcome> round_trip() {
     std::optional<UpdateOutcome> outcome;
-    for (const auto& a : to_cloud(send()))
-      if (auto o = to_daemon(a))
+    for (const auto& a : to_cloud(send())) {
+      if (auto o = to_daemon(a)) {
         outcome = o;
+      }
+    }
     return outcome;
   }
 
@@ -110,8 +115,9 @@ class UpdateQueueOnEmulator : public ::testing::Test {
   std::optional<std::int64_t> expected_version(const Outgoing& request) {
     rapidjson::Document d;
     d.Parse(request.payload.c_str());
-    if (!d.HasMember("expectedVersion"))
+    if (!d.HasMember("expectedVersion")) {
       return std::nullopt;
+    }
     return d["expectedVersion"].GetInt64();
   }
 
@@ -138,11 +144,13 @@ TEST_F(UpdateQueueOnEmulator, DuplicatedUpdateIsAppliedOnce) {
     const auto token = enqueue("IN_PROGRESS", reversed ? "reboot_start" : "installation_start");
     const Outgoing request = send();
     auto answers = to_cloud(request);
-    for (auto& a : to_cloud(request))
+    for (auto& a : to_cloud(request)) {
       answers.push_back(a);
+    }
     ASSERT_EQ(answers.size(), 2u);
-    if (reversed)
+    if (reversed) {
       std::swap(answers[0], answers[1]);
+    }
     auto first = to_daemon(answers[0]);
     ASSERT_TRUE(first);
     EXPECT_EQ(first->client_token, token);
@@ -184,8 +192,9 @@ TEST_F(UpdateQueueOnEmulator, LostAnswerThenResendIsAccepted) {
 TEST_F(UpdateQueueOnEmulator, LateCopyOfAnOlderUpdateDoesNotOverwriteANewerOne) {
   enqueue("IN_PROGRESS", "installation_progress", true);
   const Outgoing progress = send();
-  for (const auto& a : to_cloud(progress))
+  for (const auto& a : to_cloud(progress)) {
     ASSERT_TRUE(to_daemon(a));
+  }
   enqueue("IN_PROGRESS", "reboot_start");
   auto outcome = round_trip();
   ASSERT_TRUE(outcome);
@@ -254,14 +263,16 @@ TEST_F(UpdateQueueOnEmulator, MismatchWithOtherDetailsIsSentAgainWithTheNewVersi
   other_client_update("operator_note");  // version 2
   const Outgoing first = send();
   EXPECT_EQ(expected_version(first), 1);
-  for (const auto& a : to_cloud(first))
+  for (const auto& a : to_cloud(first)) {
     EXPECT_FALSE(to_daemon(a)) << "not an outcome: it goes out again";
+  }
   EXPECT_EQ(cloud_state(), "IN_PROGRESS operator_note");
   const Outgoing again = send();
   EXPECT_EQ(expected_version(again), 2);
   std::optional<UpdateOutcome> outcome;
-  for (const auto& a : to_cloud(again))
+  for (const auto& a : to_cloud(again)) {
     outcome = to_daemon(a);
+  }
   ASSERT_TRUE(outcome);
   EXPECT_EQ(outcome->client_token, token);
   EXPECT_EQ(outcome->result, UpdateResult::Accepted);
@@ -276,16 +287,18 @@ TEST_F(UpdateQueueOnEmulator, MismatchOfASupersededProgressUpdateSendsTheNewerOn
   other_client_update("operator_note");
   const Outgoing progress = send();
   const auto token = enqueue("IN_PROGRESS", "reboot_start");
-  for (const auto& a : to_cloud(progress))
+  for (const auto& a : to_cloud(progress)) {
     EXPECT_FALSE(to_daemon(a));
+  }
   auto outcome = round_trip();
   ASSERT_TRUE(outcome);
   EXPECT_EQ(outcome->client_token, token);
   EXPECT_EQ(outcome->result, UpdateResult::Accepted);
   EXPECT_EQ(cloud_state(), "IN_PROGRESS reboot_start");
   std::vector<std::string> states;
-  for (const auto& h : execution().history)
+  for (const auto& h : execution().history) {
     states.push_back(h.status_details.count("state") ? h.status_details.at("state") : "");
+  }
   EXPECT_EQ(states, (std::vector<std::string>{"", "operator_note", "reboot_start"}));
 }
 

@@ -45,8 +45,9 @@ Rejected rejected(const std::string& token, const std::string& code,
   Rejected r;
   r.client_token = token;
   r.code = code;
-  if (status)
+  if (status) {
     r.execution_state = ExecutionState{*status, {}, 1};
+  }
   return r;
 }
 
@@ -189,8 +190,9 @@ TEST_F(UpdateQueueTest, OwnTerminalUpdateResentIsAccepted) {
 std::optional<std::int64_t> int_field(const std::string& payload, const char* key) {
   rapidjson::Document d;
   d.Parse(payload.c_str());
-  if (!d.HasMember(key))
+  if (!d.HasMember(key)) {
     return std::nullopt;
+  }
   return d[key].GetInt64();
 }
 
@@ -240,8 +242,9 @@ TEST_F(UpdateQueueTest, NoExpectedVersionWhenNotKnownForThatExecution) {
   q.enqueue(on_execution(state("b", "IN_PROGRESS", "x"), 2));
   auto out = q.poll(now);
   ASSERT_EQ(out.size(), 2u);
-  for (const auto& o : out)
+  for (const auto& o : out) {
     EXPECT_FALSE(int_field(o.payload, "expectedVersion")) << o.payload;
+  }
 }
 
 TEST_F(UpdateQueueTest, KnownVersionOnlyGrowsWithinAnExecution) {

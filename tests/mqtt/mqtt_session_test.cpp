@@ -66,8 +66,9 @@ struct Recorder {
   }
   std::optional<std::pair<std::string, std::string>> next(std::chrono::milliseconds timeout) {
     std::unique_lock lock(mutex);
-    if (!changed.wait_for(lock, timeout, [&] { return !messages.empty(); }))
+    if (!changed.wait_for(lock, timeout, [&] { return !messages.empty(); })) {
       return std::nullopt;
+    }
     auto m = messages.front();
     messages.pop_front();
     return m;
@@ -194,18 +195,21 @@ TEST_F(MqttSessionTest, ResubscribesAfterBrokerRestartAndDeliversOfflinePublishe
   ASSERT_TRUE(broker->stop());
   ASSERT_TRUE(rec.wait_disconnected(1, 20s));
   // Published while offline: buffered, delivered in order after the reconnect.
-  for (int i = 0; i < 5; ++i)
+  for (int i = 0; i < 5; ++i) {
     EXPECT_TRUE(session.publish("devices/device-1/offline", std::to_string(i)));
+  }
   ASSERT_TRUE(broker->restart());
   ASSERT_TRUE(rec.wait_subscribed(2, 30s)) << "no resubscribe after the broker restart";
   // The broker forgot the subscription: only a resubscribe lets these come back to us.
   std::vector<std::string> got;
   while (got.size() < 5) {
     auto m = rec.next(3s);
-    if (!m)
+    if (!m) {
       break;
-    if (m->first == "devices/device-1/offline")
+    }
+    if (m->first == "devices/device-1/offline") {
       got.push_back(m->second);
+    }
   }
   // The buffered publishes may go out before the SUBACK; only what arrives after the
   // subscription comes back, but in order. Publish one more to be sure of the resubscribe.
@@ -213,15 +217,18 @@ TEST_F(MqttSessionTest, ResubscribesAfterBrokerRestartAndDeliversOfflinePublishe
   bool after = false;
   for (int i = 0; i < 10 && !after; ++i) {
     auto m = rec.next(10s);
-    if (!m)
+    if (!m) {
       break;
+    }
     after = m->first == "devices/device-1/after";
-    if (m->first == "devices/device-1/offline")
+    if (m->first == "devices/device-1/offline") {
       got.push_back(m->second);
+    }
   }
   EXPECT_TRUE(after);
-  for (std::size_t i = 1; i < got.size(); ++i)
+  for (std::size_t i = 1; i < got.size(); ++i) {
     EXPECT_LT(std::stoi(got[i - 1]), std::stoi(got[i])) << "out of order";
+  }
   session.stop(2s);
 }
 
@@ -241,8 +248,9 @@ TEST_F(MqttSessionTest, PublishesBeforeTheFirstConnectReachAnotherSubscriberInOr
   ASSERT_TRUE(session.start());
   ASSERT_TRUE(rec.wait_disconnected(1, 20s));
   // No broker yet: kept by the client and sent, in order, once connected.
-  for (int i = 0; i < 5; ++i)
+  for (int i = 0; i < 5; ++i) {
     ASSERT_TRUE(session.publish("updates/device-1", std::to_string(i)));
+  }
   test::MosquittoOptions options;
   options.port = *port;
   auto broker = Mosquitto::start(options);
@@ -256,16 +264,19 @@ TEST_F(MqttSessionTest, PublishesBeforeTheFirstConnectReachAnotherSubscriberInOr
   std::vector<std::string> got;
   while (true) {
     auto m = watcher->wait_for_message(10s);
-    if (!m)
+    if (!m) {
       break;
+    }
     got.push_back(m->payload);
-    if (m->payload == "5")
+    if (m->payload == "5") {
       break;
+    }
   }
   ASSERT_FALSE(got.empty());
   EXPECT_EQ(got.back(), "5");
-  for (std::size_t i = 1; i < got.size(); ++i)
+  for (std::size_t i = 1; i < got.size(); ++i) {
     EXPECT_LT(std::stoi(got[i - 1]), std::stoi(got[i])) << "out of order";
+  }
   session.stop(2s);
 }
 

@@ -342,8 +342,9 @@ TEST(PluginLoad, StepNamesAndCapabilityNames) {
   EXPECT_EQ(to_string(Step::Install), "install");
   EXPECT_EQ(to_string(Step::Restart), "restart");
   EXPECT_EQ(to_string(Step::Ready), "ready");
-  for (Step step : kSteps)
+  for (Step step : kSteps) {
     EXPECT_EQ(parse_step(to_string(step)), step);
+  }
   EXPECT_FALSE(parse_step("instal"));
   EXPECT_TRUE(capability_names(0).empty());
   EXPECT_THAT(capability_names(kCapInstallFromUrl | kCapInstallNotInterruptible | (1u << 7)),

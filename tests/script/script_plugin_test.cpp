@@ -65,8 +65,9 @@ void progress_service(void* data, const char* line, std::int32_t percent) {
     std::lock_guard<std::mutex> lock(step->mutex);
     step->progress.push_back(text);
   }
-  if (step->on_progress)
+  if (step->on_progress) {
     step->on_progress(text);
+  }
 }
 std::int32_t should_stop_service(void* data) {
   return static_cast<StepData*>(data)->stop.requested() ? 1 : 0;
@@ -93,22 +94,26 @@ class LoadedScriptPlugin {
  public:
   LoadedScriptPlugin() {
     handle_ = ::dlopen(UPPARAT_SCRIPT_PLUGIN_PATH, RTLD_NOW | RTLD_LOCAL);
-    if (handle_ == nullptr)
+    if (handle_ == nullptr) {
       throw std::runtime_error(std::string("dlopen: ") + ::dlerror());
+    }
     auto entry =
         reinterpret_cast<upparat_plugin_entry_fn>(::dlsym(handle_, UPPARAT_PLUGIN_ENTRY_SYMBOL));
-    if (entry == nullptr)
+    if (entry == nullptr) {
       throw std::runtime_error("no entry symbol");
+    }
     descriptor_ = entry(UPPARAT_ABI_MAJOR, UPPARAT_ABI_MINOR);
-    if (descriptor_ == nullptr)
+    if (descriptor_ == nullptr) {
       throw std::runtime_error("plugin refused the host");
+    }
     host_ = upparat_host{sizeof(upparat_host), 0, &log_, &log_service};
   }
   LoadedScriptPlugin(const LoadedScriptPlugin&) = delete;
   LoadedScriptPlugin& operator=(const LoadedScriptPlugin&) = delete;
   ~LoadedScriptPlugin() {
-    if (instance_ != nullptr)
+    if (instance_ != nullptr) {
       descriptor_->functions->destroy(instance_);
+    }
     ::dlclose(handle_);
   }
 
@@ -117,15 +122,17 @@ class LoadedScriptPlugin {
   /// Creates the instance; returns "" on success, else the plugin's message.
   std::string create(const std::map<std::string, std::string>& config) {
     std::vector<upparat_config_entry> entries;
-    for (const auto& [key, value] : config)
+    for (const auto& [key, value] : config) {
       entries.push_back({key.c_str(), value.c_str()});
+    }
     const upparat_config cfg{sizeof(upparat_config), static_cast<std::uint32_t>(entries.size()),
                              entries.data()};
     char text[1024] = "";
     upparat_result result{sizeof(upparat_result), UPPARAT_FAILED, -1, text, sizeof text, 0};
     descriptor_->functions->create(&host_, &cfg, &instance_, &result);
-    if (result.code == UPPARAT_OK && instance_ != nullptr)
+    if (result.code == UPPARAT_OK && instance_ != nullptr) {
       return "";
+    }
     EXPECT_EQ(instance_, nullptr);
     return text[0] != '\0' ? text : "(create failed without a message)";
   }
@@ -275,8 +282,9 @@ TEST_F(ScriptPluginTest, ServesOnlyTheStepsWithAHook) {
 
 TEST_F(ScriptPluginTest, WithEveryHookItServesEveryStep) {
   std::map<std::string, std::string> config;
-  for (const char* step : {"version", "download", "install", "restart", "ready"})
+  for (const char* step : {"version", "download", "install", "restart", "ready"}) {
     config[step] = hook("args.sh");
+  }
   ASSERT_EQ(plugin_.create(config), "");
   EXPECT_EQ(plugin_.steps(), UPPARAT_STEP_ALL);
 }
@@ -368,8 +376,9 @@ TEST_F(ScriptPluginTest, InstallOutputIsStreamedLineByLineAsProgress) {
   StepData data;
   const auto seen = dir_.path() / "seen";
   data.on_progress = [&](const std::string& line) {
-    if (line == "step one")
+    if (line == "step one") {
       dir_.write("seen", "", 0644);
+    }
   };
   Job job;
   job.file = "/tmp/fw.raucb";
@@ -394,10 +403,12 @@ TEST_F(ScriptPluginTest, MegabytesOfOutputAndAGiantLineAreHandled) {
   std::size_t longest = 0;
   for (const std::string& line : data.progress) {
     longest = std::max(longest, line.size());
-    if (!line.empty() && line[0] == 'x')
+    if (!line.empty() && line[0] == 'x') {
       ++x_lines;
-    if (!line.empty() && line[0] == 'y')
+    }
+    if (!line.empty() && line[0] == 'y') {
       y_bytes += line.size();
+    }
   }
   EXPECT_EQ(x_lines, 40000u);
   EXPECT_EQ(y_bytes, 3000000u) << "the giant line arrives whole, in pieces";

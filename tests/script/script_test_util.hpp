@@ -46,11 +46,13 @@ class ScratchDir {
     {
       std::ofstream out(file, std::ios::binary | std::ios::trunc);
       out << content;
-      if (!out)
+      if (!out) {
         throw std::runtime_error("cannot write " + file.string());
+      }
     }
-    if (::chmod(file.c_str(), mode) != 0)
+    if (::chmod(file.c_str(), mode) != 0) {
       throw std::runtime_error("chmod " + file.string());
+    }
     return file.string();
   }
 
@@ -70,16 +72,18 @@ inline bool process_gone(pid_t pid, std::chrono::milliseconds timeout) {
   const auto until = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    if (!stat)
+    if (!stat) {
       return true;
+    }
     std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
     const auto paren = text.rfind(')');
     if (paren != std::string::npos && paren + 2 < text.size() &&
         (text[paren + 2] == 'Z' || text[paren + 2] == 'X')) {
       return true;
     }
-    if (std::chrono::steady_clock::now() >= until)
+    if (std::chrono::steady_clock::now() >= until) {
       return false;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }
@@ -90,10 +94,12 @@ inline pid_t wait_for_pid_file(const std::filesystem::path& path,
   const auto until = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     const pid_t pid = static_cast<pid_t>(std::atoi(read_text(path).c_str()));
-    if (pid > 0)
+    if (pid > 0) {
       return pid;
-    if (std::chrono::steady_clock::now() >= until)
+    }
+    if (std::chrono::steady_clock::now() >= until) {
       return -1;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }

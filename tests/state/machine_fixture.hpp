@@ -115,15 +115,17 @@ class FakeCloud {
     std::string ip, q;
     std::vector<const CloudJob*> queued;
     for (const auto& [id, j] : jobs) {
-      if (j.status == "IN_PROGRESS")
+      if (j.status == "IN_PROGRESS") {
         ip += (ip.empty() ? "" : ",") + summary(j);
-      else if (j.status == "QUEUED")
+      } else if (j.status == "QUEUED") {
         queued.push_back(&j);
+      }
     }
     std::stable_sort(queued.begin(), queued.end(),
                      [](auto* a, auto* b) { return a->queued_at < b->queued_at; });
-    for (auto* j : queued)
+    for (auto* j : queued) {
       q += (q.empty() ? "" : ",") + summary(*j);
+    }
     return std::string("\"") + in_progress_key + "\":[" + ip + "],\"" + queued_key + "\":[" + q +
            "]";
   }
@@ -135,8 +137,9 @@ class FakeCloud {
   static std::string token_of(const std::string& payload) {
     rapidjson::Document d;
     d.Parse(payload.c_str());
-    if (d.IsObject() && d.HasMember("clientToken") && d["clientToken"].IsString())
+    if (d.IsObject() && d.HasMember("clientToken") && d["clientToken"].IsString()) {
       return d["clientToken"].GetString();
+    }
     return "";
   }
 
@@ -174,19 +177,24 @@ class FakeCloud {
     rapidjson::Document d;
     d.Parse(p.payload.c_str());
     std::optional<std::int64_t> number;
-    if (d.IsObject() && d.HasMember("executionNumber"))
+    if (d.IsObject() && d.HasMember("executionNumber")) {
       number = d["executionNumber"].GetInt64();
+    }
     auto it = jobs.find(id);
     // A request naming an earlier execution is about that one.
     const CloudJob* earlier = nullptr;
     const bool ignored = op == "get" && describe_ignores_number;
     if (it != jobs.end() && number && *number != it->second.execution && !ignored) {
-      if (!forget_past)
-        for (const auto& j : past[id])
-          if (j.execution == *number)
+      if (!forget_past) {
+        for (const auto& j : past[id]) {
+          if (j.execution == *number) {
             earlier = &j;
-      if (!earlier)
+          }
+        }
+      }
+      if (!earlier) {
         it = jobs.end();
+      }
     }
     auto reject = [&](const std::string& code, const std::string& state = "") {
       return std::vector<MqttMessage>{
@@ -197,8 +205,9 @@ class FakeCloud {
     if (op == "get") {
       ++describes;
       described_executions.push_back(number);
-      if (it == jobs.end())
+      if (it == jobs.end()) {
         return reject("ResourceNotFound");
+      }
       const CloudJob& j = earlier ? *earlier : it->second;
       return {{p.topic + "/accepted",
                "{\"execution\":{\"jobId\":\"" + j.id + "\",\"thingName\":\"" + kThing +
@@ -215,27 +224,33 @@ class FakeCloud {
     u.status = d["status"].GetString();
     u.state = d["statusDetails"]["state"].GetString();
     u.message = d["statusDetails"]["message"].GetString();
-    if (d.HasMember("stepTimeoutInMinutes"))
+    if (d.HasMember("stepTimeoutInMinutes")) {
       u.step_timeout = d["stepTimeoutInMinutes"].GetInt();
+    }
     u.token = token;
     u.execution_number = number;
-    if (d.HasMember("expectedVersion"))
+    if (d.HasMember("expectedVersion")) {
       u.expected_version = d["expectedVersion"].GetInt64();
+    }
     u.include_state =
         d.HasMember("includeJobExecutionState") && d["includeJobExecutionState"].GetBool();
     updates.push_back(u);
-    if (lose_updates)
+    if (lose_updates) {
       return {};
-    if (refuse && refuse(u))
+    }
+    if (refuse && refuse(u)) {
       return reject("InvalidRequest");
+    }
     if (throttle_updates > 0) {
       --throttle_updates;
       return reject("RequestThrottled");
     }
-    if (it == jobs.end())
+    if (it == jobs.end()) {
       return reject("ResourceNotFound");
-    if (earlier)
+    }
+    if (earlier) {
       return reject("InvalidStateTransition", execution_state(*earlier));
+    }
     CloudJob& j = it->second;
     auto answered = [&](std::vector<MqttMessage> answer) {
       if (lose_answers > 0) {
@@ -244,10 +259,12 @@ class FakeCloud {
       }
       return answer;
     };
-    if (jobs::is_terminal_status(j.status))
+    if (jobs::is_terminal_status(j.status)) {
       return answered(reject("InvalidStateTransition", execution_state(j)));
-    if (u.expected_version && *u.expected_version != j.version)
+    }
+    if (u.expected_version && *u.expected_version != j.version) {
       return answered(reject("VersionMismatch", execution_state(j)));
+    }
     j.status = u.status;
     j.details = {{"state", u.state}, {"message", u.message}};
     j.step_timeout = u.step_timeout;
@@ -261,9 +278,11 @@ class FakeCloud {
   /// The states the cloud applied to one execution of a job, in order.
   std::vector<std::string> applied(const std::string& job_id, std::int64_t execution) const {
     std::vector<std::string> out;
-    for (const auto& u : updates)
-      if (u.job_id == job_id && u.applied_to == execution)
+    for (const auto& u : updates) {
+      if (u.job_id == job_id && u.applied_to == execution) {
         out.push_back(u.state);
+      }
+    }
     return out;
   }
 
@@ -271,11 +290,12 @@ class FakeCloud {
   std::vector<std::string> states(const std::string& job_id) const {
     std::vector<std::string> out;
     std::string last_token;
-    for (const auto& u : updates)
+    for (const auto& u : updates) {
       if (u.job_id == job_id && u.token != last_token) {
         out.push_back(u.state);
         last_token = u.token;
       }
+    }
     return out;
   }
 };
@@ -341,8 +361,9 @@ class World {
       Event e = std::move(queue.front());
       queue.pop_front();
       auto actions = machine_->handle(e);
-      for (auto& a : actions)
+      for (auto& a : actions) {
         apply(a, queue);
+      }
     }
   }
 
@@ -354,8 +375,9 @@ class World {
         cloud.held.push_back(*p);
         return;
       }
-      for (auto& m : cloud.respond(*p))
+      for (auto& m : cloud.respond(*p)) {
         queue.push_back(m);
+      }
     } else if (auto* t = std::get_if<SetTimer>(&a)) {
       timers_[t->id] = clock.now_ + t->delay;
     } else if (auto* c = std::get_if<CancelTimer>(&a)) {
@@ -411,8 +433,9 @@ class World {
     for (;;) {
       auto next = std::min_element(timers_.begin(), timers_.end(),
                                    [](auto& a, auto& b) { return a.second < b.second; });
-      if (next == timers_.end() || next->second > end)
+      if (next == timers_.end() || next->second > end) {
         break;
+      }
       const auto id = next->first;
       clock.now_ = std::max(clock.now_, next->second);
       timers_.erase(next);
@@ -435,8 +458,9 @@ class World {
     download::DownloadResult r;
     r.outcome = outcome;
     r.reason = std::move(reason);
-    if (outcome == download::Outcome::Complete)
+    if (outcome == download::Outcome::Complete) {
       r.file = "/dl/" + w.request.job_id;
+    }
     handle(DownloadFinished{w.work, r});
   }
 
@@ -449,13 +473,17 @@ class World {
     cloud.held.clear();
     cloud.answer = true;
     std::vector<MqttMessage> answers;
-    for (auto& p : held)
-      for (auto& m : cloud.respond(p))
+    for (auto& p : held) {
+      for (auto& m : cloud.respond(p)) {
         answers.push_back(m);
-    if (reversed)
+      }
+    }
+    if (reversed) {
       std::reverse(answers.begin(), answers.end());
-    for (auto& m : answers)
+    }
+    for (auto& m : answers) {
       handle(m);
+    }
   }
 
   /// Scripts steps like the classic hooks.
@@ -464,8 +492,9 @@ class World {
     script = [this](const RunStep& r) -> std::optional<plugin::StepResult> {
       switch (r.step) {
         case plugin::Step::Version:
-          if (hooks_.version_before.empty())
+          if (hooks_.version_before.empty()) {
             return not_supported();
+          }
           return ok(rebooted_ ? hooks_.version_after : hooks_.version_before);
         case plugin::Step::Download:
           return hooks_.download ? ok() : not_supported();
@@ -495,8 +524,9 @@ class World {
   void hang_at(plugin::Step step, const bool* while_set = nullptr) {
     auto before = script;
     script = [before, step, while_set](const RunStep& r) -> std::optional<plugin::StepResult> {
-      if (r.step == step && (!while_set || *while_set))
+      if (r.step == step && (!while_set || *while_set)) {
         return std::nullopt;
+      }
       return before(r);
     };
   }
@@ -508,15 +538,17 @@ class World {
     auto hang = [works, n, while_set] { return (!while_set || *while_set) && (*works)++ == n; };
     auto before = script;
     script = [before, hang](const RunStep& r) -> std::optional<plugin::StepResult> {
-      if (hang())
+      if (hang()) {
         return std::nullopt;
+      }
       return before(r);
     };
     auto before_download = download_script;
     download_script = [before_download,
                        hang](const RunDownload& d) -> std::optional<download::DownloadResult> {
-      if (hang())
+      if (hang()) {
         return std::nullopt;
+      }
       return before_download(d);
     };
   }
@@ -530,8 +562,9 @@ class World {
   void answer_at(plugin::Step step, plugin::StepResult result) {
     auto before = script;
     script = [before, step, result](const RunStep& r) -> std::optional<plugin::StepResult> {
-      if (r.step == step)
+      if (r.step == step) {
         return result;
+      }
       return before(r);
     };
   }
@@ -540,8 +573,9 @@ class World {
   void before_step(plugin::Step step, std::function<void(const RunStep&)> effect) {
     auto before = script;
     script = [before, step, effect](const RunStep& r) {
-      if (r.step == step)
+      if (r.step == step) {
         effect(r);
+      }
       return before(r);
     };
   }

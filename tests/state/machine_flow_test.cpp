@@ -29,8 +29,9 @@ void start(World& w, CloudJob job = queued("upparat_1")) {
 
 std::string final_state(const World& w, const std::string& id) {
   auto it = w.cloud.jobs.find(id);
-  if (it == w.cloud.jobs.end())
+  if (it == w.cloud.jobs.end()) {
     return "<deleted>";
+  }
   auto d = it->second.details.find("state");
   return it->second.status + " " + (d == it->second.details.end() ? "" : d->second);
 }
@@ -159,8 +160,9 @@ TEST(Machine, MissingHooksAreNotRun) {
     start(w);
     w.reboot();
     EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_no_version_check");
-    for (const auto& r : w.steps_run)
+    for (const auto& r : w.steps_run) {
       EXPECT_TRUE(r.step == Step::Install || r.step == Step::Restart);
+    }
   }
   {
     MachineSettings s;
@@ -193,13 +195,15 @@ TEST_P(HookFailed, FailsWithTheReason) {
   auto classic = w.script;
   w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
     const bool after = w.rebooted_;
-    if (r.step == row.step && after == row.after_reboot)
+    if (r.step == row.step && after == row.after_reboot) {
       return failed("it broke\nbadly");
+    }
     return classic(r);
   };
   start(w);
-  if (row.after_reboot)
+  if (row.after_reboot) {
     w.reboot();
+  }
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED " + row.state);
   EXPECT_EQ(final_message(w, "upparat_1"), "it broke badly");  // sanitised
   EXPECT_EQ(w.phase(), Phase::Monitor);
@@ -226,8 +230,9 @@ TEST(Machine, FullFlowSendsStepTimeoutsAndJobContext) {
   w.connect();
   ASSERT_EQ(w.phase(), Phase::Restart);
   std::map<std::string, std::optional<int>> timeouts;
-  for (const auto& u : w.cloud.updates)
+  for (const auto& u : w.cloud.updates) {
     timeouts[u.state] = u.step_timeout;
+  }
   EXPECT_EQ(timeouts["download_start"], 65);      // 3600 s + 5 min
   EXPECT_EQ(timeouts["installation_start"], 25);  // 1200 s + 5 min
   EXPECT_EQ(timeouts["reboot_start"], 25);        // 300 + 600 + 300 s + 5 min
@@ -263,12 +268,15 @@ TEST(Machine, InProgressFirstElseOldestQueued) {
   w.connect();
   // All three are done one after the other, in the contract's order.
   Strings order;
-  for (const auto& u : w.cloud.updates)
-    if (order.empty() || order.back() != u.job_id)
+  for (const auto& u : w.cloud.updates) {
+    if (order.empty() || order.back() != u.job_id) {
       order.push_back(u.job_id);
+    }
+  }
   EXPECT_EQ(order, (Strings{"upparat_running", "upparat_old", "upparat_new"}));
-  for (auto id : {"upparat_running", "upparat_old", "upparat_new"})
+  for (auto id : {"upparat_running", "upparat_old", "upparat_new"}) {
     EXPECT_EQ(final_state(w, id), "SUCCEEDED complete_soft_restart") << id;
+  }
 }
 
 TEST(Machine, NonPrefixedJobsAreIgnored) {
@@ -414,14 +422,15 @@ TEST_P(RestartAtStep, NewDaemonFinishesTheJob) {
   ASSERT_TRUE(w.running_step || w.running_download);
   const bool in_restart = w.running_step && w.running_step->step == Step::Restart;
   hanging = false;
-  if (in_restart)
+  if (in_restart) {
     w.reboot();
-  else {
+  } else {
     w.boot();
     w.connect();
   }
-  if (!in_restart && w.phase() == Phase::Restart)
+  if (!in_restart && w.phase() == Phase::Restart) {
     w.reboot();  // the continued job reached the (rebooting) restart step
+  }
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_ready");
   const auto states = w.cloud.states("upparat_1");
   EXPECT_EQ(std::count(states.begin(), states.end(), "reboot_start"), 1);
@@ -690,9 +699,11 @@ TEST_P(CancelAtStep, StopsTheWorkAndWaitsForJobs) {
   EXPECT_EQ(w.cloud.updates.size(), updates);
   EXPECT_FALSE(w.store.state_.has_value());
   bool removed = false;
-  for (auto& a : w.actions)
-    if (auto* r = std::get_if<RemoveDownload>(&a))
+  for (auto& a : w.actions) {
+    if (auto* r = std::get_if<RemoveDownload>(&a)) {
       removed |= r->job_id == "upparat_1";
+    }
+  }
   EXPECT_TRUE(removed);
   // A new job is picked up normally.
   w.script = classic;
@@ -789,8 +800,9 @@ TEST_P(RetriedExecution, NotifyOfTheNextExecutionStopsTheWorkOnOurs) {
   EXPECT_EQ(w.store.state_->execution_number, 2);
   EXPECT_EQ(w.steps_run.back().job.execution_number, 2);
   EXPECT_EQ(w.cloud.applied("upparat_1", 2), Strings{"download_start"});
-  for (const auto& u : w.cloud.updates)
+  for (const auto& u : w.cloud.updates) {
     EXPECT_TRUE(u.execution_number.has_value()) << u.state << " without executionNumber";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Cloud, RetriedExecution,
@@ -828,9 +840,11 @@ TEST(Machine, UpdatesNeverLandOnTheNextExecution) {
 
 std::vector<std::string> statuses(const World& w, const std::string& id) {
   std::vector<std::string> out;
-  for (const auto& u : w.cloud.updates)
-    if (u.job_id == id)
+  for (const auto& u : w.cloud.updates) {
+    if (u.job_id == id) {
       out.push_back(u.status + " " + u.state + " " + u.message);
+    }
+  }
   return out;
 }
 
@@ -932,8 +946,9 @@ TEST(Machine, OneUpdateInFlightAndProgressMerged) {
   ASSERT_TRUE(w.running_download);
   w.cloud.answer = false;
   const auto before = w.published.size();
-  for (int i = 1; i <= 100; ++i)
+  for (int i = 1; i <= 100; ++i) {
     w.handle(DownloadProgress{w.running_download->work, {std::uint64_t(i) * 10, 1000}});
+  }
   // Only the first progress went out; the others wait and merge into one.
   EXPECT_EQ(w.published.size() - before, 1u);
   w.release_held();
@@ -960,8 +975,9 @@ TEST(Machine, ProgressBudget) {
   EXPECT_LE(progress, 30);
   // Install lines: at most one per progress_interval (30 s), the latest line wins.
   w.script = [](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install)
+    if (r.step == Step::Install) {
       return std::nullopt;
+    }
     return ok();
   };
   w.finish_download(download::Outcome::Complete);
@@ -996,9 +1012,11 @@ TEST(Machine, StaleAndDuplicatedAnswersAreIgnored) {
   auto held = w.cloud.held;
   w.release_held();
   w.cloud.answer = false;
-  for (auto& p : held)
-    for (auto& m : w.cloud.respond(p))
+  for (auto& p : held) {
+    for (auto& m : w.cloud.respond(p)) {
       w.handle(m);
+    }
+  }
   w.cloud.answer = true;
   w.release_held();
   w.release_held();
@@ -1066,8 +1084,9 @@ TEST(Machine, LateCopyOfAnOlderUpdateDoesNotOverwriteANewerOne) {
   w.finish_step(ok());
   ASSERT_EQ(w.phase(), Phase::Restart);
   ASSERT_EQ(final_state(w, "upparat_1"), "IN_PROGRESS reboot_start");
-  for (auto& m : w.cloud.respond(copy))
+  for (auto& m : w.cloud.respond(copy)) {
     w.handle(m);
+  }
   EXPECT_EQ(final_state(w, "upparat_1"), "IN_PROGRESS reboot_start");
   EXPECT_EQ(w.phase(), Phase::Restart);
   w.reboot();
@@ -1105,9 +1124,10 @@ TEST(Machine, RetryLaterRunsTheStepAgain) {
   w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
     if (r.step == Step::Download) {
       EXPECT_EQ(r.job.retry_count, gate_calls);
-      if (gate_calls++ < 2)
+      if (gate_calls++ < 2) {
         return retry_later(gate_calls == 1 ? std::optional<std::chrono::seconds>(5s)
                                            : std::nullopt);
+      }
     }
     return classic(r);
   };
@@ -1401,8 +1421,9 @@ TEST(Machine, RefusedUrlBacksOffAndFailsAfterFiveRefusals) {
   w.advance(1h);
   ASSERT_EQ(runs.size(), 5u);
   EXPECT_EQ(w.cloud.describes, 5);
-  for (std::size_t i = 2; i + 1 < runs.size(); ++i)
+  for (std::size_t i = 2; i + 1 < runs.size(); ++i) {
     EXPECT_GT(runs[i + 1] - runs[i], runs[i] - runs[i - 1]) << "gap " << i;
+  }
   EXPECT_GE(runs[2] - runs[1], 25s);
   EXPECT_EQ(final_state(w, "upparat_1"), "FAILED download_hook_failed");
   EXPECT_EQ(final_message(w, "upparat_1"),
@@ -1439,10 +1460,12 @@ TEST(Machine, BytesTransferredResetTheRefusalCount) {
   int run = 0;
   w.download_script = [&](const RunDownload& d) -> std::optional<download::DownloadResult> {
     ++run;
-    if (run == 5)
+    if (run == 5) {
       return refused(4096);
-    if (run < 10)
+    }
+    if (run < 10) {
       return refused();
+    }
     return complete_download(d);
   };
   start(w);
@@ -1562,8 +1585,9 @@ TEST(Machine, FinalUpdateSurvivesARestart) {
   v.cloud.add(queued("upparat_1"));
   auto classic = v.script;
   v.script = [&](const RunStep& r) {
-    if (r.step == Step::Restart)
+    if (r.step == Step::Restart) {
       v.cloud.lose_updates = true;
+    }
     return classic(r);
   };
   v.connect();
@@ -1584,8 +1608,9 @@ TEST(Machine, KeyValueStoreIsSavedWithTheState) {
   w.use(Hooks{});
   auto classic = w.script;
   w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Install)
+    if (r.step == Step::Install) {
       r.store->set("slot", std::string("B"));
+    }
     return classic(r);
   };
   start(w);
@@ -1593,8 +1618,9 @@ TEST(Machine, KeyValueStoreIsSavedWithTheState) {
   EXPECT_EQ(w.store.state_->store.at("slot"), "B");
   std::optional<std::string> seen;
   w.script = [&](const RunStep& r) -> std::optional<plugin::StepResult> {
-    if (r.step == Step::Ready)
+    if (r.step == Step::Ready) {
       seen = r.store->get("slot");
+    }
     return classic(r);
   };
   w.reboot();
@@ -1714,8 +1740,9 @@ TEST(Machine, SavedJobReplacedByAVanishingJobLosesItsDownload) {
   ASSERT_EQ(w.cloud.held.size(), 1u);  // the get
   auto get = w.cloud.held.front();
   w.cloud.held.clear();
-  for (auto& m : w.cloud.respond(get))
+  for (auto& m : w.cloud.respond(get)) {
     w.handle(m);
+  }
   ASSERT_EQ(w.phase(), Phase::DescribeJob);
   w.cloud.jobs.erase("upparat_2");
   w.release_held();
@@ -1775,8 +1802,9 @@ TEST(Machine, NotifyDuringAGetIsNotLostToTheGetsStaleAnswer) {
   w.cloud.answer = true;
   w.cloud.add(queued("upparat_1"));
   w.notify();  // ...when the new job's notify overtakes it.
-  for (auto& m : stale)
+  for (auto& m : stale) {
     w.handle(m);
+  }
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
 }
 

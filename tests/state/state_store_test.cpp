@@ -89,9 +89,11 @@ TEST(FileStateStore, DaemonDiscardsASavedStateWithAnUnknownStep) {
   EXPECT_FALSE(std::filesystem::exists(dir.path() / "state.json"));
   // Without a saved job, every earlier download goes.
   bool clean_all = false;
-  for (const auto& a : actions)
-    if (const auto* c = std::get_if<CleanDownloads>(&a))
+  for (const auto& a : actions) {
+    if (const auto* c = std::get_if<CleanDownloads>(&a)) {
       clean_all = c->keep_job_id.empty();
+    }
+  }
   EXPECT_TRUE(clean_all);
 }
 

@@ -23,8 +23,9 @@ size_t collect(char* data, size_t size, size_t n, void* user) {
 }
 
 Status ok(const Result<std::string>& r) {
-  if (!r)
+  if (!r) {
     return fail(r.error());
+  }
   return {};
 }
 
@@ -41,8 +42,9 @@ std::filesystem::path emulator_binary() {
 Result<HttpAnswer> http_request(const std::string& method, const std::string& url,
                                 const std::string& body, const std::filesystem::path& ca) {
   CURL* curl = curl_easy_init();
-  if (!curl)
+  if (!curl) {
     return fail("curl_easy_init failed");
+  }
   HttpAnswer answer;
   curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
@@ -52,8 +54,9 @@ Result<HttpAnswer> http_request(const std::string& method, const std::string& ur
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
     curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
   }
-  if (!ca.empty())
+  if (!ca.empty()) {
     curl_easy_setopt(curl, CURLOPT_CAINFO, ca.c_str());
+  }
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer.body);
   curl_easy_setopt(curl, CURLOPT_TIMEOUT, 30L);
@@ -63,8 +66,9 @@ Result<HttpAnswer> http_request(const std::string& method, const std::string& ur
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &answer.status);
   curl_slist_free_all(headers);
   curl_easy_cleanup(curl);
-  if (rc != CURLE_OK)
+  if (rc != CURLE_OK) {
     return fail(method + " " + url + ": " + curl_easy_strerror(rc));
+  }
   return answer;
 }
 
@@ -75,8 +79,9 @@ std::string EmulatorFixture::control_url() const {
 Result<EmulatorFixture> EmulatorFixture::start(EmulatorOptions options) {
   EmulatorFixture fixture;
   auto dir = TempDir::create("emulator");
-  if (!dir)
+  if (!dir) {
     return fail(dir.error().context("emulator"));
+  }
   fixture.dir_.emplace(std::move(*dir));
   std::vector<std::string> argv = {emulator_binary().string(), "serve", "--broker",
                                    options.broker_uri};
@@ -85,21 +90,25 @@ Result<EmulatorFixture> EmulatorFixture::start(EmulatorOptions options) {
     auto cert = *fixture.dir_ / "s3.pem";
     auto key = *fixture.dir_ / "s3.key";
     std::filesystem::copy_file(options.ca->server().cert, cert, ec);
-    if (!ec)
+    if (!ec) {
       std::filesystem::copy_file(options.ca->server().key, key, ec);
-    if (ec)
+    }
+    if (ec) {
       return fail("emulator: copy the S3 certificate: " + ec.message());
+    }
     argv.insert(argv.end(), {"--s3-cert", cert.string(), "--s3-key", key.string()});
   } else {
     argv.push_back("--s3-http");
   }
-  if (!options.state_file.empty())
+  if (!options.state_file.empty()) {
     argv.insert(argv.end(), {"--state", options.state_file.string()});
+  }
   if (options.url_expiry_seconds) {
     argv.insert(argv.end(), {"--url-expiry", std::to_string(*options.url_expiry_seconds)});
   }
-  if (options.terminal_state_reached)
+  if (options.terminal_state_reached) {
     argv.push_back("--terminal-state-reached");
+  }
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
 
   ProcessOptions process_options;
@@ -107,12 +116,14 @@ Result<EmulatorFixture> EmulatorFixture::start(EmulatorOptions options) {
   process_options.name = "upparat-jobs-emulator";
   process_options.log_path = *fixture.dir_ / "emulator.log";
   auto process = ServiceProcess::start(process_options);
-  if (!process)
+  if (!process) {
     return fail(process.error().context("emulator"));
+  }
   fixture.process_.emplace(std::move(*process));
   auto line = fixture.process_->wait_for_line("\"ready\":true", options.start_timeout);
-  if (!line)
+  if (!line) {
     return fail(line.error().context("emulator did not get ready"));
+  }
   rapidjson::Document d;
   auto start = line->find('{');
   d.Parse(line->c_str() + (start == std::string::npos ? 0 : start));
@@ -129,8 +140,9 @@ Result<EmulatorFixture> EmulatorFixture::start(EmulatorOptions options) {
 Result<std::string> EmulatorFixture::request(const std::string& method, const std::string& path,
                                              const std::string& body) const {
   auto answer = http_request(method, control_url() + path, body);
-  if (!answer)
+  if (!answer) {
     return fail(answer.error());
+  }
   if (answer->status / 100 != 2) {
     return fail(method + " " + path + ": HTTP " + std::to_string(answer->status) + ": " +
                 answer->body);
@@ -145,14 +157,16 @@ Result<std::string> EmulatorFixture::create_job(const std::string& job_id,
                                                 std::optional<int> url_expiry_seconds) const {
   std::string body =
       "{\"jobId\":" + quote(job_id) + ",\"document\":" + quote(document) + ",\"things\":[";
-  for (std::size_t i = 0; i < things.size(); ++i)
+  for (std::size_t i = 0; i < things.size(); ++i) {
     body += (i ? "," : "") + quote(things[i]);
+  }
   body += "]";
   if (in_progress_timeout_minutes) {
     body += ",\"inProgressTimeoutMinutes\":" + std::to_string(*in_progress_timeout_minutes);
   }
-  if (url_expiry_seconds)
+  if (url_expiry_seconds) {
     body += ",\"urlExpirySeconds\":" + std::to_string(*url_expiry_seconds);
+  }
   body += "}";
   return request("POST", "/jobs", body);
 }
@@ -199,8 +213,9 @@ Result<std::string> EmulatorFixture::presign(const std::string& bucket, const st
   auto r = request("POST", "/s3/presign",
                    "{\"bucket\":" + quote(bucket) + ",\"key\":" + quote(key) +
                        ",\"expirySeconds\":" + std::to_string(expiry.count()) + "}");
-  if (!r)
+  if (!r) {
     return r;
+  }
   rapidjson::Document d;
   d.Parse(r->c_str());
   if (d.HasParseError() || !d.IsObject() || !d.HasMember("url") || !d["url"].IsString()) {
@@ -212,8 +227,9 @@ Result<std::string> EmulatorFixture::presign(const std::string& bucket, const st
 Status EmulatorFixture::add_s3_fault(const std::string& bucket, const std::string& key,
                                      const std::string& fields) const {
   std::string body = "{\"bucket\":" + quote(bucket) + ",\"key\":" + quote(key);
-  if (!fields.empty())
+  if (!fields.empty()) {
     body += "," + fields;
+  }
   body += "}";
   return ok(request("POST", "/s3/faults", body));
 }
@@ -223,14 +239,16 @@ Status EmulatorFixture::set_faults(const std::string& json) const {
 }
 
 Status EmulatorFixture::clear_faults() const {
-  if (auto st = ok(request("DELETE", "/faults")); !st)
+  if (auto st = ok(request("DELETE", "/faults")); !st) {
     return st;
+  }
   return ok(request("DELETE", "/s3/faults"));
 }
 
 Result<ExitStatus> EmulatorFixture::stop() {
-  if (!process_)
+  if (!process_) {
     return fail("emulator: not started");
+  }
   return process_->stop();
 }
 

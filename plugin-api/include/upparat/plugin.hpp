@@ -182,13 +182,16 @@ inline Job make_job(const upparat_job_context* c) {
   job.version = c->version ? c->version : "";
   job.meta = c->meta ? c->meta : "";
   job.url = c->url ? c->url : "";
-  if (c->sha256 != nullptr)
+  if (c->sha256 != nullptr) {
     job.sha256 = c->sha256;
-  if (c->size >= 0)
+  }
+  if (c->size >= 0) {
     job.size = c->size;
+  }
   job.document_json = c->document_json ? c->document_json : "{}";
-  if (c->file_path != nullptr)
+  if (c->file_path != nullptr) {
     job.file = c->file_path;
+  }
   job.force = c->force != 0;
   job.seconds_since_first = c->seconds_since_first;
   job.retry_count = c->retry_count;

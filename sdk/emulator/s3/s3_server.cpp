@@ -69,12 +69,15 @@ std::string to_hex(const unsigned char* data, std::size_t size) {
 }
 
 int hex_value(char c) {
-  if (c >= '0' && c <= '9')
+  if (c >= '0' && c <= '9') {
     return c - '0';
-  if (c >= 'a' && c <= 'f')
+  }
+  if (c >= 'a' && c <= 'f') {
     return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
+  }
+  if (c >= 'A' && c <= 'F') {
     return c - 'A' + 10;
+  }
   return -1;
 }
 
@@ -86,12 +89,14 @@ std::optional<std::string> percent_decode(std::string_view in) {
       out.push_back(in[i]);
       continue;
     }
-    if (i + 2 >= in.size())
+    if (i + 2 >= in.size()) {
       return std::nullopt;
+    }
     const int hi = hex_value(in[i + 1]);
     const int lo = hex_value(in[i + 2]);
-    if (hi < 0 || lo < 0)
+    if (hi < 0 || lo < 0) {
       return std::nullopt;
+    }
     out.push_back(static_cast<char>(hi * 16 + lo));
     i += 2;
   }
@@ -177,13 +182,15 @@ std::string amz_date(long long epoch_seconds) {
 }
 
 std::optional<long long> parse_amz_date(std::string_view s) {
-  if (s.size() != 16 || s[8] != 'T' || s[15] != 'Z')
+  if (s.size() != 16 || s[8] != 'T' || s[15] != 'Z') {
     return std::nullopt;
+  }
   auto number = [&](std::size_t pos, std::size_t len) -> int {
     int v = 0;
     for (std::size_t i = pos; i < pos + len; ++i) {
-      if (s[i] < '0' || s[i] > '9')
+      if (s[i] < '0' || s[i] > '9') {
         return -1;
+      }
       v = v * 10 + (s[i] - '0');
     }
     return v;
@@ -205,12 +212,14 @@ std::optional<long long> parse_amz_date(std::string_view s) {
 }
 
 std::optional<unsigned long long> parse_decimal(std::string_view s) {
-  if (s.empty() || s.size() > 19)
+  if (s.empty() || s.size() > 19) {
     return std::nullopt;
+  }
   unsigned long long v = 0;
   for (const char c : s) {
-    if (c < '0' || c > '9')
+    if (c < '0' || c > '9') {
       return std::nullopt;
+    }
     v = v * 10 + static_cast<unsigned>(c - '0');
   }
   return v;
@@ -225,8 +234,9 @@ std::string random_hex(std::size_t bytes) {
   std::vector<unsigned char> buf(bytes);
   if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1) {
     // Not a secret worth failing for (request ids); the secret itself is checked in start().
-    for (auto& b : buf)
+    for (auto& b : buf) {
       b = static_cast<unsigned char>(std::rand());
+    }
   }
   return to_hex(buf.data(), buf.size());
 }
@@ -249,24 +259,27 @@ std::string string_to_sign(const std::string& bucket, const std::string& key,
 
 Result<std::string> md5_quoted_of_file(const std::filesystem::path& file, uint64_t& size) {
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
+  if (fd < 0) {
     return fail(file.string() + ": " + std::strerror(errno));
+  }
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
   EVP_DigestInit_ex(ctx, EVP_md5(), nullptr);
   std::vector<char> buf(1 << 20);
   size = 0;
   for (;;) {
     const ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR)
+    if (n < 0 && errno == EINTR) {
       continue;
+    }
     if (n < 0) {
       const int err = errno;
       EVP_MD_CTX_free(ctx);
       ::close(fd);
       return fail(file.string() + ": " + std::strerror(err));
     }
-    if (n == 0)
+    if (n == 0) {
       break;
+    }
     EVP_DigestUpdate(ctx, buf.data(), static_cast<std::size_t>(n));
     size += static_cast<uint64_t>(n);
   }
@@ -291,14 +304,16 @@ std::map<std::string, std::string> parse_query(std::string_view query) {
     const auto amp = query.find('&');
     const std::string_view part = query.substr(0, amp);
     query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    if (part.empty())
+    if (part.empty()) {
       continue;
+    }
     const auto eq = part.find('=');
     auto name = percent_decode(part.substr(0, eq));
     auto value =
         percent_decode(eq == std::string_view::npos ? std::string_view() : part.substr(eq + 1));
-    if (name && value)
+    if (name && value) {
       out.emplace(std::move(*name), std::move(*value));
+    }
   }
   return out;
 }
@@ -317,22 +332,26 @@ struct ByteRange {
 ByteRange parse_range(std::string_view header, uint64_t size) {
   ByteRange r;
   std::string value = trim_ows(header);
-  if (value.rfind("bytes=", 0) != 0)
+  if (value.rfind("bytes=", 0) != 0) {
     return r;
+  }
   std::string_view spec(value);
   spec.remove_prefix(6);
   const std::string s = trim_ows(spec);
-  if (s.find(',') != std::string::npos)
+  if (s.find(',') != std::string::npos) {
     return r;
+  }
   const auto dash = s.find('-');
-  if (dash == std::string::npos)
+  if (dash == std::string::npos) {
     return r;
+  }
   const std::string a = trim_ows(std::string_view(s).substr(0, dash));
   const std::string b = trim_ows(std::string_view(s).substr(dash + 1));
   if (a.empty()) {  // suffix: last n bytes
     const auto n = parse_decimal(b);
-    if (!n)
+    if (!n) {
       return r;
+    }
     if (*n == 0 || size == 0) {
       r.kind = ByteRange::Kind::Unsatisfiable;
       return r;
@@ -343,13 +362,15 @@ ByteRange parse_range(std::string_view header, uint64_t size) {
     return r;
   }
   const auto first = parse_decimal(a);
-  if (!first)
+  if (!first) {
     return r;
+  }
   std::optional<unsigned long long> last;
   if (!b.empty()) {
     last = parse_decimal(b);
-    if (!last || *last < *first)
+    if (!last || *last < *first) {
       return r;  // invalid: ignored
+    }
   }
   if (*first >= size) {
     r.kind = ByteRange::Kind::Unsatisfiable;
@@ -367,12 +388,15 @@ bool etag_list_matches(std::string_view header, const std::string& etag) {
     const auto comma = rest.find(',');
     std::string item = trim_ows(rest.substr(0, comma));
     rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
-    if (item == "*")
+    if (item == "*") {
       return true;
-    if (item.rfind("W/", 0) == 0)
+    }
+    if (item.rfind("W/", 0) == 0) {
       item.erase(0, 2);  // weak comparison for If-(None-)Match
-    if (item == etag)
+    }
+    if (item == etag) {
       return true;
+    }
   }
   return false;
 }
@@ -481,30 +505,34 @@ struct S3Server::Impl {
 
 void S3Server::Impl::stop() {
   ioc.stop();
-  if (accept_thread.joinable())
+  if (accept_thread.joinable()) {
     accept_thread.join();
+  }
   std::list<std::shared_ptr<Connection>> conns;
   {
     std::lock_guard<std::mutex> lock(conn_mutex);
     stopping = true;
     // Wakes every blocked read/write/handshake; the fd stays open until its thread closes it.
     for (const auto& c : connections) {
-      if (c->fd >= 0)
+      if (c->fd >= 0) {
         ::shutdown(c->fd, SHUT_RDWR);
+      }
     }
     conns.swap(connections);
   }
   stop_cv.notify_all();
   for (const auto& c : conns) {
-    if (c->thread.joinable())
+    if (c->thread.joinable()) {
       c->thread.join();
+    }
   }
 }
 
 void S3Server::Impl::do_accept() {
   acceptor.async_accept([this](ErrorCode ec, tcp::socket socket) {
-    if (ec == net::error::operation_aborted)
+    if (ec == net::error::operation_aborted) {
       return;
+    }
     if (!ec) {
       start_connection(std::move(socket));
       do_accept();
@@ -529,15 +557,17 @@ void S3Server::Impl::start_connection(tcp::socket socket) {
         ++it;
       }
     }
-    if (stopping)
+    if (stopping) {
       return;  // socket closes as it goes out of scope
+    }
     conn->fd = socket.native_handle();
     connections.push_back(conn);
     conn->thread = std::thread(
         [this, conn, s = std::move(socket)]() mutable { run_connection(conn, std::move(s)); });
   }
-  for (const auto& c : finished)
+  for (const auto& c : finished) {
     c->thread.join();
+  }
 }
 
 void S3Server::Impl::wait_until_acked(int fd) {
@@ -546,10 +576,12 @@ void S3Server::Impl::wait_until_acked(int fd) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   while (std::chrono::steady_clock::now() < deadline) {
     int pending = 0;
-    if (::ioctl(fd, SIOCOUTQ, &pending) != 0 || pending == 0)
+    if (::ioctl(fd, SIOCOUTQ, &pending) != 0 || pending == 0) {
       return;
-    if (sleep_for(std::chrono::milliseconds(2)))
+    }
+    if (sleep_for(std::chrono::milliseconds(2))) {
       return;
+    }
   }
 }
 
@@ -566,13 +598,16 @@ void linger_close_plain(tcp::socket& socket) {
   while (std::chrono::steady_clock::now() < deadline) {
     pollfd p{fd, POLLIN, 0};
     const int r = ::poll(&p, 1, 100);
-    if (r < 0 && errno != EINTR)
+    if (r < 0 && errno != EINTR) {
       return;
-    if (r <= 0)
+    }
+    if (r <= 0) {
       continue;
+    }
     const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
       return;
+    }
   }
 }
 
@@ -647,17 +682,20 @@ void S3Server::Impl::run_connection(const std::shared_ptr<Connection>& conn, tcp
       stream.handshake(ssl::stream_base::server, ec);
       if (!ec) {
         outcome = serve(stream, socket);
-        if (outcome == Outcome::Close)
+        if (outcome == Outcome::Close) {
           graceful_close(stream, socket);
+        }
       }
     } else {
       outcome = serve(socket, socket);
-      if (outcome == Outcome::Close)
+      if (outcome == Outcome::Close) {
         graceful_close(socket, socket);
+      }
     }
   }
-  if (outcome == Outcome::Reset)
+  if (outcome == Outcome::Reset) {
     wait_until_acked(socket.native_handle());
+  }
   {
     std::lock_guard<std::mutex> lock(conn_mutex);
     conn->fd = -1;
@@ -680,8 +718,9 @@ Outcome S3Server::Impl::serve(Stream& stream, tcp::socket& socket) {
     ErrorCode ec;
     http::read(stream, buffer, parser, ec);
     if (ec) {
-      if (!is_http_parse_error(ec) || is_stopping())
+      if (!is_http_parse_error(ec) || is_stopping()) {
         return Outcome::Abort;
+      }
       // Malformed: 400 as S3 does, then close (the stream position is lost).
       http::request_header<> dummy;
       dummy.version(11);
@@ -693,8 +732,9 @@ Outcome S3Server::Impl::serve(Stream& stream, tcp::socket& socket) {
                         random_hex(8));
     }
     const Outcome outcome = handle(stream, socket, parser.get());
-    if (outcome != Outcome::KeepAlive)
+    if (outcome != Outcome::KeepAlive) {
       return outcome;
+    }
   }
 }
 
@@ -708,8 +748,9 @@ Outcome S3Server::Impl::send_error(Stream& stream, const http::request_header<>&
   res.set("x-amz-request-id", request_id);
   res.set(http::field::content_type, "application/xml");
   for (const auto& [name, value] : reply.extra) {
-    if (name == "Content-Range")
+    if (name == "Content-Range") {
       res.set(http::field::content_range, value);
+    }
   }
   res.body() = error_xml(reply, request_id);
   res.prepare_payload();
@@ -721,8 +762,9 @@ Outcome S3Server::Impl::send_error(Stream& stream, const http::request_header<>&
   } else {
     http::write(stream, res, ec);
   }
-  if (ec)
+  if (ec) {
     return Outcome::Abort;
+  }
   return keep_alive ? Outcome::KeepAlive : Outcome::Close;
 }
 
@@ -762,8 +804,9 @@ Outcome S3Server::Impl::handle(Stream& stream, tcp::socket& socket,
     std::lock_guard<std::mutex> lock(mutex);
     auto& stats = states[id].stats;
     ++stats.requests;
-    if (is_get)
+    if (is_get) {
       ++stats.get_requests;
+    }
   }
 
   // --- Query-string authentication (pre-signed URL)
@@ -875,8 +918,9 @@ Outcome S3Server::Impl::handle(Stream& stream, tcp::socket& socket,
       it != req.end() && etag_list_matches(it->value(), object->etag)) {
     auto res = base_response(http::status::not_modified);
     res.keep_alive(keep_alive);
-    if (!write_head(res))
+    if (!write_head(res)) {
       return Outcome::Abort;
+    }
     return keep_alive ? Outcome::KeepAlive : Outcome::Close;
   }
 
@@ -888,8 +932,9 @@ Outcome S3Server::Impl::handle(Stream& stream, tcp::socket& socket,
       const std::string v = trim_ows(ir->value());
       honour = v == object->etag || v == object->last_modified;  // strong comparison only
     }
-    if (honour)
+    if (honour) {
       range = parse_range(it->value(), object->size);
+    }
   }
 
   // --- Fault for this GET
@@ -906,8 +951,9 @@ Outcome S3Server::Impl::handle(Stream& stream, tcp::socket& socket,
     }
   }
   if (fault && fault->stall_ms && !fault->stall_after_bytes) {
-    if (sleep_for(std::chrono::milliseconds(*fault->stall_ms)))
+    if (sleep_for(std::chrono::milliseconds(*fault->stall_ms))) {
       return Outcome::Abort;
+    }
   }
   if (fault && fault->error_status) {
     const int status = *fault->error_status;
@@ -945,8 +991,9 @@ Outcome S3Server::Impl::handle(Stream& stream, tcp::socket& socket,
   res.keep_alive(keep_alive && !closes);
 
   if (!is_get) {
-    if (!write_head(res))
+    if (!write_head(res)) {
       return Outcome::Abort;
+    }
     return keep_alive ? Outcome::KeepAlive : Outcome::Close;
   }
   // A file object that vanished is the server's fault: 500 before any header went out.
@@ -954,8 +1001,9 @@ Outcome S3Server::Impl::handle(Stream& stream, tcp::socket& socket,
     return error(http::status::internal_server_error, "InternalError",
                  "The emulator cannot read the object's file.");
   }
-  if (!write_head(res))
+  if (!write_head(res)) {
     return Outcome::Abort;
+  }
   return stream_body(stream, socket, *object, id, first, length, fault, keep_alive);
 }
 
@@ -980,20 +1028,23 @@ Outcome S3Server::Impl::stream_body(Stream& stream, tcp::socket& /*socket*/, con
   const uint64_t rate =
       fault && fault->rate_limit_bytes_per_second ? *fault->rate_limit_bytes_per_second : 0;
   std::size_t chunk = kBodyChunk;
-  if (rate > 0)
+  if (rate > 0) {
     chunk = static_cast<std::size_t>(std::clamp<uint64_t>(rate / 20, 1, kBodyChunk));
+  }
 
   int fd = -1;
   if (!object.data) {
     fd = ::open(object.file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (fd < 0) {
       return Outcome::Abort;  // headers are out: all we can do is cut
+    }
   }
   struct FdCloser {
     int fd;
     ~FdCloser() {
-      if (fd >= 0)
+      if (fd >= 0) {
         ::close(fd);
+      }
     }
   } closer{fd};
 
@@ -1004,26 +1055,31 @@ Outcome S3Server::Impl::stream_body(Stream& stream, tcp::socket& /*socket*/, con
   while (sent < limit) {
     if (stall_pending && sent == stall_at) {
       stall_pending = false;
-      if (sleep_for(std::chrono::milliseconds(stall_ms)))
+      if (sleep_for(std::chrono::milliseconds(stall_ms))) {
         return Outcome::Abort;
+      }
     }
     uint64_t n = std::min<uint64_t>(chunk, limit - sent);
-    if (stall_pending && stall_at > sent)
+    if (stall_pending && stall_at > sent) {
       n = std::min<uint64_t>(n, stall_at - sent);
+    }
     const uint64_t offset = first + sent;
     if constexpr (std::is_same_v<Stream, tcp::socket>) {
       // Plain HTTP from a file with nothing to alter: let the kernel copy (saturates loopback).
       if (!object.data && !(fault && fault->corrupt_offset)) {
         off_t file_offset = static_cast<off_t>(offset);
         const ssize_t r = ::sendfile(stream.native_handle(), fd, &file_offset, n);
-        if (r < 0 && errno == EINTR)
+        if (r < 0 && errno == EINTR) {
           continue;
-        if (r <= 0)
+        }
+        if (r <= 0) {
           return Outcome::Abort;  // peer gone, stopping, or the file shrank
+        }
         sent += static_cast<uint64_t>(r);
         add_body_bytes(id, static_cast<uint64_t>(r));
-        if (rate > 0 && pace(start, sent, rate))
+        if (rate > 0 && pace(start, sent, rate)) {
           return Outcome::Abort;
+        }
         continue;
       }
     }
@@ -1033,10 +1089,12 @@ Outcome S3Server::Impl::stream_body(Stream& stream, tcp::socket& /*socket*/, con
       uint64_t got = 0;
       while (got < n) {
         const ssize_t r = ::pread(fd, buf.data() + got, n - got, static_cast<off_t>(offset + got));
-        if (r < 0 && errno == EINTR)
+        if (r < 0 && errno == EINTR) {
           continue;
-        if (r <= 0)
+        }
+        if (r <= 0) {
           return Outcome::Abort;  // file shrank or I/O error
+        }
         got += static_cast<uint64_t>(r);
       }
     }
@@ -1046,17 +1104,20 @@ Outcome S3Server::Impl::stream_body(Stream& stream, tcp::socket& /*socket*/, con
     }
     ErrorCode ec;
     net::write(stream, net::buffer(buf.data(), n), ec);
-    if (ec)
+    if (ec) {
       return Outcome::Abort;
+    }
     sent += n;
     add_body_bytes(id, n);
-    if (rate > 0 && pace(start, sent, rate))
+    if (rate > 0 && pace(start, sent, rate)) {
       return Outcome::Abort;
+    }
   }
   if (stall_pending && sent == stall_at) {
     // Stall point at the very end of what is sent: still honoured before the response ends.
-    if (sleep_for(std::chrono::milliseconds(stall_ms)))
+    if (sleep_for(std::chrono::milliseconds(stall_ms))) {
       return Outcome::Abort;
+    }
   }
   return end;
 }
@@ -1073,21 +1134,24 @@ Result<std::unique_ptr<S3Server>> S3Server::start(S3Options options) {
   impl->secret = options.secret;
   if (impl->secret.empty()) {
     unsigned char key[32];
-    if (RAND_bytes(key, sizeof key) != 1)
+    if (RAND_bytes(key, sizeof key) != 1) {
       return fail("s3 emulator: no random bytes for a key");
+    }
     impl->secret = to_hex(key, sizeof key);
   }
 
   std::string address = options.bind_address.empty() ? "127.0.0.1" : options.bind_address;
-  if (address == "localhost")
+  if (address == "localhost") {
     address = "127.0.0.1";
+  }
   if (address.size() > 2 && address.front() == '[' && address.back() == ']') {
     address = address.substr(1, address.size() - 2);
   }
   ErrorCode ec;
   const auto ip = net::ip::make_address(address, ec);
-  if (ec)
+  if (ec) {
     return fail("s3 emulator: bad bind address '" + options.bind_address + "'");
+  }
   if (!ip.is_loopback()) {
     return fail("s3 emulator: refusing to bind to " + address +
                 ": only loopback addresses (127.0.0.0/8, ::1) are allowed");
@@ -1119,12 +1183,15 @@ Result<std::unique_ptr<S3Server>> S3Server::start(S3Options options) {
 
   const tcp::endpoint endpoint(ip, options.port);
   impl->acceptor.open(endpoint.protocol(), ec);
-  if (!ec)
+  if (!ec) {
     impl->acceptor.set_option(net::socket_base::reuse_address(true), ec);
-  if (!ec)
+  }
+  if (!ec) {
     impl->acceptor.bind(endpoint, ec);
-  if (!ec)
+  }
+  if (!ec) {
     impl->acceptor.listen(net::socket_base::max_listen_connections, ec);
+  }
   if (ec) {
     return fail("s3 emulator: cannot listen on " + impl->url_host + ":" +
                 std::to_string(options.port) + ": " + ec.message());
@@ -1155,15 +1222,17 @@ Status check_names(const std::string& bucket, const std::string& key) {
   if (bucket.empty() || bucket.find('/') != std::string::npos) {
     return fail("s3 emulator: invalid bucket name '" + bucket + "'");
   }
-  if (key.empty() || key.size() > 1024)
+  if (key.empty() || key.size() > 1024) {
     return fail("s3 emulator: invalid key '" + key + "'");
+  }
   return {};
 }
 }  // namespace
 
 Status S3Server::put_object(const std::string& bucket, const std::string& key, std::string data) {
-  if (auto ok = check_names(bucket, key); !ok)
+  if (auto ok = check_names(bucket, key); !ok) {
     return ok;
+  }
   auto object = std::make_shared<Object>();
   object->etag = md5_quoted(data);
   object->size = data.size();
@@ -1176,8 +1245,9 @@ Status S3Server::put_object(const std::string& bucket, const std::string& key, s
 
 Status S3Server::put_object_file(const std::string& bucket, const std::string& key,
                                  const std::filesystem::path& file) {
-  if (auto ok = check_names(bucket, key); !ok)
+  if (auto ok = check_names(bucket, key); !ok) {
     return ok;
+  }
   std::error_code fec;
   if (!std::filesystem::is_regular_file(file, fec)) {
     return fail("s3 emulator: " + file.string() + " is not a regular file");
@@ -1185,8 +1255,9 @@ Status S3Server::put_object_file(const std::string& bucket, const std::string& k
   auto object = std::make_shared<Object>();
   object->file = std::filesystem::absolute(file, fec);
   auto etag = md5_quoted_of_file(object->file, object->size);
-  if (!etag)
+  if (!etag) {
     return fail(etag.error().context("s3 emulator"));
+  }
   object->etag = std::move(*etag);
   object->last_modified = http_date(impl_->clock->now_seconds());
   std::lock_guard<std::mutex> lock(impl_->mutex);
@@ -1202,8 +1273,9 @@ bool S3Server::delete_object(const std::string& bucket, const std::string& key) 
 std::optional<std::string> S3Server::etag(const std::string& bucket, const std::string& key) const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   const auto it = impl_->objects.find(ObjectId{bucket, key});
-  if (it == impl_->objects.end())
+  if (it == impl_->objects.end()) {
     return std::nullopt;
+  }
   return it->second->etag;
 }
 
@@ -1245,8 +1317,9 @@ Status S3Server::add_fault(const std::string& bucket, const std::string& key, S3
 
 void S3Server::clear_faults() {
   std::lock_guard<std::mutex> lock(impl_->mutex);
-  for (auto& [id, state] : impl_->states)
+  for (auto& [id, state] : impl_->states) {
     state.faults.clear();
+  }
 }
 
 S3ObjectStats S3Server::stats(const std::string& bucket, const std::string& key) const {
@@ -1275,12 +1348,14 @@ Result<S3ObjectRef> parse_s3_object_url(std::string_view url) {
   }
   rest = rest.substr(0, rest.find_first_of("?#"));
   const auto slash = rest.find('/');
-  if (slash == std::string_view::npos)
+  if (slash == std::string_view::npos) {
     return bad("no object path");
+  }
   const std::string_view host = rest.substr(0, slash);
   const auto path = percent_decode(rest.substr(slash + 1));
-  if (!path)
+  if (!path) {
     return bad("bad percent-encoding");
+  }
 
   S3ObjectRef ref;
   auto ends_with = [](std::string_view s, std::string_view suffix) {
@@ -1290,22 +1365,25 @@ Result<S3ObjectRef> parse_s3_object_url(std::string_view url) {
     ref.bucket = std::string(host);
     ref.key = *path;
   } else {
-    if (!ends_with(host, ".amazonaws.com"))
+    if (!ends_with(host, ".amazonaws.com")) {
       return bad("host is not *.amazonaws.com");
+    }
     const std::string_view sub = host.substr(0, host.size() - 14);  // before .amazonaws.com
     if (sub == "s3" || (sub.rfind("s3.", 0) == 0 && sub.find('.', 3) == std::string_view::npos) ||
         (sub.rfind("s3-", 0) == 0 && sub.find('.') == std::string_view::npos)) {
       // Path style: s3[.region|-region].amazonaws.com/<bucket>/<key>
       const auto p = path->find('/');
-      if (p == std::string::npos)
+      if (p == std::string::npos) {
         return bad("no key after the bucket");
+      }
       ref.bucket = path->substr(0, p);
       ref.key = path->substr(p + 1);
     } else {
       // Virtual-hosted style: <bucket>.s3[.region].amazonaws.com/<key>
       const auto marker = sub.rfind(".s3");
-      if (marker == std::string_view::npos || marker == 0)
+      if (marker == std::string_view::npos || marker == 0) {
         return bad("unknown host form");
+      }
       const std::string_view after = sub.substr(marker + 3);
       if (!after.empty() && after.front() != '.' && after.front() != '-') {
         return bad("unknown host form");
@@ -1314,8 +1392,9 @@ Result<S3ObjectRef> parse_s3_object_url(std::string_view url) {
       ref.key = *path;
     }
   }
-  if (ref.bucket.empty() || ref.key.empty())
+  if (ref.bucket.empty() || ref.key.empty()) {
     return bad("empty bucket or key");
+  }
   return ref;
 }
 

@@ -1,4 +1,5 @@
 #include "emulator/s3/s3_server.hpp"
+#include "support/binaries.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -33,8 +34,9 @@ class TempDir {
  public:
   TempDir() {
     std::string pattern = (std::filesystem::temp_directory_path() / "s3test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr)
+    if (::mkdtemp(pattern.data()) == nullptr) {
       std::abort();
+    }
     path_ = pattern;
   }
   ~TempDir() {
@@ -82,13 +84,16 @@ size_t write_header(char* data, size_t size, size_t n, void* user) {
   const auto colon = line.find(':');
   if (colon != std::string::npos) {
     std::string name = line.substr(0, colon);
-    for (auto& c : name)
+    for (auto& c : name) {
       c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
     std::string value = line.substr(colon + 1);
-    while (!value.empty() && (value.front() == ' '))
+    while (!value.empty() && (value.front() == ' ')) {
       value.erase(0, 1);
-    while (!value.empty() && (value.back() == '\r' || value.back() == '\n'))
+    }
+    while (!value.empty() && (value.back() == '\r' || value.back() == '\n')) {
       value.pop_back();
+    }
     (*headers)[name] = value;
   }
   return size * n;
@@ -99,8 +104,9 @@ Response perform(CURL* curl, const std::string& url, const Request& req = {}) {
   char error[CURL_ERROR_SIZE] = {0};
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_NOBODY, req.head ? 1L : 0L);
-  if (!req.head)
+  if (!req.head) {
     curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+  }
   curl_easy_setopt(curl, CURLOPT_RANGE, req.range.empty() ? nullptr : req.range.c_str());
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_body);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &res.body);
@@ -109,11 +115,13 @@ Response perform(CURL* curl, const std::string& url, const Request& req = {}) {
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
   curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, req.timeout_ms);
   curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
-  if (!req.ca_file.empty())
+  if (!req.ca_file.empty()) {
     curl_easy_setopt(curl, CURLOPT_CAINFO, req.ca_file.c_str());
+  }
   curl_slist* list = nullptr;
-  for (const auto& h : req.headers)
+  for (const auto& h : req.headers) {
     list = curl_slist_append(list, h.c_str());
+  }
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
   const auto start = Clock_::now();
   res.code = curl_easy_perform(curl);
@@ -149,16 +157,18 @@ std::string md5_hex(const std::string& data) {
 std::string random_bytes(size_t n, unsigned seed = 42) {
   std::mt19937 gen(seed);
   std::string s(n, '\0');
-  for (auto& c : s)
+  for (auto& c : s) {
     c = static_cast<char>(gen() & 0xff);
+  }
   return s;
 }
 
 /// Replaces the value of one query parameter.
 std::string with_param(const std::string& url, const std::string& name, const std::string& value) {
   const auto pos = url.find(name + "=");
-  if (pos == std::string::npos)
+  if (pos == std::string::npos) {
     return url;
+  }
   const auto start = pos + name.size() + 1;
   const auto end = url.find('&', start);
   return url.substr(0, start) + value + (end == std::string::npos ? "" : url.substr(end));
@@ -181,8 +191,9 @@ std::string raw_exchange(uint16_t port, const std::string& data) {
   size_t off = 0;
   while (off < data.size()) {
     const ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
-    if (n <= 0)
+    if (n <= 0) {
       break;
+    }
     off += static_cast<size_t>(n);
   }
   ::shutdown(fd, SHUT_WR);  // nothing more to come: the server sees EOF
@@ -190,8 +201,9 @@ std::string raw_exchange(uint16_t port, const std::string& data) {
   char buf[4096];
   for (;;) {
     const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0)
+    if (n <= 0) {
       break;
+    }
     out.append(buf, static_cast<size_t>(n));
   }
   ::close(fd);
@@ -590,8 +602,9 @@ TEST_F(S3ServerTest, FaultsQueueInOrderAndAlwaysFaultsUntilCleared) {
   ASSERT_TRUE(fault(always));
   EXPECT_EQ(fetch(url()).status, 500);
   EXPECT_EQ(fetch(url()).code, CURLE_PARTIAL_FILE);
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(fetch(url()).status, 503);
+  }
   // HEAD is never faulted and does not use up faults.
   Request head;
   head.head = true;
@@ -709,8 +722,9 @@ TEST(S3ServerStart, ServesIpv6Loopback) {
   S3Options o;
   o.bind_address = "::1";
   auto s = S3Server::start(o);
-  if (!s)
-    GTEST_SKIP() << "no IPv6 loopback here: " << s.error().message();
+  if (!s) {
+    UPPARAT_SKIP() << "no IPv6 loopback here: " << s.error().message();
+  }
   EXPECT_EQ((*s)->endpoint(), "http://[::1]:" + std::to_string((*s)->port()));
   ASSERT_TRUE((*s)->put_object("b", "k", "six"));
   const auto res = fetch((*s)->presign("b", "k", 60s));
@@ -765,8 +779,9 @@ TEST(S3ServerFile, ClientLeavingMidBodyDoesNotRaiseSigpipe) {
   {
     std::ofstream out(file, std::ios::binary);
     const std::string block = random_bytes(1024 * 1024, 5);
-    for (int i = 0; i < 32; ++i)
+    for (int i = 0; i < 32; ++i) {
       out.write(block.data(), static_cast<std::streamsize>(block.size()));
+    }
   }
   auto server = S3Server::start({});
   ASSERT_TRUE(server);
@@ -793,8 +808,9 @@ TEST(S3ServerFile, ClientLeavingMidBodyDoesNotRaiseSigpipe) {
     for (;;) {
       std::this_thread::sleep_for(100ms);
       const uint64_t now = s.stats("b", key).body_bytes_sent;
-      if (now == before || Clock_::now() > deadline)
+      if (now == before || Clock_::now() > deadline) {
         break;
+      }
       before = now;
     }
     EXPECT_LT(s.stats("b", key).body_bytes_sent, 32u * 1024 * 1024) << key;
