@@ -142,10 +142,7 @@ void Machine::Impl::leave(Phase) {
   cancel_timer(poll_timer);
   pending_line.reset();
   awaited_token.clear();
-  if (request) {
-    cancel_timer(request->timer);
-    request.reset();
-  }
+  drop_request(RequestSlot::Flow);
 }
 
 void Machine::Impl::enter(Phase p) {

@@ -76,10 +76,7 @@ void Machine::Impl::end_job() {
   job.reset();
   selected.reset();
   selected_execution = 0;
-  if (cancel_check) {
-    cancel_timer(cancel_check->timer);
-    cancel_check.reset();
-  }
+  drop_request(RequestSlot::CancelCheck);
 }
 
 // ---------------------------------------------------------------- refused final updates

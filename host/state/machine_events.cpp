@@ -48,8 +48,8 @@ void Machine::Impl::on(const Connected&) {
     }
   }
   updates.resend_all();
-  resend(request, TimerPurpose::Request);
-  resend(cancel_check, TimerPurpose::CancelCheck);
+  send_again(RequestSlot::Flow);
+  send_again(RequestSlot::CancelCheck);
   if (phase == Phase::Monitor) {
     fire(Trigger::JobsNotified);  // notify messages may have been missed while offline
   }
@@ -69,15 +69,16 @@ void Machine::Impl::on(const MqttMessage& m) {
       if (!answer) {
         return spdlog::warn("{}", answer.error().message());
       }
-      if (phase != Phase::FetchJobs || !request || answer->client_token != request->token) {
+      if (phase != Phase::FetchJobs ||
+          !requests.answers(RequestSlot::Flow, answer->client_token, "")) {
         return spdlog::debug("ignoring a stale get answer");
       }
       return on_get_accepted(*answer);
     }
     case jobs::TopicKind::GetRejected: {
       auto answer = jobs::parse_rejected(m.payload);
-      if (!answer || !request || phase != Phase::FetchJobs ||
-          answer->client_token != request->token) {
+      if (!answer || phase != Phase::FetchJobs ||
+          !requests.answers(RequestSlot::Flow, answer->client_token, "")) {
         return;
       }
       spdlog::warn("get rejected with {}: {}", answer->code, answer->message);
@@ -158,25 +159,13 @@ void Machine::Impl::on_notify(const std::string& payload) {
   }
   // Not listed: cancelled, deleted, retried, or just beyond notify's 15 entries. Ask about
   // our execution.
-  if (cancel_check) {
-    return;
-  }
-  Request r;
-  r.purpose = RequestPurpose::Select;
-  r.job_id = job->id;
-  r.token = new_token();
-  r.topic = jobs::describe_topic(s.thing_name, job->id);
-  r.payload = jobs::build_describe_request(r.token, known_execution(job->execution));
-  publish(r.topic, r.payload);
-  r.timer = set_timer(TimerPurpose::CancelCheck, s.request_resend);
-  cancel_check = std::move(r);
+  send_cancel_check();
 }
 
 void Machine::Impl::on_describe_accepted(const std::string& job_id,
                                          const jobs::DescribeAccepted& a) {
-  if (cancel_check && a.client_token == cancel_check->token && job_id == cancel_check->job_id) {
-    cancel_timer(cancel_check->timer);
-    cancel_check.reset();
+  if (requests.answers(RequestSlot::CancelCheck, a.client_token, job_id)) {
+    drop_request(RequestSlot::CancelCheck);
     if (!job || job->id != job_id || !has_job(phase)) {
       return;
     }
@@ -187,28 +176,28 @@ void Machine::Impl::on_describe_accepted(const std::string& job_id,
     updates.set_version(job_id, a.execution.execution_number, a.execution.version_number);
     return;
   }
-  if (!request || a.client_token != request->token || job_id != request->job_id) {
+  if (!requests.answers(RequestSlot::Flow, a.client_token, job_id)) {
     return spdlog::debug("ignoring a stale describe answer for {}", job_id);
   }
-  if (request->purpose == RequestPurpose::Select && phase == Phase::DescribeJob) {
+  const RequestPurpose purpose = requests.find(RequestSlot::Flow)->purpose;
+  if (purpose == RequestPurpose::Select && phase == Phase::DescribeJob) {
     return on_select_described(a.execution);
   }
-  if (request->purpose == RequestPurpose::Stream && phase == Phase::DescribeForInstall) {
+  if (purpose == RequestPurpose::Stream && phase == Phase::DescribeForInstall) {
     return on_stream_described(a.execution);
   }
 }
 
 void Machine::Impl::on_describe_rejected(const std::string& job_id, const jobs::Rejected& r) {
   const bool gone = r.code == "ResourceNotFound" || r.code == "TerminalStateReached";
-  if (cancel_check && r.client_token == cancel_check->token && job_id == cancel_check->job_id) {
-    cancel_timer(cancel_check->timer);
-    cancel_check.reset();
+  if (requests.answers(RequestSlot::CancelCheck, r.client_token, job_id)) {
+    drop_request(RequestSlot::CancelCheck);
     if (gone && job && job->id == job_id && has_job(phase)) {
       job_gone(job_id);
     }
     return;
   }
-  if (!request || r.client_token != request->token || job_id != request->job_id) {
+  if (!requests.answers(RequestSlot::Flow, r.client_token, job_id)) {
     return;
   }
   spdlog::warn("describe of {} rejected with {}: {}", job_id, r.code, r.message);
@@ -346,15 +335,9 @@ void Machine::Impl::on(const TimerFired& t) {
   timers.erase(it);
   switch (purpose) {
     case TimerPurpose::Request:
-      if (request && request->timer == t.id) {
-        request->timer = 0;
-        resend(request, TimerPurpose::Request);
-      }
-      return;
-    case TimerPurpose::CancelCheck:
-      if (cancel_check && cancel_check->timer == t.id) {
-        cancel_check->timer = 0;
-        resend(cancel_check, TimerPurpose::CancelCheck);
+      if (auto slot = requests.slot_of_timer(t.id)) {
+        requests.set_timer(*slot, 0);  // fired: nothing to cancel
+        send_again(*slot);
       }
       return;
     case TimerPurpose::Updates:

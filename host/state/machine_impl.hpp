@@ -31,6 +31,7 @@
 #include "state/job_selection.hpp"
 #include "state/machine.hpp"
 #include "state/progress_budget.hpp"
+#include "state/request_tracker.hpp"
 #include "state/step_attempts.hpp"
 #include "state/transitions.hpp"
 
@@ -77,8 +78,7 @@ inline int to_minutes(std::chrono::seconds s) {
 constexpr std::size_t kNotifyMayBeTruncated = 10;
 
 enum class TimerPurpose {
-  Request,
-  CancelCheck,
+  Request,  // the resend of a request of the RequestTracker (either slot)
   Updates,
   StepRetry,
   StepDeadline,
@@ -91,13 +91,10 @@ enum class TimerPurpose {
   Ended,      // the next try of an ended execution's minimal terminal update
 };
 
-enum class RequestPurpose { Get, Select, Stream };
-
 }  // namespace machine_detail
 
 struct Machine::Impl {
   using Outcome = plugin::Outcome;
-  using RequestPurpose = machine_detail::RequestPurpose;
   using TimerPurpose = machine_detail::TimerPurpose;
   using milliseconds = std::chrono::milliseconds;
   using seconds = std::chrono::seconds;
@@ -109,9 +106,8 @@ struct Machine::Impl {
         updates(s.thing_name,
                 jobs::UpdateQueueSettings{std::chrono::duration_cast<milliseconds>(s.update_resend),
                                           s.update_backoff_base, s.update_backoff_cap},
-                random_prefix()) {
-    token_prefix = random_prefix();
-  }
+                random_prefix()),
+        requests(s.thing_name, random_prefix()) {}
 
   static std::string random_prefix();
 
@@ -119,8 +115,8 @@ struct Machine::Impl {
   StateStore& store;
   const MonotonicClock& clock;
   jobs::UpdateQueue updates;
-  std::string token_prefix;
-  std::uint64_t next_token = 1;
+  // The flow's get/describe and the cancellation check.
+  RequestTracker requests;
   std::uint64_t next_id = 1;  // timers and work share one sequence: ids are never reused
 
   Phase phase = Phase::Idle;
@@ -154,18 +150,6 @@ struct Machine::Impl {
   std::optional<std::string> selected;  // job id picked from get, before its describe
   std::int64_t selected_execution = 0;  // its execution number (0: not known)
   std::optional<JobState> durable;      // what is (to be) saved for the job
-
-  // The outstanding get / describe of the flow, and the cancellation check.
-  struct Request {
-    RequestPurpose purpose = RequestPurpose::Get;
-    std::string job_id;
-    std::string token;
-    std::string topic;
-    std::string payload;
-    std::uint64_t timer = 0;
-  };
-  std::optional<Request> request;
-  std::optional<Request> cancel_check;
 
   // The running work (one at a time).
   struct Work {
@@ -217,8 +201,6 @@ struct Machine::Impl {
 
   TimePoint now() const { return clock.now(); }
 
-  std::string new_token() { return token_prefix + "-" + std::to_string(next_token++); }
-
   std::uint64_t set_timer(TimerPurpose purpose, milliseconds delay);
 
   void cancel_timer(std::uint64_t& id);
@@ -254,9 +236,14 @@ struct Machine::Impl {
 
   void enter(Phase p);
 
+  // Starts the flow's get (job_id empty) or describe, replacing the one outstanding.
   void send_request(RequestPurpose purpose, const std::string& job_id);
-
-  void resend(std::optional<Request>& r, TimerPurpose purpose);
+  // Asks about the job being worked on, unless a cancellation check is outstanding.
+  void send_cancel_check();
+  // Publishes the request in `slot` (if any) again and re-arms its resend timer.
+  void send_again(RequestSlot slot);
+  // Forgets the request in `slot` (if any): its answer is stale from now on.
+  void drop_request(RequestSlot slot);
 
   void enter_fetch_jobs();
 

@@ -12,33 +12,42 @@ using namespace machine_detail;
 // ---------------------------------------------------------------- requests
 
 void Machine::Impl::send_request(RequestPurpose purpose, const std::string& job_id) {
-  Request r;
-  r.purpose = purpose;
-  r.job_id = job_id;
-  r.token = new_token();
+  drop_request(RequestSlot::Flow);
   if (purpose == RequestPurpose::Get) {
     notified_during_get = false;
-    r.topic = jobs::get_topic(s.thing_name);
-    r.payload = jobs::build_get_request(r.token);
+    requests.get();
   } else {
     // Pinned to the execution: a retry's new execution is not this one.
     const std::int64_t execution =
         purpose == RequestPurpose::Select ? selected_execution : job->execution;
-    r.topic = jobs::describe_topic(s.thing_name, job_id);
-    r.payload = jobs::build_describe_request(r.token, known_execution(execution));
+    requests.describe(RequestSlot::Flow, purpose, job_id, execution);
   }
-  publish(r.topic, r.payload);
-  r.timer = set_timer(TimerPurpose::Request, s.request_resend);
-  request = std::move(r);
+  send_again(RequestSlot::Flow);
 }
 
-void Machine::Impl::resend(std::optional<Request>& r, TimerPurpose purpose) {
-  if (!r) {
+void Machine::Impl::send_cancel_check() {
+  if (requests.find(RequestSlot::CancelCheck) != nullptr) {
+    return;
+  }
+  requests.describe(RequestSlot::CancelCheck, RequestPurpose::Select, job->id, job->execution);
+  send_again(RequestSlot::CancelCheck);
+}
+
+void Machine::Impl::send_again(RequestSlot slot) {
+  const Request* r = requests.find(slot);
+  if (r == nullptr) {
     return;
   }
   publish(r->topic, r->payload);
-  cancel_timer(r->timer);
-  r->timer = set_timer(purpose, s.request_resend);
+  std::uint64_t timer = r->timer;
+  cancel_timer(timer);
+  requests.set_timer(slot, set_timer(TimerPurpose::Request, s.request_resend));
+}
+
+void Machine::Impl::drop_request(RequestSlot slot) {
+  if (auto r = requests.take(slot)) {
+    cancel_timer(r->timer);
+  }
 }
 
 void Machine::Impl::enter_fetch_jobs() {
