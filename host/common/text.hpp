@@ -1,7 +1,8 @@
 #pragma once
 
-// Small text helpers shared by the host and the emulator: trimming and ASCII case folding.
-// Header-only, so that anything whose include path reaches host/ can use them without linking.
+// Small text helpers shared by the host, the plugins and the emulator: trimming and ASCII case
+// folding. Header-only, so that anything whose include path reaches host/ can use them without
+// linking.
 
 #include <algorithm>
 #include <cctype>

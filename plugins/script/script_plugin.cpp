@@ -19,6 +19,7 @@
 #include <upparat/plugin.hpp>
 #include <upparat/step.hpp>
 
+#include "common/text.hpp"
 #include "process/process.hpp"
 
 namespace upparat::script {
@@ -76,19 +77,6 @@ double parse_grace(const std::string& text) {
     throw std::invalid_argument(what + ": must be at most 3600");
   }
   return value;
-}
-
-std::string_view trim(std::string_view text) {
-  const auto not_space = [](char c) {
-    return c != ' ' && c != '\t' && c != '\r' && c != '\n' && c != '\v' && c != '\f';
-  };
-  while (!text.empty() && !not_space(text.front())) {
-    text.remove_prefix(1);
-  }
-  while (!text.empty() && !not_space(text.back())) {
-    text.remove_suffix(1);
-  }
-  return text;
 }
 
 /// The last non-blank lines of a stderr tail, oldest first, joined with " | ".
