@@ -83,6 +83,21 @@ bool is_valid_utf8(std::string_view text) {
   return true;
 }
 
+bool is_valid_status_detail(std::string_view text) {
+  std::size_t units = 0;
+  std::size_t i = 0;
+  while (i < text.size()) {
+    std::uint32_t code_point = 0;
+    const std::size_t length = decode_utf8(text, i, code_point);
+    if (length == 0 || is_unicode_category_c(code_point)) {
+      return false;
+    }
+    units += utf16_units(code_point);
+    i += length;
+  }
+  return units >= 1 && units <= kStatusDetailMaxChars;
+}
+
 std::string sanitize_status_detail(std::string_view text) {
   std::string out;
   out.reserve(std::min(text.size(), kStatusDetailMaxChars * 4));

@@ -24,6 +24,11 @@ inline constexpr std::size_t kStatusDetailMaxChars = 1024;
 /// U+10FFFF. Characters assigned in a later Unicode version count as unassigned.
 [[nodiscard]] bool is_unicode_category_c(std::uint32_t code_point);
 
+/// True when AWS IoT Jobs accepts `text` as a statusDetails value as it is: well-formed UTF-8,
+/// 1 to kStatusDetailMaxChars UTF-16 code units, no character of category C. What
+/// sanitize_status_detail returns always is; the emulator refuses what is not.
+[[nodiscard]] bool is_valid_status_detail(std::string_view text);
+
 /// True when `text` is well-formed UTF-8 (RFC 3629: no overlong forms, surrogates or values
 /// above U+10FFFF).
 [[nodiscard]] bool is_valid_utf8(std::string_view text);

@@ -8,6 +8,7 @@
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 
+#include "common/sanitize.hpp"
 #include "emulator/json.hpp"
 
 namespace upparat::emulator {
@@ -92,13 +93,10 @@ std::string check_status_details(const rapidjson::Value& value, Details& out) {
       return "statusDetails value of '" + key + "' must be a string";
     }
     std::string v(it->value.GetString(), it->value.GetStringLength());
-    if (v.empty() || utf8_chars(v) > 1024) {
-      return "statusDetails value of '" + key + "' must be 1-1024 characters";
-    }
-    for (unsigned char c : v) {
-      if (c < 0x20 || c == 0x7f) {
-        return "statusDetails value of '" + key + "' must not contain control characters";
-      }
+    if (!is_valid_status_detail(v)) {
+      return "statusDetails value of '" + key +
+             "' must be 1-1024 characters (UTF-16 units) matching [^\\p{C}]: no control, "
+             "format, surrogate, private-use or unassigned character";
     }
     out[key] = v;
   }

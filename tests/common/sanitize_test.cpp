@@ -216,6 +216,38 @@ TEST(SanitizeStatusDetail, OutputIsAlwaysValidUtf8) {
   }
 }
 
+TEST(IsValidStatusDetail, MatchesAwsRule) {
+  EXPECT_TRUE(is_valid_status_detail("download_start"));
+  EXPECT_TRUE(is_valid_status_detail("\xC3\xA4 \xE2\x82\xAC \xF0\x9F\x98\x80"));
+  EXPECT_TRUE(is_valid_status_detail(std::string(1024, 'x')));
+  EXPECT_TRUE(is_valid_status_detail(std::string(1022, 'x') + "\xF0\x9F\x98\x80"));
+  EXPECT_FALSE(is_valid_status_detail(""));
+  EXPECT_FALSE(is_valid_status_detail(std::string(1025, 'x')));
+  EXPECT_FALSE(is_valid_status_detail(std::string(1023, 'x') + "\xF0\x9F\x98\x80"));  // 1025 units
+  EXPECT_FALSE(is_valid_status_detail("a\nb"));                                       // Cc
+  EXPECT_FALSE(
+      is_valid_status_detail("a\xE2\x80\x8B"
+                             "b"));  // U+200B, Cf
+  EXPECT_FALSE(
+      is_valid_status_detail("\xEF\xBB\xBF"
+                             "a"));                      // U+FEFF, Cf
+  EXPECT_FALSE(is_valid_status_detail("\xEE\x80\x80"));  // U+E000, Co
+  EXPECT_FALSE(is_valid_status_detail("\xED\xA0\x80"));  // an encoded surrogate
+  EXPECT_FALSE(is_valid_status_detail("\xC3"));          // invalid UTF-8
+}
+
+TEST(SanitizeStatusDetail, OutputIsAlwaysAValidStatusDetail) {
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) {
+    bytes += static_cast<char>(i);
+  }
+  for (const std::string& in :
+       {bytes, bytes + bytes + bytes + bytes + bytes, std::string(), std::string("\n\t"),
+        std::string(2000, 'x'), std::string("\xE2\x80\x8B\xEE\x80\x80")}) {
+    EXPECT_TRUE(is_valid_status_detail(sanitize_status_detail(in))) << in.size();
+  }
+}
+
 TEST(IsValidUtf8, AcceptsAndRefuses) {
   EXPECT_TRUE(is_valid_utf8(""));
   EXPECT_TRUE(is_valid_utf8("plain"));

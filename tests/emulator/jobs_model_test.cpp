@@ -443,6 +443,15 @@ TEST_F(JobsModelTest, UpdateRejectsBadRequests) {
       R"({"status":"IN_PROGRESS","statusDetails":{"bad key":"v"}})",
       R"({"status":"IN_PROGRESS","statusDetails":{"k":""}})",
       R"({"status":"IN_PROGRESS","statusDetails":{"k":"a\nb"}})",
+      // Every category C character, not only controls: U+200B (Cf), U+FEFF (Cf), U+E000 (Co),
+      // and 1023 characters + an astral one (1025 UTF-16 units). Invalid UTF-8 is InvalidJson.
+      "{\"status\":\"IN_PROGRESS\",\"statusDetails\":{\"k\":\"a\xE2\x80\x8B"
+      "b\"}}",
+      "{\"status\":\"IN_PROGRESS\",\"statusDetails\":{\"k\":\"\xEF\xBB\xBF"
+      "a\"}}",
+      "{\"status\":\"IN_PROGRESS\",\"statusDetails\":{\"k\":\"\xEE\x80\x80\"}}",
+      R"({"status":"IN_PROGRESS","statusDetails":{"k":")" + std::string(1023, 'v') +
+          "\xF0\x9F\x98\x80\"}}",
       R"({"status":"IN_PROGRESS","statusDetails":{"k":{"x":"y"}}})",
       R"({"status":"IN_PROGRESS","statusDetails":{"k":")" + std::string(1025, 'v') + "\"}}",
       R"({"status":"IN_PROGRESS","statusDetails":{")" + std::string(129, 'k') + "\":\"v\"}}",
