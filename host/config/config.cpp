@@ -183,11 +183,17 @@ std::string describe(const Config& config) {
   for (Step s : kSteps) {
     const std::string step(to_string(s));
     auto it = config.steps.find(step);
-    out << "  step " << step << std::string(9 - step.size(), ' ')
-        << (it == config.steps.end()
-                ? std::string("(none)")
-                : it->second + " (" + config.plugins.at(it->second).path.string() + ")")
-        << "\n";
+    out << "  step " << step << std::string(9 - step.size(), ' ');
+    if (it == config.steps.end()) {
+      out << "(none)\n";
+      continue;
+    }
+    const Plugin& plugin = config.plugins.at(it->second);
+    out << it->second << " (" << plugin.path.string() << ")";
+    if (s == Step::Install && plugin.stream) {
+      out << ", stream = true: installs from the job's URL if the plugin can";
+    }
+    out << "\n";
   }
   return out.str();
 }

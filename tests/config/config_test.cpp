@@ -353,6 +353,12 @@ TEST_F(ConfigTest, DescribeNamesBrokerAndSteps) {
   EXPECT_NE(text.find("ssl://example-ats.iot.eu-west-1.amazonaws.com:443"), std::string::npos);
   EXPECT_NE(text.find("ALPN"), std::string::npos);
   EXPECT_NE(text.find("step install"), std::string::npos);
+  EXPECT_EQ(text.find("stream"), std::string::npos) << text;
+
+  auto streaming = toml(base("[plugins.script]\npath = \"upparat-script.so\"\nstream = true\n"));
+  ASSERT_TRUE(streaming);
+  EXPECT_NE(describe(*streaming).find("upparat-script.so), stream = true"), std::string::npos)
+      << describe(*streaming);
 }
 
 TEST_F(ConfigTest, DocumentedExampleIsValidAndSetsEveryKey) {
