@@ -10,6 +10,8 @@
 #include <random>
 #include <thread>
 
+#include "mqtt/tcp_nodelay.hpp"
+
 namespace upparat::mqtt {
 
 using Clock = std::chrono::steady_clock;
@@ -176,6 +178,13 @@ struct Session::Impl : public ::mqtt::callback {
       connected_at = Clock::now();
     }
     spdlog::info("mqtt: connected to {}", uri);
+    // Before the first request goes out: see tcp_nodelay.hpp.
+    if (settings.tcp_nodelay && set_nodelay_to_peer_port(settings.port) == 0) {
+      spdlog::warn(
+          "mqtt: no socket to port {} found to set TCP_NODELAY on; requests may wait "
+          "about 40 ms each for the broker's delayed ACK",
+          settings.port);
+    }
     // Paho does not resubscribe and cannot tell whether the broker kept the session.
     auto topics = ::mqtt::string_collection::create(settings.subscriptions);
     std::vector<int> qos(settings.subscriptions.size(), 1);

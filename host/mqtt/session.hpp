@@ -46,6 +46,9 @@ struct Settings {
   std::vector<std::string> subscriptions;
   /// Messages kept while offline.
   int max_buffered = 10000;
+  /// TCP_NODELAY on the broker connection (see tcp_nodelay.hpp). Off only to measure what it
+  /// saves (bench/mqtt_round_trip_bench).
+  bool tcp_nodelay = true;
 };
 
 struct Callbacks {

@@ -4,6 +4,10 @@
 
 #include "mqtt/session.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -14,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "mqtt/tcp_nodelay.hpp"
 #include "support/binaries.hpp"
 #include "support/certificates.hpp"
 #include "support/mosquitto.hpp"
@@ -75,6 +80,20 @@ struct Recorder {
   }
 };
 
+/// The TCP_NODELAY of each of this process's sockets connected to 127.0.0.1:`port`.
+std::vector<int> nodelay_of_connections_to(std::uint16_t port) {
+  std::vector<int> found;
+  for (int fd = 0; fd < 1024; ++fd) {
+    sockaddr_in peer{};
+    socklen_t length = sizeof peer;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) == 0 &&
+        peer.sin_family == AF_INET && ntohs(peer.sin_port) == port) {
+      found.push_back(tcp_nodelay(fd));
+    }
+  }
+  return found;
+}
+
 class MqttSessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -114,6 +133,8 @@ TEST_F(MqttSessionTest, MutualTlsConnectSubscribeAndPublish) {
   ASSERT_TRUE(rec.wait_subscribed(1, 20s)) << broker->process().log_tail();
   EXPECT_TRUE(session.connected());
   EXPECT_EQ(session.server_uri(), "ssl://localhost:" + std::to_string(broker->port()));
+  // Requests are not held back by Nagle's algorithm (see mqtt/tcp_nodelay.hpp).
+  EXPECT_EQ(nodelay_of_connections_to(broker->port()), std::vector<int>{1});
   ASSERT_TRUE(session.publish("devices/device-1/echo", "hello"));
   auto m = rec.next(10s);
   ASSERT_TRUE(m);
