@@ -45,7 +45,7 @@ fi
 cmake --build "$build" --target upparat upparat-script upparat-plugin-check upparat-jobs-emulator -j"$(nproc)"
 # This build's own outputs (the test builds of scripts/test.sh may live below $build too).
 upparat="$build/host/daemon/upparat"
-plugin="$build/plugins/script/upparat-script.so"
+plugin="$build/lib/upparat/plugins/upparat-script.so"
 emulator="$build/sdk/emulator/upparat-jobs-emulator"
 [ -x "$upparat" ] && [ -f "$plugin" ] && [ -x "$emulator" ] || die "build outputs not found in $build"
 

@@ -44,5 +44,21 @@ execute_process(COMMAND "${PREFIX}/bin/upparat-plugin-check"
 if(NOT rc EQUAL 0 OR NOT out MATCHES "script")
   message(FATAL_ERROR "installed upparat-plugin-check failed (${rc}): ${out}${err}")
 endif()
+
+# A Python Upparat INI file names no plugin path: the installed daemon finds the installed
+# script plugin in its own prefix, whatever the prefix (no UPPARAT_PLUGIN_DIR).
+file(MAKE_DIRECTORY "${PREFIX}/data")
+file(WRITE "${PREFIX}/upparat.ini"
+     "[service]\ndownload_location = ${PREFIX}/data\n[broker]\nthing_name = device-1\n"
+     "[hooks]\nversion = ${PREFIX}/share/upparat/hooks/install.sh\n")
+execute_process(COMMAND "${CMAKE_COMMAND}" -E env --unset=UPPARAT_PLUGIN_DIR
+                        "${PREFIX}/sbin/upparat" -c "${PREFIX}/upparat.ini" --check-config
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+set(plugin "${PREFIX}/${LIBDIR}/upparat/plugins/upparat-script.so")
+string(FIND "${out}${err}" "(${plugin})" at)
+if(NOT rc EQUAL 0 OR at EQUAL -1)
+  message(FATAL_ERROR "installed upparat --check-config of an INI file did not use ${plugin} "
+                      "(${rc}):\n${out}${err}")
+endif()
 file(REMOVE_RECURSE "${PREFIX}")
 message(STATUS "install layout OK")

@@ -145,6 +145,27 @@ fs::path plugin_directory() {
   if (const char* dir = std::getenv("UPPARAT_PLUGIN_DIR"); dir && *dir) {
     return dir;
   }
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    return plugin_directory_for(exe, fs::path(UPPARAT_BUILD_TREE), UPPARAT_BUILD_PLUGIN_DIR);
+  }
+  return UPPARAT_DEFAULT_PLUGIN_DIR;
+}
+
+fs::path plugin_directory_for(const fs::path& exe, const fs::path& build_tree,
+                              const fs::path& build_plugins) {
+  // <prefix>/sbin/upparat or <prefix>/bin/upparat-plugin-check, whatever the prefix.
+  std::error_code ec;
+  const fs::path installed = exe.parent_path().parent_path() / UPPARAT_PLUGIN_RELATIVE_DIR;
+  if (fs::is_directory(installed, ec)) {
+    return installed;
+  }
+  // An executable of this build, still in its build tree: the plugins built with it.
+  const fs::path relative = exe.lexically_relative(build_tree);
+  if (!relative.empty() && *relative.begin() != "..") {
+    return build_plugins;
+  }
   return UPPARAT_DEFAULT_PLUGIN_DIR;
 }
 

@@ -114,9 +114,17 @@ struct Overrides {
   std::optional<std::string> thing_name;  ///< -t
 };
 
-/// Where plugins named without a '/' are looked for: $UPPARAT_PLUGIN_DIR, else the installed
-/// plugin directory.
+/// Where plugins named without a '/' are looked for: $UPPARAT_PLUGIN_DIR if set, else
+/// plugin_directory_for() of this executable.
 [[nodiscard]] std::filesystem::path plugin_directory();
+
+/// The plugin folder of the executable `exe`: `<exe>/../../<libdir>/upparat/plugins` when that
+/// folder exists (installed to any prefix: `<prefix>/sbin/upparat`); else `build_plugins` when
+/// `exe` is inside `build_tree` (run from the build); else the folder of the prefix the build
+/// was configured with.
+[[nodiscard]] std::filesystem::path plugin_directory_for(
+    const std::filesystem::path& exe, const std::filesystem::path& build_tree,
+    const std::filesystem::path& build_plugins);
 
 /// Loads and validates `file` (at most 1 MiB): a Python Upparat INI file when its name ends in
 /// `.ini`, TOML otherwise. The format is chosen by the extension alone, never by the content.
