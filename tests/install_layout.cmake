@@ -45,6 +45,23 @@ if(NOT rc EQUAL 0 OR NOT out MATCHES "script")
   message(FATAL_ERROR "installed upparat-plugin-check failed (${rc}): ${out}${err}")
 endif()
 
+# The unit starts the daemon of this prefix with the configuration of this prefix.
+file(READ "${PREFIX}/lib/systemd/system/upparat.service" unit)
+string(FIND "${unit}" "ExecStart=${PREFIX}/sbin/upparat -c ${PREFIX}/etc/upparat/upparat.toml" at)
+if(at EQUAL -1)
+  message(FATAL_ERROR "the installed unit does not start ${PREFIX}/sbin/upparat with "
+                      "${PREFIX}/etc/upparat/upparat.toml:\n${unit}")
+endif()
+
+# A second install keeps a configuration the integrator edited.
+file(APPEND "${PREFIX}/etc/upparat/upparat.toml" "# edited by the integrator\n")
+execute_process(COMMAND "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}"
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+file(READ "${PREFIX}/etc/upparat/upparat.toml" config)
+if(NOT rc EQUAL 0 OR NOT config MATCHES "edited by the integrator")
+  message(FATAL_ERROR "a second cmake --install replaced the edited configuration (${rc}):\n${out}")
+endif()
+
 # A Python Upparat INI file names no plugin path: the installed daemon finds the installed
 # script plugin in its own prefix, whatever the prefix (no UPPARAT_PLUGIN_DIR).
 file(MAKE_DIRECTORY "${PREFIX}/data")
