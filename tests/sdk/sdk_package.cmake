@@ -1,0 +1,101 @@
+# Builds plugins outside this tree against the SDK installed into a fresh prefix, as a vendor
+# would, and loads them with the installed upparat-plugin-check. Run by CTest as `sdk_package`:
+#   cmake -DBUILD_DIR=<build> -DWORK=<dir> -DSOURCE_DIR=<repo> -DLIBDIR=<libdir> -DNM=<nm>
+#         -P sdk_package.cmake
+# 1. CMake: find_package(UpparatPluginSdk 1) and upparat_add_plugin(... INSTALL), then
+#    cmake --install into the prefix: the plugin lands in the daemon's plugin folder.
+# 2. pkg-config: one cc command with --cflags and the plugin_ldflags variable.
+# 3. find_package(UpparatPluginSdk 2) is refused (SameMajorVersion).
+set(prefix "${WORK}/prefix")
+file(REMOVE_RECURSE "${WORK}")
+file(MAKE_DIRECTORY "${WORK}")
+
+function(run what)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${what} failed (${rc}):\n${out}")
+  endif()
+  set(last_output "${out}" PARENT_SCOPE)
+endfunction()
+
+function(expect_only_entry plugin)
+  execute_process(COMMAND ${NM} -D --defined-only ${plugin} OUTPUT_VARIABLE out)
+  string(REGEX MATCHALL "[^\n]+" lines "${out}")
+  set(symbols "")
+  foreach(line ${lines})
+    string(REGEX REPLACE "^.* " "" symbol "${line}")
+    list(APPEND symbols ${symbol})
+  endforeach()
+  if(NOT symbols STREQUAL "upparat_plugin_entry")
+    message(FATAL_ERROR "${plugin} exports '${symbols}', expected only upparat_plugin_entry")
+  endif()
+endfunction()
+
+function(expect_loads plugin name)
+  run("upparat-plugin-check ${plugin}" "${prefix}/bin/upparat-plugin-check" "${plugin}")
+  if(NOT last_output MATCHES "name: +${name}")
+    message(FATAL_ERROR "upparat-plugin-check ${plugin}:\n${last_output}")
+  endif()
+endfunction()
+
+run("cmake --install" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${prefix}")
+
+# ---- 1. CMake package
+set(project "${WORK}/vendor-cmake")
+file(MAKE_DIRECTORY "${project}")
+configure_file("${SOURCE_DIR}/tests/plugin/fixtures/good_plugin.cpp" "${project}/plugin.cpp" COPYONLY)
+file(WRITE "${project}/CMakeLists.txt" "cmake_minimum_required(VERSION 3.16)
+project(vendor_plugin CXX)
+find_package(UpparatPluginSdk 1 REQUIRED)
+find_package(Threads REQUIRED)
+upparat_add_plugin(vendor-plugin SOURCES plugin.cpp LIBRARIES Threads::Threads INSTALL)
+")
+run("configure the vendor project" "${CMAKE_COMMAND}" -S "${project}" -B "${project}/build"
+    "-DCMAKE_PREFIX_PATH=${prefix}" "-DCMAKE_INSTALL_PREFIX=${prefix}")
+run("build the vendor project" "${CMAKE_COMMAND}" --build "${project}/build")
+run("install the vendor plugin" "${CMAKE_COMMAND}" --install "${project}/build")
+set(installed "${prefix}/${LIBDIR}/upparat/plugins/vendor-plugin.so")
+if(NOT EXISTS "${installed}")
+  message(FATAL_ERROR "the vendor plugin was not installed to ${installed}:\n${last_output}")
+endif()
+expect_only_entry("${installed}")
+expect_loads("${installed}" "fixture-good")
+
+# ---- 2. pkg-config and one compiler command
+find_program(PKG_CONFIG pkg-config REQUIRED)
+find_program(CC NAMES cc gcc REQUIRED)
+set(ENV{PKG_CONFIG_PATH} "${prefix}/${LIBDIR}/pkgconfig")
+run("pkg-config --cflags" "${PKG_CONFIG}" --cflags upparat-plugin)
+string(STRIP "${last_output}" cflags)
+run("pkg-config plugin_ldflags" "${PKG_CONFIG}" --variable=plugin_ldflags upparat-plugin)
+string(STRIP "${last_output}" ldflags)
+separate_arguments(cflags UNIX_COMMAND "${cflags}")
+separate_arguments(ldflags UNIX_COMMAND "${ldflags}")
+run("cc with pkg-config" "${CC}" -shared -fPIC -fvisibility=hidden ${cflags}
+    "${SOURCE_DIR}/tests/plugin/fixtures/good_c_plugin.c" ${ldflags} -o "${WORK}/c-plugin.so")
+expect_only_entry("${WORK}/c-plugin.so")
+expect_loads("${WORK}/c-plugin.so" "fixture-c")
+run("pkg-config pluginsdir" "${PKG_CONFIG}" --variable=pluginsdir upparat-plugin)
+string(STRIP "${last_output}" pluginsdir)
+get_filename_component(pluginsdir "${pluginsdir}" REALPATH)
+get_filename_component(expected "${prefix}/${LIBDIR}/upparat/plugins" REALPATH)
+if(NOT pluginsdir STREQUAL expected)
+  message(FATAL_ERROR "pkg-config pluginsdir is ${pluginsdir}, expected ${expected}")
+endif()
+
+# ---- 3. another major is refused
+set(other "${WORK}/vendor-major2")
+file(MAKE_DIRECTORY "${other}")
+file(WRITE "${other}/CMakeLists.txt" "cmake_minimum_required(VERSION 3.16)
+project(vendor_plugin CXX)
+find_package(UpparatPluginSdk 2 REQUIRED)
+")
+execute_process(COMMAND "${CMAKE_COMMAND}" -S "${other}" -B "${other}/build"
+                        "-DCMAKE_PREFIX_PATH=${prefix}"
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+if(rc EQUAL 0 OR NOT out MATCHES "UpparatPluginSdk")
+  message(FATAL_ERROR "find_package(UpparatPluginSdk 2) was not refused:\n${out}")
+endif()
+
+file(REMOVE_RECURSE "${WORK}")
+message(STATUS "the installed SDK builds plugins with CMake and with pkg-config")
