@@ -6,6 +6,9 @@
 #    cmake --install into the prefix: the plugin lands in the daemon's plugin folder.
 # 2. pkg-config: one cc command with --cflags and the plugin_ldflags variable.
 # 3. find_package(UpparatPluginSdk 2) is refused (SameMajorVersion).
+# 4. The installed template (share/upparat/sdk-template), copied out: it builds, its unit tests
+#    (the test kit, GoogleTest) pass, and it installs its plugin into the daemon's folder;
+#    the plugin is left in ${WORK}/template-plugin for the daemon's end-to-end test.
 set(prefix "${WORK}/prefix")
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}")
@@ -97,5 +100,24 @@ if(rc EQUAL 0 OR NOT out MATCHES "UpparatPluginSdk")
   message(FATAL_ERROR "find_package(UpparatPluginSdk 2) was not refused:\n${out}")
 endif()
 
-file(REMOVE_RECURSE "${WORK}")
-message(STATUS "the installed SDK builds plugins with CMake and with pkg-config")
+# ---- 4. the template
+set(template "${WORK}/my-plugin")
+file(COPY "${prefix}/share/upparat/sdk-template/" DESTINATION "${template}")
+run("configure the template" "${CMAKE_COMMAND}" -S "${template}" -B "${template}/build"
+    "-DCMAKE_PREFIX_PATH=${prefix}" "-DCMAKE_INSTALL_PREFIX=${prefix}")
+run("build the template" "${CMAKE_COMMAND}" --build "${template}/build")
+run("the template's unit tests" "${CMAKE_CTEST_COMMAND}" --test-dir "${template}/build"
+    --output-on-failure)
+if(NOT last_output MATCHES "100% tests passed")
+  message(FATAL_ERROR "the template's tests:\n${last_output}")
+endif()
+run("install the template's plugin" "${CMAKE_COMMAND}" --install "${template}/build")
+set(example "${prefix}/${LIBDIR}/upparat/plugins/upparat-example.so")
+expect_only_entry("${example}")
+expect_loads("${example}" "example")
+file(MAKE_DIRECTORY "${WORK}/template-plugin")
+file(COPY "${example}" DESTINATION "${WORK}/template-plugin")
+
+file(REMOVE_RECURSE "${prefix}" "${project}" "${other}" "${template}")
+message(STATUS "the installed SDK builds plugins with CMake and with pkg-config, and its "
+               "template builds, passes its tests and installs")
