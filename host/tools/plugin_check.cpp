@@ -1,9 +1,11 @@
 // upparat-plugin-check <plugin.so> [key=value ...]
+// upparat-plugin-check --conformance [--allow-restart] <plugin.so> [key=value ...]
 //
 // Loads a plugin through the daemon's own loader and prints its descriptor. With key=value
 // arguments it also creates an instance with that configuration, prints the steps that instance
 // serves and destroys it again, which runs the plugin's own configuration checks. Exit 0 when
-// everything passed, 1 with the error on stderr when not, 2 on a usage error.
+// everything passed, 1 with the error on stderr when not, 2 on a usage error. --conformance
+// runs the conformance kit (tools/conformance.hpp) instead.
 
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "plugin/plugin.hpp"
+#include "tools/conformance.hpp"
 
 namespace {
 
@@ -25,13 +28,17 @@ using upparat::plugin::Step;
 
 constexpr const char* kUsage =
     "usage: upparat-plugin-check <plugin.so> [key=value ...]\n"
+    "       upparat-plugin-check --conformance [--allow-restart] <plugin.so> [key=value ...]\n"
     "\n"
     "Loads an Upparat plugin through the daemon's loader, checks its ABI and prints its\n"
     "descriptor. With key=value arguments (the plugin's configuration, nested TOML keys\n"
     "dotted: dbus.bus=system) it also creates an instance, prints the steps it serves\n"
     "and destroys it again.\n"
-    "Exit status: 0 when the plugin loads, 1 when it does not (the reason on stderr),\n"
-    "2 on a usage error.\n";
+    "--conformance runs the plugin's steps on a sample job and file, asks each step to stop,\n"
+    "creates and destroys it 100 times, and reports every check (restart only with\n"
+    "--allow-restart: it may reboot this machine).\n"
+    "Exit status: 0 when the plugin loads (every conformance check passed), 1 when it does\n"
+    "not (the reason on stderr), 2 on a usage error.\n";
 
 std::string join(const std::vector<std::string>& items, std::string_view separator) {
   std::string out;
@@ -76,6 +83,16 @@ int main(int argc, char** argv) {
     std::cout << kUsage;
     return 0;
   }
+  bool conformance = false;
+  bool allow_restart = false;
+  while (!args.empty() && (args[0] == "--conformance" || args[0] == "--allow-restart")) {
+    (args[0] == "--conformance" ? conformance : allow_restart) = true;
+    args.erase(args.begin());
+  }
+  if (allow_restart && !conformance) {
+    std::cerr << "upparat-plugin-check: --allow-restart goes with --conformance\n" << kUsage;
+    return 2;
+  }
   if (args.empty() || args[0].empty()) {
     std::cerr << kUsage;
     return 2;
@@ -93,6 +110,14 @@ int main(int argc, char** argv) {
       std::cerr << "upparat-plugin-check: key '" << key << "' given twice\n";
       return 2;
     }
+  }
+
+  if (conformance) {
+    upparat::tools::ConformanceOptions options;
+    options.plugin = path;
+    options.config = config;
+    options.allow_restart = allow_restart;
+    return upparat::tools::run_conformance(options, std::cout) == 0 ? 0 : 1;
   }
 
   auto info = LoadedPlugin::inspect(path);

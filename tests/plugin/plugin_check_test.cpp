@@ -184,6 +184,67 @@ TEST(PluginCheck, UsageErrors) {
   run = check({"--help"});
   EXPECT_EQ(run.exit_code, 0);
   EXPECT_THAT(run.out, HasSubstr("usage:"));
+  run = check({"--allow-restart", UPPARAT_FIXTURE_GOOD});
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_THAT(run.err, HasSubstr("--allow-restart goes with --conformance"));
+}
+
+// ---- the conformance kit
+
+TEST(PluginConformance, AWellBehavedPluginPassesEveryCheck) {
+  for (const char* plugin : {UPPARAT_FIXTURE_GOOD, UPPARAT_FIXTURE_GOOD_C}) {
+    const CheckRun run = check({"--conformance", plugin});
+    EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
+    EXPECT_THAT(run.out, HasSubstr("result: every check passed"));
+    EXPECT_THAT(run.out, HasSubstr("ok    100 create/destroy cycles: heap grew by"));
+    EXPECT_THAT(run.out, HasSubstr("skip  restart: not run (it may reboot this machine"));
+  }
+}
+
+TEST(PluginConformance, TheShippedScriptPluginPassesWithHooks) {
+  std::string pattern = (fs::temp_directory_path() / "upparat-conformance-hooks-XXXXXX").string();
+  ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+  const fs::path dir(pattern);
+  std::vector<std::string> args{"--conformance", "--allow-restart", UPPARAT_SCRIPT_PLUGIN};
+  for (const char* step : {"version", "download", "install", "restart", "ready"}) {
+    const fs::path hook = dir / (std::string(step) + ".sh");
+    std::ofstream(hook) << "#!/bin/sh\n"
+                        << (std::string(step) == "version" ? "echo 1.0\n" : "") << "exit 0\n";
+    fs::permissions(hook, fs::perms::owner_all);
+    args.push_back(std::string(step) + "=" + hook.string());
+  }
+  const CheckRun run = check(args);
+  fs::remove_all(dir);
+  EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("ok    version: OK \"1.0\""));
+  EXPECT_THAT(run.out, HasSubstr("ok    restart: OK"));
+}
+
+TEST(PluginConformance, ABrokenPluginFailsWithReadableReasons) {
+  CheckRun run = check({"--conformance", UPPARAT_FIXTURE_MISBEHAVING});
+  EXPECT_EQ(run.exit_code, 1) << run.out;
+  EXPECT_THAT(run.out, HasSubstr("FAIL  descriptor: licence (none: give an SPDX expression)"));
+  EXPECT_THAT(run.out,
+              HasSubstr("FAIL  version: FAILED \"plugin returned invalid result code 42\""));
+  EXPECT_THAT(run.out, HasSubstr("result: 2 check(s) failed"));
+
+  run = check({"--conformance", UPPARAT_FIXTURE_RAW_THROWING});
+  EXPECT_EQ(run.exit_code, 1) << run.out;
+  EXPECT_THAT(run.out, HasSubstr("let an exception escape"));
+}
+
+TEST(PluginConformance, AStepThatIgnoresTheStopFails) {
+  const CheckRun run = check({"--conformance", UPPARAT_FIXTURE_STUBBORN, "sleep_seconds=3"});
+  EXPECT_EQ(run.exit_code, 1) << run.out;
+  EXPECT_THAT(run.out, HasSubstr("after the stop request (at most 2000 ms)"));
+  EXPECT_THAT(run.out, HasSubstr("FAIL  install: returned"));
+}
+
+TEST(PluginConformance, ANotInterruptibleInstallIsNotAskedToStop) {
+  const CheckRun run =
+      check({"--conformance", UPPARAT_FIXTURE_STUBBORN_NOT_INTERRUPTIBLE, "sleep_seconds=1"});
+  EXPECT_EQ(run.exit_code, 0) << run.out;
+  EXPECT_THAT(run.out, Not(HasSubstr("install: returned")));
 }
 
 }  // namespace
