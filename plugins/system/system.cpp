@@ -67,7 +67,7 @@ Status reboot_via_logind(const std::string& bus_address, std::chrono::millisecon
                           ": " + e.getMessage();
     if (e.getName() == "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" ||
         e.getName() == "org.freedesktop.DBus.Error.AccessDenied") {
-      message += " (install the polkit rule config/upparat-reboot.rules for the daemon's user)";
+      message += " (install the polkit rule config/50-upparat-reboot.rules for the daemon's user)";
     }
     return fail(message);
   } catch (const std::exception& e) {

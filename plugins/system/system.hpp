@@ -21,7 +21,7 @@ namespace upparat::plugin_system {
 /// ("unix:path=/run/dbus/system_bus_socket"), or "" for the system bus. Returns once logind
 /// accepted the request (the shutdown then runs on its own), or fails after `timeout` or with
 /// logind's answer (for example "Interactive authentication required": a polkit rule must
-/// allow the caller, see config/upparat-reboot.rules).
+/// allow the caller, see config/50-upparat-reboot.rules).
 [[nodiscard]] Status reboot_via_logind(const std::string& bus_address,
                                        std::chrono::milliseconds timeout);
 

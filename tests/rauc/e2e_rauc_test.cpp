@@ -149,5 +149,20 @@ TEST_F(E2eRaucTest, DaemonKilledMidInstallDoesNotInstallTwice) {
   EXPECT_EQ(installs, 1u) << log;
 }
 
+// The documented example config/rauc.toml is a valid configuration of the plugin.
+TEST_F(E2eRaucTest, TheExampleConfigurationIsValid) {
+  std::string example = rauc::read_all(fs::path(UPPARAT_SOURCE_DIR) / "config/rauc.toml");
+  const std::string path_line = "path = \"upparat-rauc.so\"";
+  const auto at = example.find(path_line);
+  ASSERT_NE(at, std::string::npos);
+  example.replace(at, path_line.size(), "path = \"" + std::string(UPPARAT_RAUC_PLUGIN) + "\"");
+  DaemonConfig c;
+  c.state_dir = path("state");
+  c.extra = example;
+  auto ran = run_process({UPPARAT_DAEMON_BIN, "-c", write_config(c).string(), "--check-config"});
+  ASSERT_TRUE(ran) << ran.error().message();
+  EXPECT_TRUE(ran->status.success()) << ran->output;
+}
+
 }  // namespace
 }  // namespace upparat::test
