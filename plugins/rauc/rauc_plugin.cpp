@@ -365,7 +365,7 @@ class RaucPlugin : public sdk::Plugin {
     }
   }
 
-  StepResult version(const Job& job, StepContext& ctx) override {
+  StepResult version(const Job& /*job*/, StepContext& ctx) override {
     if (version_source_ == VersionSource::File) {
       return version_from_file();
     }
@@ -386,7 +386,6 @@ class RaucPlugin : public sdk::Plugin {
       if (!version.empty()) {
         return StepResult::ok(version);
       }
-      (void)job;
       // A slot written by the factory, not by RAUC, has no bundle version.
       auto from_file = version_from_file();
       if (from_file.code() != UPPARAT_OK) {
@@ -566,14 +565,19 @@ class RaucPlugin : public sdk::Plugin {
       }
     }
 
-    std::mutex mutex;
-    std::condition_variable changed;
-    std::optional<std::int32_t> completed;
+    // Shared with the signal handlers, which run on the connection's thread until `rauc` is
+    // destroyed (after this function returned).
+    struct Completion {
+      std::mutex mutex;
+      std::condition_variable changed;
+      std::optional<std::int32_t> result;
+    };
+    auto completion = std::make_shared<Completion>();
     rauc.subscribe(
-        [&](std::int32_t result) {
-          std::lock_guard lock(mutex);
-          completed = result;
-          changed.notify_all();
+        [completion](std::int32_t result) {
+          std::lock_guard lock(completion->mutex);
+          completion->result = result;
+          completion->changed.notify_all();
         },
         [&ctx](std::int32_t percent, const std::string& message, std::int32_t depth) {
           (void)depth;
@@ -588,8 +592,9 @@ class RaucPlugin : public sdk::Plugin {
     int idle_polls = 0;
     while (true) {
       {
-        std::unique_lock lock(mutex);
-        if (changed.wait_for(lock, kLivenessInterval, [&] { return completed.has_value(); })) {
+        std::unique_lock lock(completion->mutex);
+        if (completion->changed.wait_for(lock, kLivenessInterval,
+                                         [&] { return completion->result.has_value(); })) {
           break;
         }
       }
@@ -601,9 +606,10 @@ class RaucPlugin : public sdk::Plugin {
         seen_busy = seen_busy || now_operation != "idle";
         idle_polls = now_operation == "idle" ? idle_polls + 1 : 0;
         if (idle_polls >= (seen_busy ? 2 : 10)) {
-          std::lock_guard lock(mutex);
-          if (!completed) {
-            completed = rauc.string_property("LastError").empty() ? 0 : 1;
+          const std::int32_t guessed = rauc.string_property("LastError").empty() ? 0 : 1;
+          std::lock_guard lock(completion->mutex);
+          if (!completion->result) {
+            completion->result = guessed;
           }
           break;
         }
@@ -619,10 +625,15 @@ class RaucPlugin : public sdk::Plugin {
         }
       }
     }
-    if (*completed != 0) {
+    std::int32_t result = 0;
+    {
+      std::lock_guard lock(completion->mutex);
+      result = *completion->result;
+    }
+    if (result != 0) {
       std::string error = rauc.string_property("LastError");
       if (error.empty()) {
-        error = "no reason given (result " + std::to_string(*completed) + ")";
+        error = "no reason given (result " + std::to_string(result) + ")";
       }
       logger_.warn("RAUC install failed: " + error);
       return StepResult::failed("RAUC install failed: " + error);
