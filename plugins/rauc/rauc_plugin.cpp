@@ -413,10 +413,11 @@ class RaucPlugin : public sdk::Plugin {
       case RestartMethod::Command: {
         plugin_system::HealthCommand command;
         command.argv = {restart_command_};
-        command.timeout = call_timeout_;
+        command.timeout = reboot_wait_;
         command.stop_fd = ctx.stop_fd();
+        command.name = "restart command";
         if (auto ran = plugin_system::run_health_command(command); !ran) {
-          return StepResult::failed("restart command: " + ran.error().message());
+          return StepResult::failed(ran.error().message());
         }
         break;
       }

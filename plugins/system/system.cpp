@@ -85,7 +85,7 @@ Status run_health_command(const HealthCommand& command) {
   options.should_stop = command.should_stop;
   options.deadline = std::chrono::steady_clock::now() + command.timeout;
   options.kill_grace = std::chrono::milliseconds(2000);
-  const std::string what = "health command " + command.argv.front();
+  const std::string what = command.name + " " + command.argv.front();
   auto ran = process::run(options);
   if (!ran) {
     return fail(ran.error().context(what));

@@ -35,6 +35,8 @@ struct HealthCommand {
   int stop_fd = -1;
   /// Polled about every 100 ms when set; true stops the command like stop_fd.
   std::function<bool()> should_stop;
+  /// What errors call it ("health command /usr/libexec/healthy failed: ...").
+  std::string name = "health command";
 };
 
 /// Runs `command` and succeeds when it exits with 0. Otherwise the error says how it ended

@@ -84,7 +84,7 @@ TEST_F(E2eRaucTest, InstallRebootIntoBAndReadyMarksItGood) {
   auto v = wait_status("upparat_rauc_good", "SUCCEEDED", 60s);
   EXPECT_EQ(v.state, "complete_ready") << daemon_->log_tail();
   EXPECT_TRUE(contains(v.states, "installation_progress")) << join(v.states);
-  EXPECT_EQ(rauc_->slot_content("B", rauc::kImageBytes), rauc_->image("good"));
+  EXPECT_TRUE(rauc_->slot_holds("B", "good")) << "slot B does not hold the bundle's image";
   EXPECT_EQ(rauc_->boot_state("B"), "good");
 }
 
@@ -118,7 +118,7 @@ TEST_F(E2eRaucTest, UrlInstallThroughDebiansRaucDownloadsTheBundleItself) {
   }
   auto v = wait_status("upparat_rauc_url", "SUCCEEDED", 60s);
   EXPECT_EQ(v.state, "complete_ready") << daemon_->log_tail();
-  EXPECT_EQ(rauc_->slot_content("B", rauc::kImageBytes), rauc_->image("good"));
+  EXPECT_TRUE(rauc_->slot_holds("B", "good")) << "slot B does not hold the bundle's image";
   // RAUC fetched the bundle from S3 itself (Debian's RAUC: into its own temporary folder).
   EXPECT_NE(rauc::read_all(rauc_->path("rauc-service.log"))
                 .find("Remote URI detected, downloading bundle"),

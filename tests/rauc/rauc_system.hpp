@@ -6,6 +6,7 @@
 // `rauc bundle` in the plain format. Everything lives in one TempDir; the processes are
 // stopped when the object is destroyed.
 
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -175,6 +176,13 @@ class RaucSystem {
     return read_all(path("slot" + bootname + ".img")).substr(0, bytes);
   }
 
+  /// Whether slot image A or B begins with the image of bundle `name` (compared here, so that
+  /// a failure does not print 64 KiB of bytes).
+  [[nodiscard]] bool slot_holds(const std::string& bootname, const std::string& name) const {
+    const std::string wanted = image(name);
+    return !wanted.empty() && slot_content(bootname, wanted.size()) == wanted;
+  }
+
   /// Each call of the bootloader backend, one line each ("set-primary B").
   [[nodiscard]] std::string bootloader_log() const { return read_all(path("bootloader.log")); }
   /// The backend's state of `bootname` ("good" or "bad").
@@ -268,6 +276,13 @@ class RaucSystem {
     // The service first: it must not outlive its bus, nor the bus the files.
     service_.reset();
     bus_.reset();
+    // A service killed during an install leaves the bundle mounted (its loop device is
+    // released with the mount): unmount it, or the folder cannot be removed.
+    if (dir_) {
+      const fs::path bundle = path("mnt/bundle");
+      for (int i = 0; i < 4 && ::umount2(bundle.c_str(), MNT_DETACH) == 0; ++i) {
+      }
+    }
   }
 };
 
