@@ -19,6 +19,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -47,8 +48,6 @@ constexpr const char* kKeyPrimarySlot = "rauc.primary_slot";
 constexpr const char* kKeyPrimaryBootname = "rauc.primary_bootname";
 constexpr const char* kKeyBusySince = "rauc.busy_since";
 
-/// How long to wait before trying again while RAUC runs another install.
-constexpr std::int64_t kBusyRetrySeconds = 5;
 /// How often the install loop checks that the service is still there.
 constexpr auto kLivenessInterval = 500ms;
 
@@ -280,16 +279,17 @@ bool parse_bool(const std::string& key, const std::string& value) {
   throw std::invalid_argument(key + " = '" + value + "': expected true or false");
 }
 
-std::chrono::milliseconds parse_seconds(const std::string& key, const std::string& value,
-                                        std::int64_t max) {
+std::chrono::milliseconds key_seconds(const std::string& key, const std::string& value,
+                                      std::int64_t min, std::int64_t max) {
   const std::string what = key + " = '" + value + "'";
   if (value.empty() || value.size() > 9 ||
       value.find_first_not_of("0123456789") != std::string::npos) {
     throw std::invalid_argument(what + ": expected a whole number of seconds");
   }
   const std::int64_t seconds = std::stoll(value);
-  if (seconds < 1 || seconds > max) {
-    throw std::invalid_argument(what + ": must be between 1 and " + std::to_string(max));
+  if (seconds < min || seconds > max) {
+    throw std::invalid_argument(what + ": must be between " + std::to_string(min) + " and " +
+                                std::to_string(max));
   }
   return std::chrono::seconds(seconds);
 }
@@ -311,7 +311,9 @@ class RaucPlugin : public sdk::Plugin {
       if (key == "bus_address") {
         bus_address_ = value;
       } else if (key == "call_timeout_seconds") {
-        call_timeout_ = parse_seconds(key, value, 600);
+        call_timeout_ = key_seconds(key, value, 1, 600);
+      } else if (key == "busy_wait_seconds") {
+        busy_wait_ = key_seconds(key, value, 0, 3600);
       } else if (key == "version_source") {
         if (value == "slot") {
           version_source_ = VersionSource::Slot;
@@ -334,7 +336,7 @@ class RaucPlugin : public sdk::Plugin {
           health_command_ = check_absolute(key, value);
         }
       } else if (key == "health_timeout_seconds") {
-        health_timeout_ = parse_seconds(key, value, 3600);
+        health_timeout_ = key_seconds(key, value, 1, 3600);
       } else if (key == "restart") {
         if (value == "logind") {
           restart_ = RestartMethod::Logind;
@@ -351,11 +353,12 @@ class RaucPlugin : public sdk::Plugin {
       } else if (key == "logind_bus_address") {
         logind_bus_address_ = value;
       } else if (key == "reboot_wait_seconds") {
-        reboot_wait_ = parse_seconds(key, value, 3600);
+        reboot_wait_ = key_seconds(key, value, 1, 3600);
       } else {
         throw std::invalid_argument(
             "unknown key '" + key +
-            "' (the rauc plugin knows bus_address, call_timeout_seconds, version_source, "
+            "' (the rauc plugin knows bus_address, call_timeout_seconds, busy_wait_seconds, "
+            "version_source, "
             "version_file, version_key, mark_good, health_command, health_timeout_seconds, "
             "restart, restart_command, logind_bus_address, reboot_wait_seconds)");
       }
@@ -540,16 +543,23 @@ class RaucPlugin : public sdk::Plugin {
   }
 
   StepResult install_with(Rauc& rauc, const std::string& source, const Job& job, StepContext& ctx) {
-    const std::string operation = rauc.string_property("Operation");
+    std::string operation = rauc.string_property("Operation");
     if (operation != "idle") {
-      // Another install runs, maybe the one this job started before the daemon restarted:
-      // wait for it, and remember since when, to recognise it once it has finished.
+      // Another install runs, maybe the one this job started before the daemon restarted.
+      // Remember since when, to recognise it once it has finished, and wait a while for it.
       if (!ctx.get(kKeyBusySince)) {
         (void)ctx.set(kKeyBusySince, std::to_string(now_epoch()));
       }
-      return StepResult::retry_later(
-          "RAUC is busy (operation '" + operation + "'): waiting for its install to finish",
-          kBusyRetrySeconds);
+      const auto until = std::chrono::steady_clock::now() + busy_wait_;
+      while (operation != "idle" && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(kLivenessInterval);
+        operation = rauc.string_property("Operation");
+      }
+      if (operation != "idle") {
+        // The daemon's retry_interval and max_retries bound the wait from here on.
+        return StepResult::retry_later("RAUC is busy (operation '" + operation +
+                                       "'): waiting for its install to finish");
+      }
     }
     if (auto busy_since = ctx.get(kKeyBusySince)) {
       (void)ctx.set(kKeyBusySince, std::nullopt);
@@ -645,6 +655,7 @@ class RaucPlugin : public sdk::Plugin {
   Logger logger_;
   std::string bus_address_;
   std::chrono::milliseconds call_timeout_{10s};
+  std::chrono::milliseconds busy_wait_{60s};
   VersionSource version_source_ = VersionSource::Slot;
   std::string version_file_ = "/etc/os-release";
   std::string version_key_ = "VERSION_ID";

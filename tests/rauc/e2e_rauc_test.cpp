@@ -139,7 +139,8 @@ TEST_F(E2eRaucTest, DaemonKilledMidInstallDoesNotInstallTwice) {
   daemon_.reset();
   daemon_.emplace(start_daemon(config, "upparat-restarted"));
   ASSERT_TRUE(eventually([&] { return fs::exists(path("reboots")); }, 60s)) << daemon_->log_tail();
-  EXPECT_TRUE(daemon_->wait_for_line("RAUC is busy", 5s)) << daemon_->log_tail();
+  EXPECT_TRUE(daemon_->wait_for_line("finished; not installing it again", 5s))
+      << daemon_->log_tail();
   std::string log = rauc_->bootloader_log();
   std::size_t installs = 0;
   for (auto at = log.find("set-primary"); at != std::string::npos;
