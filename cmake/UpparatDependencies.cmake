@@ -10,6 +10,7 @@ find_package(spdlog REQUIRED)
 find_package(toml11 REQUIRED)
 find_package(tl-expected REQUIRED)
 find_package(RapidJSON REQUIRED)
+find_package(sdbus-c++ REQUIRED)
 pkg_check_modules(SYSTEMD REQUIRED IMPORTED_TARGET libsystemd)
 
 # RapidJSON ships no CMake target: wrap its include directories.

@@ -13,6 +13,9 @@ set(expected
   bin/upparat-plugin-check
   bin/upparat-jobs-emulator
   ${LIBDIR}/upparat/plugins/upparat-script.so
+  ${LIBDIR}/upparat/plugins/upparat-rauc.so
+  share/upparat/rauc.toml
+  share/upparat/50-upparat-reboot.rules
   etc/upparat/upparat.toml
   lib/systemd/system/upparat.service
   share/upparat/hooks/install.sh)
@@ -43,6 +46,12 @@ execute_process(COMMAND "${PREFIX}/bin/upparat-plugin-check"
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0 OR NOT out MATCHES "script")
   message(FATAL_ERROR "installed upparat-plugin-check failed (${rc}): ${out}${err}")
+endif()
+execute_process(COMMAND "${PREFIX}/bin/upparat-plugin-check"
+                        "${PREFIX}/${LIBDIR}/upparat/plugins/upparat-rauc.so"
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "rauc")
+  message(FATAL_ERROR "installed upparat-plugin-check of the RAUC plugin failed (${rc}): ${out}${err}")
 endif()
 
 # The unit starts the daemon of this prefix with the configuration of this prefix.

@@ -7,6 +7,8 @@
 #   version -> download -> install (sudo rauc install: root reads the download from outside
 #   the unit's sandbox) -> restart (sudo systemctl reboot: the container reboots) -> the unit
 #   starts at boot -> version -> ready (sudo rauc status mark-good) -> SUCCEEDED complete_ready.
+# Then the reboot of the RAUC plugin (plugins/system: logind's Reboot) as the user upparat:
+# refused without config/50-upparat-reboot.rules, accepted with it (the container reboots).
 #
 #   tests/systemd/unit_test.sh <build-dir> [<source-dir>]      (as root)
 #
@@ -269,4 +271,39 @@ cmp -s "$work/firmware.bin" "$root/var/lib/fake-rauc/bundle" ||
 [ -f "$root/var/lib/fake-rauc/marked-good" ] || die "the ready hook did not mark the slot good"
 container_exec systemctl is-active upparat.service >/dev/null || die "upparat.service not active after the job"
 [ "$(container_exec systemctl show -P User upparat.service)" = upparat ] || die "unit not running as upparat"
-say "PASSED: job $job SUCCEEDED complete_ready through upparat.service (one reboot)"
+
+# ---- the RAUC plugin's reboot: logind, as the user upparat, allowed by the polkit rule --------
+# polkitd and libsdbus-c++ (not in the cached rootfs) come from Debian packages downloaded once;
+# --force-depends: logind is in the rootfs (the systemd package), only libpam-systemd is not.
+reboot_tool="$(find "$build" -type f -name upparat_reboot_tool -perm -u+x | head -n1)"
+[ -n "$reboot_tool" ] || die "upparat_reboot_tool not found in $build"
+debs="$cache.polkit-debs"
+if [ ! -f "$debs/.complete" ]; then
+  say "downloading polkitd and libsdbus-c++1 for the container (once, into $debs)"
+  rm -rf "$debs" && mkdir -p "$debs"
+  (cd "$debs" && apt-get download -q libglib2.0-0 xml-core sgml-base libduktape207 \
+      libpolkit-agent-1-0 libpolkit-gobject-1-0 libsdbus-c++1 polkitd) >"$work/debs.log" 2>&1 ||
+    skip "apt-get download of polkitd failed (see the log above; the job itself passed)"
+  touch "$debs/.complete"
+fi
+mkdir -p "$root/var/cache/upparat-debs" && cp "$debs"/*.deb "$root/var/cache/upparat-debs/"
+cp "$reboot_tool" "$root/usr/local/bin/upparat_reboot_tool"
+container_exec env DEBIAN_FRONTEND=noninteractive sh -c 'dpkg -i --force-depends /var/cache/upparat-debs/*.deb' >"$work/dpkg.log" 2>&1 ||
+  die "installing polkitd in the container failed"
+container_exec systemctl start polkit.service || die "polkit.service did not start"
+as_upparat() { container_exec setpriv --reuid upparat --regid upparat --init-groups "$@"; }
+if as_upparat /usr/local/bin/upparat_reboot_tool >"$work/reboot-denied.log" 2>&1; then
+  die "logind rebooted for upparat without the polkit rule"
+fi
+grep -q "50-upparat-reboot.rules" "$work/reboot-denied.log" ||
+  die "the refused reboot does not point to the polkit rule: $(cat "$work/reboot-denied.log")"
+install -m 0644 "$here/config/50-upparat-reboot.rules" "$root/etc/polkit-1/rules.d/"
+container_exec systemctl restart polkit.service || die "polkit.service did not restart"
+as_upparat /usr/local/bin/upparat_reboot_tool >"$work/reboot-allowed.log" 2>&1 ||
+  die "logind refused the reboot with the polkit rule: $(cat "$work/reboot-allowed.log")"
+for _ in $(seq 300); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+kill -0 "$nspawn_pid" 2>/dev/null && die "logind accepted the reboot, but the container still runs after 60 s"
+wait "$nspawn_pid" && rc=0 || rc=$?
+nspawn_pid=""
+[ "$rc" -eq 133 ] || die "after the logind reboot systemd-nspawn exited with $rc, not 133 (reboot)"
+say "PASSED: job $job SUCCEEDED complete_ready through upparat.service (one reboot), and upparat rebooted the container through logind with the polkit rule"
