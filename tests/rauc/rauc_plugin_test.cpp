@@ -377,6 +377,21 @@ TEST_F(RaucPluginTest, RestartCommandFailsOrWaitsForTheSystemToGoDown) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
 }
 
+// The conformance kit (upparat-plugin-check --conformance), as a vendor runs it, against the
+// real service: the sample file is no bundle, so install fails with RAUC's reason; the install
+// is not interruptible, so it is not asked to stop.
+TEST_F(RaucPluginTest, PassesTheConformanceKit) {
+  auto run =
+      run_process({UPPARAT_PLUGIN_CHECK, "--conformance", "--allow-restart", UPPARAT_RAUC_PLUGIN,
+                   "bus_address=" + rauc_->bus_address(), "call_timeout_seconds=2",
+                   "version_file=" + rauc_->path("os-release").string(), "restart=soft"},
+                  std::chrono::seconds(120));
+  ASSERT_TRUE(run) << run.error().message();
+  EXPECT_TRUE(run->status.success()) << run->output;
+  EXPECT_NE(run->output.find("result: every check passed"), std::string::npos) << run->output;
+  EXPECT_EQ(run->output.find("install: returned"), std::string::npos) << run->output;
+}
+
 TEST_F(RaucPluginTest, BadConfigurationIsRefusedWithTheReason) {
   auto p = LoadedPlugin::load(UPPARAT_RAUC_PLUGIN, {{"restart", "command"}});
   ASSERT_FALSE(p);
