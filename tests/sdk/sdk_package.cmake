@@ -21,17 +21,10 @@ function(run what)
   set(last_output "${out}" PARENT_SCOPE)
 endfunction()
 
+# The same check as the fixtures' (tests/plugin/check_exports.cmake).
 function(expect_only_entry plugin)
-  execute_process(COMMAND ${NM} -D --defined-only ${plugin} OUTPUT_VARIABLE out)
-  string(REGEX MATCHALL "[^\n]+" lines "${out}")
-  set(symbols "")
-  foreach(line ${lines})
-    string(REGEX REPLACE "^.* " "" symbol "${line}")
-    list(APPEND symbols ${symbol})
-  endforeach()
-  if(NOT symbols STREQUAL "upparat_plugin_entry")
-    message(FATAL_ERROR "${plugin} exports '${symbols}', expected only upparat_plugin_entry")
-  endif()
+  run("exports of ${plugin}" "${CMAKE_COMMAND}" -DNM=${NM} -DPLUGIN=${plugin}
+      -P "${SOURCE_DIR}/tests/plugin/check_exports.cmake")
 endfunction()
 
 function(expect_loads plugin name)
