@@ -8,7 +8,8 @@
 # 3. find_package(UpparatPluginSdk 2) is refused (SameMajorVersion).
 # 4. The installed template (share/upparat/sdk-template), copied out: it builds, its unit tests
 #    (the test kit, GoogleTest) pass, and it installs its plugin into the daemon's folder;
-#    the plugin is left in ${WORK}/template-plugin for the daemon's end-to-end test.
+#    it passes the conformance kit; the plugin is left in ${WORK}/template-plugin for the
+#    daemon's end-to-end test.
 set(prefix "${WORK}/prefix")
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}")
@@ -108,6 +109,14 @@ run("install the template's plugin" "${CMAKE_COMMAND}" --install "${template}/bu
 set(example "${prefix}/${LIBDIR}/upparat/plugins/upparat-example.so")
 expect_only_entry("${example}")
 expect_loads("${example}" "example")
+# ... and passes the conformance kit of the installed upparat-plugin-check, as sdk/README.md says.
+file(WRITE "${WORK}/scratch/version" "1.0.0\n")
+run("the conformance kit on the template's plugin" "${prefix}/bin/upparat-plugin-check"
+    --conformance --allow-restart "${example}" "version_file=${WORK}/scratch/version"
+    "target=${WORK}/scratch/slot")
+if(NOT last_output MATCHES "result: every check passed")
+  message(FATAL_ERROR "the template's plugin and the conformance kit:\n${last_output}")
+endif()
 file(MAKE_DIRECTORY "${WORK}/template-plugin")
 file(COPY "${example}" DESTINATION "${WORK}/template-plugin")
 
