@@ -10,6 +10,8 @@
 #    (the test kit, GoogleTest) pass, and it installs its plugin into the daemon's folder;
 #    it passes the conformance kit; the plugin is left in ${WORK}/template-plugin for the
 #    daemon's end-to-end test.
+# 5. The installed C template (share/upparat/sdk-template-c): its two-line Makefile builds it
+#    with pkg-config; it passes the conformance kit and is left next to the other.
 set(prefix "${WORK}/prefix")
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}")
@@ -120,6 +122,22 @@ endif()
 file(MAKE_DIRECTORY "${WORK}/template-plugin")
 file(COPY "${example}" DESTINATION "${WORK}/template-plugin")
 
-file(REMOVE_RECURSE "${prefix}" "${project}" "${other}" "${template}")
+# ---- 5. the C template: `make` with pkg-config, then the conformance kit
+find_program(MAKE_PROGRAM make REQUIRED)
+set(template_c "${WORK}/my-c-plugin")
+file(COPY "${prefix}/share/upparat/sdk-template-c/" DESTINATION "${template_c}")
+run("make the C template" "${MAKE_PROGRAM}" -C "${template_c}")
+set(example_c "${template_c}/upparat-example-c.so")
+expect_only_entry("${example_c}")
+file(WRITE "${WORK}/scratch/version" "1.0.0\n")
+run("the conformance kit on the C template's plugin" "${prefix}/bin/upparat-plugin-check"
+    --conformance --allow-restart "${example_c}" "version_file=${WORK}/scratch/version"
+    "target=${WORK}/scratch/slot")
+if(NOT last_output MATCHES "result: every check passed")
+  message(FATAL_ERROR "the C template's plugin and the conformance kit:\n${last_output}")
+endif()
+file(COPY "${example_c}" DESTINATION "${WORK}/template-plugin")
+
+file(REMOVE_RECURSE "${prefix}" "${project}" "${other}" "${template}" "${template_c}")
 message(STATUS "the installed SDK builds plugins with CMake and with pkg-config, and its "
                "template builds, passes its tests and installs")

@@ -10,10 +10,11 @@ namespace {
 
 using namespace e2e;  // NOLINT(google-build-using-namespace)
 
-class SdkTemplateE2eTest : public E2eFixture {};
+// The C++ template (CMake) and the C template (Makefile and pkg-config).
+class SdkTemplateE2eTest : public E2eFixture, public ::testing::WithParamInterface<const char*> {};
 
-TEST_F(SdkTemplateE2eTest, TheTemplatesPluginCompletesAJob) {
-  const fs::path plugin = UPPARAT_SDK_TEMPLATE_PLUGIN;
+TEST_P(SdkTemplateE2eTest, TheTemplatesPluginCompletesAJob) {
+  const fs::path plugin = fs::path(UPPARAT_SDK_TEMPLATE_PLUGINS) / GetParam();
   if (!fs::exists(plugin)) {
     UPPARAT_SKIP() << plugin << " is not there: the test sdk_package builds it (CTest runs it "
                    << "first, as this test's fixture)";
@@ -37,6 +38,9 @@ TEST_F(SdkTemplateE2eTest, TheTemplatesPluginCompletesAJob) {
   ASSERT_TRUE(stopped);
   EXPECT_TRUE(stopped->success()) << stopped->describe() << "\n" << daemon.log_tail();
 }
+
+INSTANTIATE_TEST_SUITE_P(Templates, SdkTemplateE2eTest,
+                         ::testing::Values("upparat-example.so", "upparat-example-c.so"));
 
 }  // namespace
 }  // namespace upparat::test
