@@ -12,6 +12,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <string_view>
@@ -213,6 +214,13 @@ struct CurlMulti {
 
 }  // namespace
 
+std::string current_boot_id() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return std::string(trim(id));
+}
+
 const char* to_string(Outcome outcome) {
   switch (outcome) {
     case Outcome::Complete:
@@ -259,7 +267,8 @@ class Run {
         on_resume_state_(on_resume_state),
         part_(owner.part_path(request.job_id)),
         final_(owner.final_path(request.job_id)),
-        shown_url_(redact_url(request.url)) {
+        shown_url_(redact_url(request.url)),
+        boot_id_(impl.settings.boot_id) {
     buffer_.reserve(kWriteBuffer);  // once: no reallocation while bytes flow
   }
 
@@ -312,6 +321,7 @@ class Run {
   const std::filesystem::path part_;
   const std::filesystem::path final_;
   const std::string shown_url_;
+  std::string boot_id_;  // saved with the state; cleared when an fsync fails
 
   UniqueFd dir_;  // the download folder (prepare_directory)
   int fd_ = -1;
@@ -348,6 +358,7 @@ class Run {
 void Run::report_resume_state() {
   resume_.synced_bytes = synced_;
   resume_.etag = etag_;
+  resume_.boot_id = boot_id_;
   if (!on_resume_state_) {
     return;
   }
@@ -402,6 +413,10 @@ Status Run::sync() {
     return st;
   }
   if (auto st = fs_.sync(fd_); !st) {
+    // The kernel may have dropped the pages it could not write: from now on only what the
+    // state says was synced counts, even in this boot.
+    boot_id_.clear();
+    report_resume_state();
     return fail(st.error().context(part_.string()));
   }
   last_sync_ = Clock::now();
@@ -554,6 +569,12 @@ Status Run::open_part() {
     return fail(size.error());
   }
   std::uint64_t keep = std::min(*size, resume_.synced_bytes);
+  // In the boot that wrote them, every byte in the file is good: a crash of the daemon keeps
+  // the page cache. Only a reboot (a power cut) may have lost what was not fsynced.
+  const bool same_boot = !boot_id_.empty() && resume_.boot_id == boot_id_ && !resume_.etag.empty();
+  if (same_boot) {
+    keep = *size;
+  }
   // A file longer than the job says cannot be a prefix of it.
   if (request_.size && keep > *request_.size) {
     keep = 0;
@@ -570,6 +591,15 @@ Status Run::open_part() {
     if (auto st = fs_.truncate(fd_, keep); !st) {
       return fail(st.error().context(part_.string()));
     }
+    if (auto st = fs_.sync(fd_); !st) {
+      return fail(st.error().context(part_.string()));
+    }
+  } else if (keep > resume_.synced_bytes) {
+    // Kept from the page cache: on disk before the state says so.
+    spdlog::info(
+        "download {}: keeping all {} bytes of {} (the daemon stopped in this boot; {} "
+        "were synced)",
+        request_.job_id, keep, part_.string(), resume_.synced_bytes);
     if (auto st = fs_.sync(fd_); !st) {
       return fail(st.error().context(part_.string()));
     }
@@ -835,6 +865,9 @@ bool Run::decide_response() {
   if (!resp_etag_.empty()) {
     if (etag_ != resp_etag_) {
       etag_ = resp_etag_;
+      // Saved at once: after a crash of the daemon in this boot, the bytes written from here
+      // on are known to be of this object (see open_part).
+      report_resume_state();
     }
   }
   if (total_ && request_.size && *total_ != *request_.size) {
@@ -1191,6 +1224,9 @@ Downloader::Downloader(Settings settings, std::shared_ptr<FileSystem> fs)
   global_init();
   impl_->settings = std::move(settings);
   impl_->fs = fs ? std::move(fs) : std::make_shared<FileSystem>();
+  if (impl_->settings.boot_id.empty()) {
+    impl_->settings.boot_id = current_boot_id();
+  }
 }
 
 Downloader::~Downloader() = default;

@@ -44,6 +44,9 @@ struct Settings {
   /// comes first (and always at the end). Each fsync yields a new ResumeState.
   std::uint64_t fsync_every_bytes = 16 * 1024 * 1024;
   std::chrono::milliseconds fsync_every{5000};
+  /// This boot's id, saved with each ResumeState; empty: read once from
+  /// /proc/sys/kernel/random/boot_id when the Downloader is made (tests set another boot).
+  std::string boot_id;
   /// Retry delays: full jitter, uniformly random in [0, min(cap, base * 2^attempt)].
   std::chrono::milliseconds backoff_base{1000};
   std::chrono::milliseconds backoff_cap{64000};

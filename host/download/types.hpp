@@ -36,10 +36,18 @@ struct Progress {
 struct ResumeState {
   std::uint64_t synced_bytes = 0;
   std::string etag;
+  /// The kernel's boot id (/proc/sys/kernel/random/boot_id) when the state was saved; empty
+  /// when unknown or after an fsync failed. In the same boot, a crash of the daemon (SIGKILL,
+  /// OOM kill, abort) kept the page cache, so every byte in the partial file is good; after a
+  /// reboot (a power cut may have lost what was not fsynced) only synced_bytes count.
+  std::string boot_id = {};  // a default: {synced, etag} is a state of no known boot
   bool operator==(const ResumeState& o) const {
-    return synced_bytes == o.synced_bytes && etag == o.etag;
+    return synced_bytes == o.synced_bytes && etag == o.etag && boot_id == o.boot_id;
   }
 };
+
+/// This boot's id (/proc/sys/kernel/random/boot_id), or "" when it cannot be read.
+[[nodiscard]] std::string current_boot_id();
 
 enum class Outcome {
   Complete,    ///< `file` holds the verified download

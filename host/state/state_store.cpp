@@ -183,6 +183,7 @@ std::string to_json(const JobState& s) {
   w.Key("synced_bytes");
   w.Uint64(s.resume.synced_bytes);
   str("etag", s.resume.etag);
+  str("boot_id", s.resume.boot_id);
   w.EndObject();
   str("final_status", s.final_status);
   str("final_state", s.final_state);
@@ -258,6 +259,10 @@ Result<JobState> job_state_from_json(const std::string& text) {
     auto e = v->FindMember("etag");
     if (e != v->MemberEnd() && e->value.IsString()) {
       s.resume.etag = e->value.GetString();
+    }
+    auto boot = v->FindMember("boot_id");
+    if (boot != v->MemberEnd() && boot->value.IsString()) {
+      s.resume.boot_id = boot->value.GetString();
     }
   }
   if (const auto* v = get("store"); v && v->IsObject()) {

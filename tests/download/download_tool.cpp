@@ -40,7 +40,8 @@ void save_state(const std::string& path, const upparat::download::ResumeState& s
   if (fd < 0) {
     return;
   }
-  const std::string text = std::to_string(state.synced_bytes) + "\n" + state.etag + "\n";
+  const std::string text =
+      std::to_string(state.synced_bytes) + "\n" + state.etag + "\n" + state.boot_id + "\n";
   [[maybe_unused]] auto written = ::write(fd, text.data(), text.size());
   ::fsync(fd);
   ::close(fd);
@@ -54,6 +55,7 @@ upparat::download::ResumeState load_state(const std::string& path) {
     in >> state.synced_bytes;
     in.ignore();
     std::getline(in, state.etag);
+    std::getline(in, state.boot_id);
   }
   return state;
 }

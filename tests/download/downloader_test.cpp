@@ -355,7 +355,7 @@ TEST_F(DownloaderTest, RangeNotSatisfiableOnCompletePartMeansComplete) {
   fs::create_directories(settings_.directory);
   auto r = request("full", data);
   UPPARAT_ASSERT_OK(test::write_file(d.part_path(r.job_id), data));
-  ResumeState resume{data.size(), server_->etag(kBucket, "full").value()};
+  ResumeState resume{data.size(), server_->etag(kBucket, "full").value(), ""};
   r.size.reset();  // the size unknown: the server must be asked (and answers 416)
   const auto result = run(d, r, resume);
   ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
@@ -370,7 +370,7 @@ TEST_F(DownloaderTest, CompletePartWithKnownSizeIsVerifiedWithoutAsking) {
   fs::create_directories(settings_.directory);
   const auto r = request("known", data);
   UPPARAT_ASSERT_OK(test::write_file(d.part_path(r.job_id), data));
-  ResumeState resume{data.size(), ""};
+  ResumeState resume{data.size(), "", ""};
   const auto result = run(d, r, resume);
   ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
   EXPECT_EQ(server_->stats(kBucket, "known").get_requests, 0u);
@@ -563,7 +563,10 @@ TEST_F(DownloaderTest, RestartAfterSigkillPicksUpPartialFileAndState) {
   const auto sent_before = server_->stats(kBucket, "restart").body_bytes_sent;
 
   const auto synced = resume.synced_bytes;
-  Downloader d(settings_);
+  // As after a power cut: another boot, so only the synced bytes count.
+  auto rebooted = settings_;
+  rebooted.boot_id = "another-boot";
+  Downloader d(rebooted);
   const auto result = run(d, r, resume);
   ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
   EXPECT_EQ(read(result.file), data);
@@ -571,6 +574,64 @@ TEST_F(DownloaderTest, RestartAfterSigkillPicksUpPartialFileAndState) {
   EXPECT_EQ(server_->stats(kBucket, "restart").body_bytes_sent - sent_before, size - synced);
   // Lost: only what was received after the last saved fsync (at most 64 KiB + in flight).
   EXPECT_LE(server_->stats(kBucket, "restart").body_bytes_sent, size + 512 * 1024);
+}
+
+TEST_F(DownloaderTest, SigkillInTheSameBootKeepsEveryWrittenByte) {
+  const std::size_t size = 3 * 1024 * 1024;
+  const auto data = put("crash", size, 28);
+  emulator::S3Fault fault;
+  fault.rate_limit_bytes_per_second = 1024 * 1024;
+  UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "crash", fault));
+  const auto r = request("crash", data);
+  const auto state = tmp_->path() / "state";
+  test::ProcessOptions options;
+  // No fsync by size during the test: what survives the SIGKILL is the page cache.
+  options.argv = {DOWNLOAD_TOOL_PATH,
+                  "--dir",
+                  settings_.directory.string(),
+                  "--job",
+                  r.job_id,
+                  "--url",
+                  r.url,
+                  "--sha256",
+                  *r.sha256,
+                  "--size",
+                  std::to_string(size),
+                  "--state",
+                  state.string(),
+                  "--ca",
+                  settings_.ca_file,
+                  "--fsync-bytes",
+                  std::to_string(64 * 1024 * 1024)};
+  auto tool = must(test::ServiceProcess::start(options), "download_tool");
+  Downloader d(settings_);
+  const auto part = d.part_path(r.job_id);
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  std::error_code ec;
+  while (fs::file_size(part, ec) < 1024 * 1024 || ec) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the download did not get to 1 MiB";
+    std::this_thread::sleep_for(20ms);
+  }
+  tool.kill9();
+  const auto written = fs::file_size(part);
+  std::ifstream in(state);
+  ResumeState resume;
+  in >> resume.synced_bytes;
+  in.ignore();
+  std::getline(in, resume.etag);
+  std::getline(in, resume.boot_id);
+  ASSERT_LT(resume.synced_bytes, written) << "the test needs unsynced bytes at the SIGKILL";
+  EXPECT_EQ(resume.etag, server_->etag(kBucket, "crash").value());
+  EXPECT_FALSE(resume.boot_id.empty());
+  const auto sent_before = server_->stats(kBucket, "crash").body_bytes_sent;
+
+  const auto result = run(d, r, resume);  // the same boot: this machine's boot id
+  ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
+  EXPECT_EQ(read(result.file), data);
+  EXPECT_EQ(result.bytes_transferred, size - written);
+  EXPECT_EQ(server_->stats(kBucket, "crash").body_bytes_sent - sent_before, size - written);
+  // Lost: only what was in flight at the SIGKILL.
+  EXPECT_LE(server_->stats(kBucket, "crash").body_bytes_sent, size + 512 * 1024);
 }
 
 TEST_F(DownloaderTest, UnsyncedTailOfGarbageIsCutOff) {
@@ -582,7 +643,7 @@ TEST_F(DownloaderTest, UnsyncedTailOfGarbageIsCutOff) {
   // A power cut: 200 KiB were fsynced, then a tail of zeros the kernel never wrote.
   UPPARAT_ASSERT_OK(test::write_file(d.part_path(r.job_id),
                                      data.substr(0, 200 * 1024) + std::string(100 * 1024, '\0')));
-  ResumeState resume{200 * 1024, server_->etag(kBucket, "tail").value()};
+  ResumeState resume{200 * 1024, server_->etag(kBucket, "tail").value(), "the-boot-before"};
   const auto result = run(d, r, resume);
   ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
   EXPECT_EQ(read(result.file), data);
@@ -595,7 +656,7 @@ TEST_F(DownloaderTest, ChangedObjectRestartsFromZeroThroughIfRange) {
   fs::create_directories(settings_.directory);
   const auto job = std::string("upparat_changed");
   UPPARAT_ASSERT_OK(test::write_file(d.part_path(job), old_data.substr(0, 100 * 1024)));
-  ResumeState resume{100 * 1024, server_->etag(kBucket, "changed").value()};
+  ResumeState resume{100 * 1024, server_->etag(kBucket, "changed").value(), ""};
   const auto new_data = put("changed", 300 * 1024, 26);  // replaced on the server
   const auto result = run(d, request("changed", new_data), resume);
   ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;

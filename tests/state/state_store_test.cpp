@@ -40,7 +40,7 @@ JobState sample() {
   s.step_elapsed_seconds = 77;
   s.version = "2.0";
   s.force = true;
-  s.resume = {123456789012ull, "\"etag\""};
+  s.resume = {123456789012ull, "\"etag\"", "2d1a3c4e-0000-4000-8000-000000000001"};
   s.final_status = "FAILED";
   s.final_state = "x";
   s.final_message = "m\"q";
