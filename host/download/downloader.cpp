@@ -23,6 +23,7 @@
 #include "common/text.hpp"
 #include "common/url.hpp"
 #include "download/file_system.hpp"
+#include "download/stream.hpp"
 
 namespace upparat::download {
 namespace {
@@ -248,7 +249,7 @@ class Run {
  public:
   Run(Downloader::Impl& impl, const Downloader& owner, const Request& request, ResumeState& resume,
       const StopSignal& stop, const std::function<void(const Progress&)>& on_progress,
-      const std::function<void(const ResumeState&)>& on_resume_state)
+      const std::function<void(const ResumeState&)>& on_resume_state, StreamSink* sink = nullptr)
       : impl_(impl),
         settings_(impl.settings),
         fs_(*impl.fs),
@@ -259,7 +260,8 @@ class Run {
         on_resume_state_(on_resume_state),
         part_(owner.part_path(request.job_id)),
         final_(owner.final_path(request.job_id)),
-        shown_url_(redact_url(request.url)) {
+        shown_url_(redact_url(request.url)),
+        sink_(sink) {
     buffer_.reserve(kWriteBuffer);  // once: no reallocation while bytes flow
   }
 
@@ -272,6 +274,8 @@ class Run {
   DownloadResult execute();
 
  private:
+  // Writes out received bytes: to the partial file, or to the sink of a stream.
+  Status write_out(const char* data, std::size_t size);
   DownloadResult finish(Outcome outcome, std::string reason);
   DownloadResult failed(std::string reason) { return finish(Outcome::Failed, std::move(reason)); }
   Status prepare_directory();
@@ -312,6 +316,9 @@ class Run {
   const std::filesystem::path part_;
   const std::filesystem::path final_;
   const std::string shown_url_;
+  // A streamed download: bytes go here, never to a file. What went out cannot be taken back,
+  // so anything that would start the file again from zero fails the stream instead.
+  StreamSink* const sink_;
 
   UniqueFd dir_;  // the download folder (prepare_directory)
   int fd_ = -1;
@@ -386,14 +393,27 @@ Status Run::flush_buffer() {
   if (buffer_.empty()) {
     return {};
   }
-  if (auto st = fs_.write_all(fd_, buffer_.data(), buffer_.size()); !st) {
-    return fail(st.error().context("writing " + part_.string()));
+  if (auto st = write_out(buffer_.data(), buffer_.size()); !st) {
+    return st;
   }
-  if (hash_) {
-    hash_->update(buffer_.data(), buffer_.size());
-  }
-  file_bytes_ += buffer_.size();
   buffer_.clear();
+  return {};
+}
+
+Status Run::write_out(const char* data, std::size_t size) {
+  if (sink_ != nullptr) {
+    if (auto st = sink_->write(data, size); !st) {
+      return st;
+    }
+  } else {
+    if (auto st = fs_.write_all(fd_, data, size); !st) {
+      return fail(st.error().context("writing " + part_.string()));
+    }
+    if (hash_) {
+      hash_->update(data, size);
+    }
+  }
+  file_bytes_ += size;
   return {};
 }
 
@@ -401,8 +421,10 @@ Status Run::sync() {
   if (auto st = flush_buffer(); !st) {
     return st;
   }
-  if (auto st = fs_.sync(fd_); !st) {
-    return fail(st.error().context(part_.string()));
+  if (sink_ == nullptr) {
+    if (auto st = fs_.sync(fd_); !st) {
+      return fail(st.error().context(part_.string()));
+    }
   }
   last_sync_ = Clock::now();
   if (synced_ != file_bytes_ || resume_.etag != etag_ || resume_.synced_bytes != file_bytes_) {
@@ -413,7 +435,7 @@ Status Run::sync() {
 }
 
 void Run::maybe_sync_and_report() {
-  if (fatal_write_.empty() && fd_ >= 0) {
+  if (fatal_write_.empty() && (fd_ >= 0 || sink_ != nullptr)) {
     const auto unsynced = have() - synced_;
     if (unsynced > 0 && (unsynced >= settings_.fsync_every_bytes ||
                          Clock::now() - last_sync_ >= settings_.fsync_every)) {
@@ -426,6 +448,18 @@ void Run::maybe_sync_and_report() {
 }
 
 Status Run::restart_from_zero() {
+  if (sink_ != nullptr) {
+    if (file_bytes_ > 0) {
+      return fail(
+          "cannot continue the stream: the server would send the file again from its "
+          "start, and " +
+          human_bytes(file_bytes_) +
+          " of it already went to the install step (two files are never spliced)");
+    }
+    buffer_.clear();
+    etag_.clear();
+    return {};
+  }
   buffer_.clear();
   if (auto st = fs_.truncate(fd_, 0); !st) {
     return fail(st.error().context(part_.string()));
@@ -464,7 +498,7 @@ void Run::delete_part() {
 }
 
 Status Run::check_space(std::uint64_t total) {
-  if (total <= have()) {
+  if (sink_ != nullptr || total <= have()) {
     return {};
   }
   const auto needed = total - have();
@@ -880,14 +914,10 @@ std::size_t Run::on_body(const char* data, std::size_t size) {
   }
   if (size >= kWriteBuffer) {
     // A chunk as big as the buffer: write it as it is (the buffer is empty here).
-    if (auto st = fs_.write_all(fd_, data, size); !st) {
-      fatal_write_ = st.error().context("writing " + part_.string()).message();
+    if (auto st = write_out(data, size); !st) {
+      fatal_write_ = st.error().message();
       return 0;
     }
-    if (hash_) {
-      hash_->update(data, size);
-    }
-    file_bytes_ += size;
   } else {
     buffer_.insert(buffer_.end(), data, data + size);
   }
@@ -1012,6 +1042,10 @@ std::optional<DownloadResult> Run::verify_and_commit(bool& retried_after_mismatc
     return failed(st.error().message());
   }
   report_progress(true);
+  if (sink_ != nullptr) {
+    // The sink verifies size and SHA-256 itself: the bytes are gone from here.
+    return finish(Outcome::Complete, "");
+  }
   std::string mismatch;
   if (request_.size && file_bytes_ != *request_.size) {
     mismatch =
@@ -1066,18 +1100,24 @@ DownloadResult Run::execute() {
   if (request_.sha256 && !valid_sha256(*request_.sha256)) {
     return failed("the job's sha256 is not 64 hexadecimal digits");
   }
-  if (auto st = prepare_directory(); !st) {
-    return failed(st.error().message());
-  }
-  if (auto done = use_existing_final()) {
-    return *done;
-  }
-  if (auto st = open_part(); !st) {
-    return failed(st.error().message());
-  }
-  if (auto st = hash_prefix(); !st) {
-    delete_part();
-    return failed(st.error().message());
+  if (sink_ != nullptr) {
+    // The sink took resume.synced_bytes bytes already: ask for the rest, of the same object.
+    file_bytes_ = synced_ = resume_.synced_bytes;
+    etag_ = file_bytes_ > 0 ? resume_.etag : std::string();
+  } else {
+    if (auto st = prepare_directory(); !st) {
+      return failed(st.error().message());
+    }
+    if (auto done = use_existing_final()) {
+      return *done;
+    }
+    if (auto st = open_part(); !st) {
+      return failed(st.error().message());
+    }
+    if (auto st = hash_prefix(); !st) {
+      delete_part();
+      return failed(st.error().message());
+    }
   }
   if (stop_.requested()) {
     hash_.reset();  // possibly a partial hash of the prefix: not to be cached
@@ -1091,7 +1131,8 @@ DownloadResult Run::execute() {
   if (auto st = setup_curl(); !st) {
     return failed(st.error().message());
   }
-  spdlog::info("download {}: {} to {}{}", request_.job_id, shown_url_, final_.string(),
+  spdlog::info("download {}: {} to {}{}", request_.job_id, shown_url_,
+               sink_ != nullptr ? std::string("the install step") : final_.string(),
                file_bytes_ > 0 ? " from byte " + std::to_string(file_bytes_) : "");
   report_progress(true);
 
@@ -1205,6 +1246,19 @@ std::filesystem::path Downloader::final_path(const std::string& job_id) const {
 
 std::filesystem::path Downloader::part_path(const std::string& job_id) const {
   return impl_->settings.directory / (job_id + ".part");
+}
+
+DownloadResult Downloader::stream(const Request& request, ResumeState& resume, StreamSink& sink,
+                                  const StopSignal& stop,
+                                  const std::function<void(const Progress&)>& on_progress) {
+  try {
+    Run run(*impl_, *this, request, resume, stop, on_progress, {}, &sink);
+    return run.execute();
+  } catch (const std::exception& e) {
+    DownloadResult result;
+    result.reason = std::string("internal error: ") + e.what();
+    return result;
+  }
 }
 
 DownloadResult Downloader::run(const Request& request, ResumeState& resume, const StopSignal& stop,
