@@ -353,7 +353,8 @@ struct Daemon::Impl {
           pipe.fail("the download was stopped");
           return;
         case download::Outcome::Failed: {
-          {
+          if (!stream.stop.requested()) {
+            // A failure of its own, not the end of a download whose install had returned.
             std::lock_guard guard(stream.mutex);
             stream.download_failed = true;
           }

@@ -50,13 +50,13 @@ class E2eStreamTest : public E2eFixture {
     ASSERT_TRUE(put) << put.error().message();
   }
 
-  fs::path config() {
+  fs::path config(const std::string& plugin_extra = "") {
     DaemonConfig c;
     c.state_dir = path("state");
     c.extra = std::string("[steps]\nversion = \"script\"\ninstall = \"streamer\"\n") +
               "restart = \"script\"\n[plugins.streamer]\npath = \"" + UPPARAT_FIXTURE_STREAM +
               "\"\nstream = true\noutput = \"" + output().string() + "\"\nrecord = \"" +
-              path("record").string() + "\"\n";
+              path("record").string() + "\"\n" + plugin_extra;
     return write_config(c);
   }
 
@@ -138,6 +138,20 @@ TEST_F(E2eStreamTest, AWrongSha256FailsTheJobAndThePluginSeesAFailedEnd) {
   EXPECT_NE(record().find("failed the download does not match the job document"), std::string::npos)
       << record();
   EXPECT_FALSE(fs::exists(output()));
+}
+
+// An install that claims success without reading its stream to a complete end: the daemon
+// does not believe it, and the job FAILS.
+TEST_F(E2eStreamTest, AnInstallThatSucceedsBeforeTheStreamIsCompleteFails) {
+  auto daemon = start_daemon(config("succeed_without_reading = true\n"));
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_early", good_document());
+  auto v = wait_status("upparat_early", "FAILED", 60s);
+  EXPECT_EQ(v.state, "installation_hook_failed") << join(v.states);
+  EXPECT_NE(v.message.find("reported success, but its stream did not end complete"),
+            std::string::npos)
+      << v.message;
+  EXPECT_TRUE(daemon.running()) << daemon.log_tail();
 }
 
 // SIGKILL in the middle of the stream: the restarted daemon streams the install again from
