@@ -20,8 +20,6 @@
 //                          StepProgress for each progress callback, then StepFinished. A step
 //                          with no plugin configured finishes at once with NotSupported.
 //                          `stop_policy` says how StopWork and a shutdown may stop it.
-//      RunDownload      -> on the worker thread, Downloader::run(request, resume, stop, ...)
-//                          posting DownloadProgress / DownloadResumeState, then DownloadFinished.
 //                          A RunStep with `stream` (a streamed install) also runs
 //                          Downloader::stream(*stream, ...) on a second thread into a
 //                          download::StreamPipe whose reader is the plugin's stream_fd:
@@ -30,11 +28,14 @@
 //                          on) for a StreamUrl to resume with. The download ends before
 //                          StepFinished is posted; an OK install whose stream did not end
 //                          Complete is posted as Failed.
+//      RunDownload      -> on the worker thread, Downloader::run(request, resume, stop, ...)
+//                          posting DownloadProgress / DownloadResumeState, then DownloadFinished.
 //      StreamUrl        -> hand the fresh URL to the waiting stream download of that work.
 //      StopWork         -> raise the StopSignal of the work with that id (if still running),
 //                          unless its stop_policy is NotInterruptible: the machine then simply
 //                          waits for its StepFinished (set MachineSettings::
 //                          install_not_interruptible from the install plugin's capability).
+//                          The download of a streamed install stops in any case.
 //                          The machine never starts new work before the stopped work's
 //                          *Finished event arrived, so one worker thread is enough. Work that
 //                          has not returned MachineSettings::stop_grace after its StopWork is
