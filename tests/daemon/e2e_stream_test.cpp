@@ -154,6 +154,29 @@ TEST_F(E2eStreamTest, AnInstallThatSucceedsBeforeTheStreamIsCompleteFails) {
   EXPECT_TRUE(daemon.running()) << daemon.log_tail();
 }
 
+// A forced cancel in the middle of the stream stops the install and its download: the plugin
+// sees a failed end, installs nothing, and the daemon takes the next job.
+TEST_F(E2eStreamTest, ACancelMidStreamStopsTheInstallAndItsDownload) {
+  ASSERT_TRUE(emulator_->add_s3_fault(kBucket, kKey, R"("rateLimitBytesPerSecond":200000)"));
+  auto daemon = start_daemon(config());
+  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
+  create_job("upparat_cancel", good_document());
+  ASSERT_TRUE(eventually([&] {
+    return record().find("entered") != std::string::npos && s3_body_bytes_sent() > 200000;
+  })) << daemon.log_tail();
+  ASSERT_TRUE(emulator_->cancel_job("upparat_cancel", true));
+  ASSERT_TRUE(eventually([&] { return record().find("failed") != std::string::npos; }, 20s))
+      << record() << daemon.log_tail();
+  EXPECT_FALSE(fs::exists(output()));
+  const auto sent = s3_body_bytes_sent();
+  EXPECT_LT(sent, image_.size());
+  // The daemon is free again: the next job streams and succeeds.
+  create_job("upparat_next", good_document());
+  auto v = wait_status("upparat_next", "SUCCEEDED", 60s);
+  EXPECT_EQ(v.state, "complete_soft_restart") << join(v.states) << daemon.log_tail();
+  EXPECT_TRUE(read_text(output()) == image_) << "the installed file differs";
+}
+
 // SIGKILL in the middle of the stream: the restarted daemon streams the install again from
 // byte 0 and the job SUCCEEDS with the identical file.
 TEST_F(E2eStreamTest, SigkillMidStreamSucceedsAfterTheRestart) {

@@ -213,6 +213,23 @@ TEST_F(StreamDownloadTest, TwoCutsAreResumedAndNoByteIsFetchedTwice) {
   EXPECT_FALSE(std::filesystem::exists(d.part_path("upparat_cuts")));
 }
 
+TEST_F(StreamDownloadTest, TheBandwidthLimitHoldsForAStream) {
+  // libcurl lets about the first MiB through at full speed, then paces the rest.
+  const auto data = put("slow", 4 * 1024 * 1024, 10);
+  settings_.max_bytes_per_second = 2 * 1024 * 1024;
+  Downloader d(settings_);
+  StopSignal stop;
+  auto pipe = pipe_for(data, stop);
+  Reader reader(pipe->reader_fd());
+  ResumeState resume;
+  const auto start = std::chrono::steady_clock::now();
+  const auto result = d.stream(request("slow", data), resume, *pipe, stop);
+  ASSERT_EQ(result.outcome, Outcome::Complete) << result.reason;
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 1s);
+  UPPARAT_ASSERT_OK(pipe->complete());
+  EXPECT_EQ(reader.join(), data);
+}
+
 TEST_F(StreamDownloadTest, AnExpiredUrlResumesWithAFreshOneWhereTheStreamStopped) {
   const auto data = put("expiry", 1024 * 1024, 6);
   emulator::S3Fault cut;
