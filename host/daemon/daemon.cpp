@@ -20,9 +20,11 @@
 #include <thread>
 #include <type_traits>
 
+#include "common/sanitize.hpp"
 #include "daemon/folders.hpp"
 #include "daemon/settings.hpp"
 #include "download/downloader.hpp"
+#include "download/stream.hpp"
 #include "mqtt/session.hpp"
 #include "plugin/plugin.hpp"
 #include "state/lock_file.hpp"
@@ -127,7 +129,7 @@ void setup_logging(const std::string& level) {
 
 namespace {
 
-/// A plugin asked to stream must be able to install from a URL.
+/// A plugin asked to stream must be able to install from a URL or from the host's stream.
 Status check_streaming(
     const config::Config& config,
     const std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>& plugins) {
@@ -136,9 +138,12 @@ Status check_streaming(
     return {};
   }
   const auto& p = config.plugins.at(install->second);
-  if (p.stream && !plugins.at(install->second)->has_capability(plugin::kCapInstallFromUrl)) {
+  const auto& loaded = *plugins.at(install->second);
+  if (p.stream && !loaded.has_capability(plugin::kCapInstallFromUrl) &&
+      !loaded.has_capability(plugin::kCapInstallStream)) {
     return fail(config.file.string() + ": [plugins." + install->second +
-                "] stream: the plugin cannot install from a URL (no INSTALL_FROM_URL)");
+                "] stream: the plugin cannot stream (neither INSTALL_STREAM nor "
+                "INSTALL_FROM_URL); remove `stream = true` or use a plugin that streams");
   }
   return {};
 }
@@ -180,11 +185,20 @@ struct Daemon::Impl {
   bool worker_busy = false;
   bool worker_quit = false;
   std::thread worker;
+  // The download of a streamed install, on its own thread beside the install step.
+  struct Stream {
+    StopSignal stop;  // ends the download (and so the stream)
+    std::mutex mutex;
+    std::condition_variable wake;
+    std::optional<std::string> fresh_url;  // guarded by mutex: from StreamUrl
+    bool download_failed = false;          // guarded by mutex: the stream failed on its side
+  };
   struct Work {
     std::shared_ptr<StopSignal> stop;
     bool not_interruptible = false;
     /// The restart step: a SIGTERM then means the reboot is under way; let it be.
     bool keep_on_shutdown = false;
+    std::shared_ptr<Stream> stream;  // a streamed install only
   };
   std::map<std::uint64_t, Work> work;  // guarded by worker_mutex
 
@@ -250,7 +264,7 @@ struct Daemon::Impl {
                                        bool keep_on_shutdown = false) {
     auto stop = std::make_shared<StopSignal>();
     std::lock_guard guard(worker_mutex);
-    work[id] = Work{stop, not_interruptible, keep_on_shutdown};
+    work[id] = Work{stop, not_interruptible, keep_on_shutdown, nullptr};
     return stop;
   }
 
@@ -274,6 +288,9 @@ struct Daemon::Impl {
     for (auto& [id, w] : work) {
       if (!w.not_interruptible && !w.keep_on_shutdown) {
         w.stop->request();
+        if (w.stream) {
+          w.stream->stop.request();
+        }
       }
     }
     worker_tasks.clear();
@@ -302,14 +319,140 @@ struct Daemon::Impl {
     session->publish(a.topic, a.payload);
   }
 
+  // The stream download of a streamed install: into `pipe` until it is complete, failed or
+  // stopped; after a 403 it asks the machine for a fresh URL and waits for it.
+  void stream_download(std::uint64_t id, download::Request request, Stream& stream,
+                       download::StreamPipe& pipe) {
+    download::ResumeState resume;  // in memory: a daemon restart streams from byte 0
+    for (;;) {
+      auto result = downloader->stream(request, resume, pipe, stream.stop);
+      switch (result.outcome) {
+        case download::Outcome::Complete:
+          if (auto ok = pipe.complete(); !ok) {
+            spdlog::error("job {}: {}", request.job_id, ok.error().message());
+            std::lock_guard guard(stream.mutex);
+            stream.download_failed = true;
+          }
+          return;
+        case download::Outcome::UrlExpired: {
+          post(state::StreamUrlExpired{id, result});
+          std::unique_lock guard(stream.mutex);
+          while (!stream.fresh_url && !stream.stop.requested()) {
+            stream.wake.wait_for(guard, milliseconds(200));
+          }
+          if (!stream.fresh_url) {
+            guard.unlock();
+            pipe.fail("stopped while waiting for a fresh download URL");
+            return;
+          }
+          request.url = std::move(*stream.fresh_url);
+          stream.fresh_url.reset();
+          continue;
+        }
+        case download::Outcome::Cancelled:
+          pipe.fail("the download was stopped");
+          return;
+        case download::Outcome::Failed: {
+          if (!stream.stop.requested()) {
+            // A failure of its own, not the end of a download whose install had returned.
+            std::lock_guard guard(stream.mutex);
+            stream.download_failed = true;
+          }
+          pipe.fail(result.reason.empty() ? std::string("the download failed") : result.reason);
+          return;
+        }
+      }
+    }
+  }
+
+  // Runs a streamed install: the download on a second thread, the plugin reading its bytes.
+  plugin::StepResult run_streamed(const state::RunStep& a, plugin::LoadedPlugin& p,
+                                  plugin::StepServices services, Stream& stream) {
+    const download::Request& request = *a.stream;
+    auto pipe = download::StreamPipe::create(request.sha256, request.size, stream.stop);
+    if (!pipe) {
+      return {plugin::Outcome::Failed, sanitize_status_detail(pipe.error().message()),
+              std::nullopt};
+    }
+    download::StreamPipe& stream_pipe = **pipe;
+    std::thread download_thread([this, &a, &request, &stream, &stream_pipe] {
+      stream_download(a.work, request, stream, stream_pipe);
+    });
+    services.stream_fd = stream_pipe.reader_fd();
+    services.stream_end = [&stream_pipe] {
+      switch (stream_pipe.state()) {
+        case download::StreamState::Running:
+          return plugin::StreamEnd{plugin::StreamState::Running, ""};
+        case download::StreamState::Complete:
+          return plugin::StreamEnd{plugin::StreamState::Complete, ""};
+        case download::StreamState::Failed:
+          break;
+      }
+      return plugin::StreamEnd{plugin::StreamState::Failed,
+                               sanitize_status_detail(stream_pipe.reason())};
+    };
+    auto result = p.run(a.step, a.job, services);
+    // The install has returned: a download still going has nobody to read its bytes.
+    stream.stop.request();
+    stream.wake.notify_all();
+    download_thread.join();
+    stream_pipe.fail("the install step returned before the end of the stream");
+    const bool complete = stream_pipe.state() == download::StreamState::Complete;
+    bool download_failed = false;
+    {
+      std::lock_guard guard(stream.mutex);
+      download_failed = stream.download_failed;
+    }
+    if (result.outcome == plugin::Outcome::Ok && !complete) {
+      return {plugin::Outcome::Failed,
+              sanitize_status_detail("the install step reported success, but its stream did not "
+                                     "end complete: " +
+                                     stream_pipe.reason()),
+              std::nullopt};
+    }
+    if (result.outcome != plugin::Outcome::Ok && download_failed) {
+      // The download's reason first: it is why the install failed.
+      result.text = sanitize_status_detail(stream_pipe.reason() +
+                                           " (the install step said: " + result.text + ")");
+      if (result.outcome == plugin::Outcome::RetryLater ||
+          result.outcome == plugin::Outcome::NotSupported) {
+        result.outcome = plugin::Outcome::Failed;
+      }
+    }
+    return result;
+  }
+
+  void do_action(const state::StreamUrl& a) {
+    std::shared_ptr<Stream> stream;
+    {
+      std::lock_guard guard(worker_mutex);
+      auto it = work.find(a.work);
+      if (it == work.end() || !it->second.stream) {
+        return;
+      }
+      stream = it->second.stream;
+    }
+    {
+      std::lock_guard guard(stream->mutex);
+      stream->fresh_url = a.url;
+    }
+    stream->wake.notify_all();
+  }
+
   void do_action(const state::RunStep& a) {
     plugin::LoadedPlugin* p = step_plugins[index(a.step)];
     auto stop = add_work(a.work, a.stop_policy == state::StopPolicy::NotInterruptible,
                          a.stop_policy == state::StopPolicy::RunsOnAtShutdown);
+    std::shared_ptr<Stream> stream;
+    if (a.stream) {
+      stream = std::make_shared<Stream>();
+      std::lock_guard guard(worker_mutex);
+      work[a.work].stream = stream;
+    }
     spdlog::info("job {}: {} step{}", a.job.job_id, to_string(a.step),
                  a.job.retry_count > 0 ? " (retry " + std::to_string(a.job.retry_count) + ")"
                                        : std::string());
-    submit([this, a, p, stop] {
+    submit([this, a, p, stop, stream] {
       plugin::StepResult result;
       if (!p) {
         result.outcome = plugin::Outcome::NotSupported;
@@ -321,7 +464,7 @@ struct Daemon::Impl {
         services.progress = [this, id](std::string_view line, int percent) {
           post(state::StepProgress{id, std::string(line), percent});
         };
-        result = p->run(a.step, a.job, services);
+        result = stream ? run_streamed(a, *p, services, *stream) : p->run(a.step, a.job, services);
       }
       finish_work(a.work);
       post(state::StepFinished{a.work, a.step, std::move(result)});
@@ -352,6 +495,11 @@ struct Daemon::Impl {
     auto it = work.find(a.work);
     if (it == work.end()) {
       return;
+    }
+    if (it->second.stream) {
+      // The stream's download stops in any case; its plugin then sees the stream fail.
+      it->second.stream->stop.request();
+      it->second.stream->wake.notify_all();
     }
     if (it->second.not_interruptible) {
       spdlog::info("the install step cannot be interrupted: waiting for it to end");

@@ -43,8 +43,12 @@ state::MachineSettings machine_settings(const config::Config& config, const Step
   if (installer != nullptr && installer->serves(plugin::Step::Install) &&
       name != config.steps.end()) {
     const auto table = config.plugins.find(name->second);
-    ms.install_from_url = table != config.plugins.end() && table->second.stream &&
-                          installer->has_capability(plugin::kCapInstallFromUrl);
+    const bool stream = table != config.plugins.end() && table->second.stream;
+    // Through the host's downloader when the plugin can: it resumes cut connections and
+    // fetches fresh URLs, which a plugin's own download from the URL may not.
+    ms.install_stream = stream && installer->has_capability(plugin::kCapInstallStream);
+    ms.install_from_url =
+        stream && !ms.install_stream && installer->has_capability(plugin::kCapInstallFromUrl);
     ms.install_not_interruptible = installer->has_capability(plugin::kCapInstallNotInterruptible);
   }
   return ms;

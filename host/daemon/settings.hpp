@@ -26,8 +26,9 @@ using StepPlugins = PerStep<plugin::LoadedPlugin*>;
     const std::map<std::string, std::unique_ptr<plugin::LoadedPlugin>>& plugins);
 
 /// The state machine's settings. A step is configured when it has a plugin that serves it
-/// (LoadedPlugin::serves); `install_from_url` when that install plugin has INSTALL_FROM_URL and
-/// its table says `stream = true`.
+/// (LoadedPlugin::serves). With `stream = true` in the install plugin's table:
+/// `install_stream` when it has INSTALL_STREAM, else `install_from_url` when it has
+/// INSTALL_FROM_URL.
 [[nodiscard]] state::MachineSettings machine_settings(const config::Config& config,
                                                       const StepPlugins& plugins);
 

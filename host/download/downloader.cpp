@@ -24,6 +24,7 @@
 #include "common/text.hpp"
 #include "common/url.hpp"
 #include "download/file_system.hpp"
+#include "download/stream.hpp"
 
 namespace upparat::download {
 namespace {
@@ -256,7 +257,7 @@ class Run {
  public:
   Run(Downloader::Impl& impl, const Downloader& owner, const Request& request, ResumeState& resume,
       const StopSignal& stop, const std::function<void(const Progress&)>& on_progress,
-      const std::function<void(const ResumeState&)>& on_resume_state)
+      const std::function<void(const ResumeState&)>& on_resume_state, StreamSink* sink = nullptr)
       : impl_(impl),
         settings_(impl.settings),
         fs_(*impl.fs),
@@ -268,6 +269,7 @@ class Run {
         part_(owner.part_path(request.job_id)),
         final_(owner.final_path(request.job_id)),
         shown_url_(redact_url(request.url)),
+        sink_(sink),
         boot_id_(impl.settings.boot_id) {
     buffer_.reserve(kWriteBuffer);  // once: no reallocation while bytes flow
   }
@@ -281,6 +283,8 @@ class Run {
   DownloadResult execute();
 
  private:
+  // Writes out received bytes: to the partial file, or to the sink of a stream.
+  Status write_out(const char* data, std::size_t size);
   DownloadResult finish(Outcome outcome, std::string reason);
   DownloadResult failed(std::string reason) { return finish(Outcome::Failed, std::move(reason)); }
   Status prepare_directory();
@@ -321,6 +325,9 @@ class Run {
   const std::filesystem::path part_;
   const std::filesystem::path final_;
   const std::string shown_url_;
+  // A streamed download: bytes go here, never to a file. What went out cannot be taken back,
+  // so anything that would start the file again from zero fails the stream instead.
+  StreamSink* const sink_;
   std::string boot_id_;  // saved with the state; cleared when an fsync fails
 
   UniqueFd dir_;  // the download folder (prepare_directory)
@@ -397,14 +404,27 @@ Status Run::flush_buffer() {
   if (buffer_.empty()) {
     return {};
   }
-  if (auto st = fs_.write_all(fd_, buffer_.data(), buffer_.size()); !st) {
-    return fail(st.error().context("writing " + part_.string()));
+  if (auto st = write_out(buffer_.data(), buffer_.size()); !st) {
+    return st;
   }
-  if (hash_) {
-    hash_->update(buffer_.data(), buffer_.size());
-  }
-  file_bytes_ += buffer_.size();
   buffer_.clear();
+  return {};
+}
+
+Status Run::write_out(const char* data, std::size_t size) {
+  if (sink_ != nullptr) {
+    if (auto st = sink_->write(data, size); !st) {
+      return st;
+    }
+  } else {
+    if (auto st = fs_.write_all(fd_, data, size); !st) {
+      return fail(st.error().context("writing " + part_.string()));
+    }
+    if (hash_) {
+      hash_->update(data, size);
+    }
+  }
+  file_bytes_ += size;
   return {};
 }
 
@@ -412,12 +432,14 @@ Status Run::sync() {
   if (auto st = flush_buffer(); !st) {
     return st;
   }
-  if (auto st = fs_.sync(fd_); !st) {
-    // The kernel may have dropped the pages it could not write: from now on only what the
-    // state says was synced counts, even in this boot.
-    boot_id_.clear();
-    report_resume_state();
-    return fail(st.error().context(part_.string()));
+  if (sink_ == nullptr) {
+    if (auto st = fs_.sync(fd_); !st) {
+      // The kernel may have dropped the pages it could not write: from now on only what the
+      // state says was synced counts, even in this boot.
+      boot_id_.clear();
+      report_resume_state();
+      return fail(st.error().context(part_.string()));
+    }
   }
   last_sync_ = Clock::now();
   if (synced_ != file_bytes_ || resume_.etag != etag_ || resume_.synced_bytes != file_bytes_) {
@@ -428,7 +450,7 @@ Status Run::sync() {
 }
 
 void Run::maybe_sync_and_report() {
-  if (fatal_write_.empty() && fd_ >= 0) {
+  if (fatal_write_.empty() && (fd_ >= 0 || sink_ != nullptr)) {
     const auto unsynced = have() - synced_;
     if (unsynced > 0 && (unsynced >= settings_.fsync_every_bytes ||
                          Clock::now() - last_sync_ >= settings_.fsync_every)) {
@@ -441,6 +463,18 @@ void Run::maybe_sync_and_report() {
 }
 
 Status Run::restart_from_zero() {
+  if (sink_ != nullptr) {
+    if (file_bytes_ > 0) {
+      return fail(
+          "cannot continue the stream: the server would send the file again from its "
+          "start, and " +
+          human_bytes(file_bytes_) +
+          " of it already went to the install step (two files are never spliced)");
+    }
+    buffer_.clear();
+    etag_.clear();
+    return {};
+  }
   buffer_.clear();
   if (auto st = fs_.truncate(fd_, 0); !st) {
     return fail(st.error().context(part_.string()));
@@ -479,7 +513,7 @@ void Run::delete_part() {
 }
 
 Status Run::check_space(std::uint64_t total) {
-  if (total <= have()) {
+  if (sink_ != nullptr || total <= have()) {
     return {};
   }
   const auto needed = total - have();
@@ -913,14 +947,10 @@ std::size_t Run::on_body(const char* data, std::size_t size) {
   }
   if (size >= kWriteBuffer) {
     // A chunk as big as the buffer: write it as it is (the buffer is empty here).
-    if (auto st = fs_.write_all(fd_, data, size); !st) {
-      fatal_write_ = st.error().context("writing " + part_.string()).message();
+    if (auto st = write_out(data, size); !st) {
+      fatal_write_ = st.error().message();
       return 0;
     }
-    if (hash_) {
-      hash_->update(data, size);
-    }
-    file_bytes_ += size;
   } else {
     buffer_.insert(buffer_.end(), data, data + size);
   }
@@ -1045,6 +1075,10 @@ std::optional<DownloadResult> Run::verify_and_commit(bool& retried_after_mismatc
     return failed(st.error().message());
   }
   report_progress(true);
+  if (sink_ != nullptr) {
+    // The sink verifies size and SHA-256 itself: the bytes are gone from here.
+    return finish(Outcome::Complete, "");
+  }
   std::string mismatch;
   if (request_.size && file_bytes_ != *request_.size) {
     mismatch =
@@ -1099,18 +1133,24 @@ DownloadResult Run::execute() {
   if (request_.sha256 && !valid_sha256(*request_.sha256)) {
     return failed("the job's sha256 is not 64 hexadecimal digits");
   }
-  if (auto st = prepare_directory(); !st) {
-    return failed(st.error().message());
-  }
-  if (auto done = use_existing_final()) {
-    return *done;
-  }
-  if (auto st = open_part(); !st) {
-    return failed(st.error().message());
-  }
-  if (auto st = hash_prefix(); !st) {
-    delete_part();
-    return failed(st.error().message());
+  if (sink_ != nullptr) {
+    // The sink took resume.synced_bytes bytes already: ask for the rest, of the same object.
+    file_bytes_ = synced_ = resume_.synced_bytes;
+    etag_ = file_bytes_ > 0 ? resume_.etag : std::string();
+  } else {
+    if (auto st = prepare_directory(); !st) {
+      return failed(st.error().message());
+    }
+    if (auto done = use_existing_final()) {
+      return *done;
+    }
+    if (auto st = open_part(); !st) {
+      return failed(st.error().message());
+    }
+    if (auto st = hash_prefix(); !st) {
+      delete_part();
+      return failed(st.error().message());
+    }
   }
   if (stop_.requested()) {
     hash_.reset();  // possibly a partial hash of the prefix: not to be cached
@@ -1124,7 +1164,8 @@ DownloadResult Run::execute() {
   if (auto st = setup_curl(); !st) {
     return failed(st.error().message());
   }
-  spdlog::info("download {}: {} to {}{}", request_.job_id, shown_url_, final_.string(),
+  spdlog::info("download {}: {} to {}{}", request_.job_id, shown_url_,
+               sink_ != nullptr ? std::string("the install step") : final_.string(),
                file_bytes_ > 0 ? " from byte " + std::to_string(file_bytes_) : "");
   report_progress(true);
 
@@ -1241,6 +1282,19 @@ std::filesystem::path Downloader::final_path(const std::string& job_id) const {
 
 std::filesystem::path Downloader::part_path(const std::string& job_id) const {
   return impl_->settings.directory / (job_id + ".part");
+}
+
+DownloadResult Downloader::stream(const Request& request, ResumeState& resume, StreamSink& sink,
+                                  const StopSignal& stop,
+                                  const std::function<void(const Progress&)>& on_progress) {
+  try {
+    Run run(*impl_, *this, request, resume, stop, on_progress, {}, &sink);
+    return run.execute();
+  } catch (const std::exception& e) {
+    DownloadResult result;
+    result.reason = std::string("internal error: ") + e.what();
+    return result;
+  }
 }
 
 DownloadResult Downloader::run(const Request& request, ResumeState& resume, const StopSignal& stop,

@@ -18,6 +18,7 @@
 namespace upparat::download {
 
 class FileSystem;  // download/file_system.hpp: the seam for disk writes (tests inject ENOSPC)
+class StreamSink;  // download/stream.hpp: where a streamed download's bytes go
 
 /// How downloads are made. The defaults suit a device in the field.
 struct Settings {
@@ -84,6 +85,18 @@ class Downloader {
   DownloadResult run(const Request& request, ResumeState& resume, const StopSignal& stop,
                      const std::function<void(const Progress&)>& on_progress = {},
                      const std::function<void(const ResumeState&)>& on_resume_state = {});
+
+  /// A streamed download (a streamed install): like run(), with everything it does (proxy, CA,
+  /// bandwidth limit, retries with Range from where the sink stopped), but the bytes go to
+  /// `sink` in order and never to a file. `resume` is in memory only: synced_bytes counts the
+  /// bytes the sink took, etag the object they came from; pass the same one to the next call
+  /// after UrlExpired (with a fresh URL) to go on. What the sink took cannot be taken back, so
+  /// an answer that would start the file again (200 to a resumed request, another ETag, a
+  /// 416 or a Content-Range that does not fit) ends it as Failed: two files are never spliced.
+  /// Complete means the server sent the whole file; the sink verifies size and SHA-256.
+  DownloadResult stream(const Request& request, ResumeState& resume, StreamSink& sink,
+                        const StopSignal& stop,
+                        const std::function<void(const Progress&)>& on_progress = {});
 
   /// Removes every file in the download directory that does not belong to `keep_job_id`
   /// (empty = remove all). Call at start with the recorded job.

@@ -25,6 +25,7 @@ const std::uint16_t kHostAbiMinor = UPPARAT_ABI_MINOR;
 
 static_assert(kCapInstallFromUrl == UPPARAT_CAP_INSTALL_FROM_URL);
 static_assert(kCapInstallNotInterruptible == UPPARAT_CAP_INSTALL_NOT_INTERRUPTIBLE);
+static_assert(kCapInstallStream == UPPARAT_CAP_INSTALL_STREAM);
 
 namespace {
 
@@ -220,6 +221,10 @@ Result<Library> open_library(const fs::path& configured) {
   info.abi_major = d->abi_major;
   info.abi_minor = d->abi_minor;
   info.capabilities = d->capabilities;
+  if (d->abi_minor < 2) {
+    // The bit did not exist in the plugin's ABI: a stray bit must not make the host stream.
+    info.capabilities &= ~UPPARAT_CAP_INSTALL_STREAM;
+  }
   const PerStep<upparat_step_fn> steps = {f->version, f->download, f->install, f->restart,
                                           f->ready};
   for (Step step : kSteps) {
@@ -285,6 +290,8 @@ std::vector<std::string> capability_names(std::uint64_t capabilities) {
       names.emplace_back("INSTALL_FROM_URL");
     } else if (mask == UPPARAT_CAP_INSTALL_NOT_INTERRUPTIBLE) {
       names.emplace_back("INSTALL_NOT_INTERRUPTIBLE");
+    } else if (mask == UPPARAT_CAP_INSTALL_STREAM) {
+      names.emplace_back("INSTALL_STREAM");
     } else {
       char hex[24];
       std::snprintf(hex, sizeof hex, "0x%llx", static_cast<unsigned long long>(mask));
@@ -369,6 +376,34 @@ struct StepBridge {
     } catch (...) {
       return -1;
     }
+  }
+
+  static std::int32_t stream_end(void* data, char* reason, std::uint32_t capacity) {
+    StreamEnd end;
+    end.state = StreamState::Failed;
+    end.reason = "the step has no stream";
+    try {
+      StepBridge& self = from(data);
+      const std::lock_guard<std::mutex> lock(self.mutex);
+      if (self.services != nullptr && self.services->stream_end) {
+        end = self.services->stream_end();
+      }
+    } catch (...) {
+      end = StreamEnd{StreamState::Failed, "internal error of the host"};
+    }
+    if (reason != nullptr && capacity > 0) {
+      const std::string text = end.state == StreamState::Failed ? end.reason : std::string();
+      std::snprintf(reason, capacity, "%s", text.c_str());
+    }
+    switch (end.state) {
+      case StreamState::Running:
+        return UPPARAT_STREAM_RUNNING;
+      case StreamState::Complete:
+        return UPPARAT_STREAM_COMPLETE;
+      case StreamState::Failed:
+        break;
+    }
+    return UPPARAT_STREAM_FAILED;
   }
 };
 
@@ -557,7 +592,10 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
                                          services.stop->fd(),
                                          0,
                                          &StepBridge::store_get,
-                                         &StepBridge::store_set};
+                                         &StepBridge::store_set,
+                                         services.stream_fd,
+                                         0,
+                                         services.stream_end ? &StepBridge::stream_end : nullptr};
   std::vector<char> text(kResultTextCapacity, '\0');
   upparat_result result{
       sizeof(upparat_result), UPPARAT_FAILED, -1, text.data(), kResultTextCapacity, 0};

@@ -29,7 +29,8 @@ extern const std::uint16_t kHostAbiMajor;
 extern const std::uint16_t kHostAbiMinor;
 
 /// Names of the bits set in `capabilities`, in bit order: "INSTALL_FROM_URL",
-/// "INSTALL_NOT_INTERRUPTIBLE", and "0x..." for a bit this daemon does not know.
+/// "INSTALL_NOT_INTERRUPTIBLE", "INSTALL_STREAM", and "0x..." for a bit this daemon does not
+/// know.
 [[nodiscard]] std::vector<std::string> capability_names(std::uint64_t capabilities);
 
 struct PluginInfo {
@@ -56,6 +57,11 @@ struct StepServices {
   /// none; `percent` is 0..100, or -1 when unknown.
   std::function<void(std::string_view line, int percent)> progress;
   KeyValueStore* store = nullptr;  ///< Required.
+  /// A streamed install only (ABI 1.2): the descriptor the plugin reads the file from
+  /// (upparat_step_services::stream_fd; -1 = none) and how that stream ended. A plugin built
+  /// before ABI 1.2 sees neither. `stream_end` must be thread-safe.
+  int stream_fd = -1;
+  std::function<StreamEnd()> stream_end;
 };
 
 /// A loaded plugin with one instance. Destroys the instance before releasing its library.

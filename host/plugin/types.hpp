@@ -33,6 +33,14 @@ struct StepResult {
 /// Capability bits (UPPARAT_CAP_*), mirrored so callers need not include the C header.
 inline constexpr std::uint64_t kCapInstallFromUrl = 1u << 0;
 inline constexpr std::uint64_t kCapInstallNotInterruptible = 1u << 1;
+inline constexpr std::uint64_t kCapInstallStream = 1u << 2;
+
+/// How the stream of a streamed install ended (UPPARAT_STREAM_*).
+enum class StreamState { Running, Complete, Failed };
+struct StreamEnd {
+  StreamState state = StreamState::Running;
+  std::string reason;  ///< for Failed
+};
 
 /// What a step works on.
 struct JobContext {

@@ -20,12 +20,22 @@
 //                          StepProgress for each progress callback, then StepFinished. A step
 //                          with no plugin configured finishes at once with NotSupported.
 //                          `stop_policy` says how StopWork and a shutdown may stop it.
+//                          A RunStep with `stream` (a streamed install) also runs
+//                          Downloader::stream(*stream, ...) on a second thread into a
+//                          download::StreamPipe whose reader is the plugin's stream_fd:
+//                          on Complete StreamPipe::complete(), on Failed/Cancelled fail();
+//                          on UrlExpired post StreamUrlExpired and wait (the install goes
+//                          on) for a StreamUrl to resume with. The download ends before
+//                          StepFinished is posted; an OK install whose stream did not end
+//                          Complete is posted as Failed.
 //      RunDownload      -> on the worker thread, Downloader::run(request, resume, stop, ...)
 //                          posting DownloadProgress / DownloadResumeState, then DownloadFinished.
+//      StreamUrl        -> hand the fresh URL to the waiting stream download of that work.
 //      StopWork         -> raise the StopSignal of the work with that id (if still running),
 //                          unless its stop_policy is NotInterruptible: the machine then simply
 //                          waits for its StepFinished (set MachineSettings::
 //                          install_not_interruptible from the install plugin's capability).
+//                          The download of a streamed install stops in any case.
 //                          The machine never starts new work before the stopped work's
 //                          *Finished event arrived, so one worker thread is enough. Work that
 //                          has not returned MachineSettings::stop_grace after its StopWork is
@@ -91,6 +101,12 @@ struct MachineSettings {
   /// The install plugin streams from the URL (INSTALL_FROM_URL configured): no download step,
   /// the job is described again right before install, JobContext::file_path stays empty.
   bool install_from_url = false;
+  /// The install plugin reads the file from the host's download while it runs
+  /// (INSTALL_STREAM with `stream = true`; preferred over install_from_url): no download
+  /// phase; download_start and installation_start are sent, and once installation_start
+  /// was accepted the install runs with RunStep::stream. Nothing of the stream is saved: after
+  /// a daemon restart it starts again from byte 0. The install deadline covers the download.
+  bool install_stream = false;
   /// Which steps have a plugin (a hook) configured, one per step. A step without
   /// one is not run and behaves as NOT_SUPPORTED (the classic "missing hook"), so that no
   /// installation_start / reboot_start is sent for a step that does not exist. A configured
@@ -185,6 +201,12 @@ struct DownloadResumeState {
   std::uint64_t work = 0;
   download::ResumeState resume;
 };
+/// The stream download of a streamed install (RunStep::stream) was refused (HTTP 403): it
+/// waits for a StreamUrl while the install waits for bytes.
+struct StreamUrlExpired {
+  std::uint64_t work = 0;
+  download::DownloadResult result;
+};
 struct TimerFired {
   std::uint64_t id = 0;
 };
@@ -192,7 +214,7 @@ struct ShutdownRequested {};
 
 using Event = std::variant<Started, Connected, Disconnected, MqttMessage, StepFinished,
                            StepProgress, DownloadFinished, DownloadProgress, DownloadResumeState,
-                           TimerFired, ShutdownRequested>;
+                           TimerFired, ShutdownRequested, StreamUrlExpired>;
 
 // ---- Actions (machine -> runtime) ----
 
@@ -217,6 +239,13 @@ struct RunStep {
   /// The job's key/value store; pass it as StepServices::store. Thread-safe.
   std::shared_ptr<plugin::KeyValueStore> store;
   StopPolicy stop_policy = StopPolicy::Interruptible;
+  /// A streamed install: what the host downloads into the plugin's stream_fd, from byte 0.
+  std::optional<download::Request> stream;
+};
+/// A fresh URL for the stream download of `work` (after StreamUrlExpired).
+struct StreamUrl {
+  std::uint64_t work = 0;
+  std::string url;
 };
 struct RunDownload {
   std::uint64_t work = 0;
@@ -252,7 +281,7 @@ struct Exit {
 };
 
 using Action = std::variant<Publish, RunStep, RunDownload, StopWork, SetTimer, CancelTimer,
-                            CleanDownloads, RemoveDownload, SystemdStatus, Exit>;
+                            CleanDownloads, RemoveDownload, SystemdStatus, Exit, StreamUrl>;
 
 /// Where the machine is (the states of the Python version, plus the waits between them).
 enum class Phase {

@@ -183,7 +183,8 @@ void Machine::Impl::on_describe_accepted(const std::string& job_id,
   if (purpose == RequestPurpose::Select && phase == Phase::DescribeJob) {
     return on_select_described(a.execution);
   }
-  if (purpose == RequestPurpose::Stream && phase == Phase::DescribeForInstall) {
+  if (purpose == RequestPurpose::Stream &&
+      (phase == Phase::DescribeForInstall || phase == Phase::Install)) {
     return on_stream_described(a.execution);
   }
 }
@@ -309,6 +310,12 @@ void Machine::Impl::on(const DownloadFinished& f) {
   on_download_finished(f.result);
 }
 
+void Machine::Impl::on(const StreamUrlExpired& e) {
+  if (current_work(e.work) && phase == Phase::Install && work_wanted() && !deadline_missed) {
+    on_url_expired(e.result);
+  }
+}
+
 void Machine::Impl::on(const DownloadProgress& p) {
   if (current_work(p.work) && phase == Phase::Download) {
     on_download_progress(p.progress);
@@ -378,6 +385,10 @@ void Machine::Impl::on(const TimerFired& t) {
       if (retry_timer == t.id && phase == Phase::Download && !work) {
         retry_timer = 0;
         fire(Trigger::UrlExpired);
+      }
+      if (retry_timer == t.id && phase == Phase::Install && work) {
+        retry_timer = 0;
+        send_request(RequestPurpose::Stream, job->id);
       }
       return;
     case TimerPurpose::Ended:

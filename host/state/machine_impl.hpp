@@ -303,7 +303,12 @@ struct Machine::Impl {
 
   void exit_for_stuck_work();
 
-  void gate_open() { fire(s.install_from_url ? Trigger::GateOpenStream : Trigger::GateOpen); }
+  void gate_open() {
+    if (s.install_stream && configured(Step::Install)) {
+      return fire(Trigger::GateOpenHostStream);
+    }
+    fire(s.install_from_url ? Trigger::GateOpenStream : Trigger::GateOpen);
+  }
 
   void enter_download();
 
@@ -390,6 +395,8 @@ struct Machine::Impl {
   void on(const DownloadProgress& p);
 
   void on(const DownloadResumeState& r);
+
+  void on(const StreamUrlExpired& e);
 
   void on(const TimerFired& t);
 

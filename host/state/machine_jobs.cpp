@@ -186,6 +186,9 @@ void Machine::Impl::on_select_described(const jobs::Execution& e) {
           make_update(durable->final_status, durable->final_state, durable->final_message)};
     }
     if (rule.trigger) {
+      if (s.install_stream) {
+        return fire(rule.host_streaming);
+      }
       return fire(s.install_from_url ? rule.streaming : *rule.trigger);
     }
     // verify_job: start over as if new, keeping the saved counts
@@ -234,6 +237,14 @@ void Machine::Impl::on_stream_described(const jobs::Execution& e) {
     job->doc.file = doc->file;
   } else {
     spdlog::warn("job {}: describe for a fresh URL: {}", job->id, doc.error().message());
+  }
+  if (phase == Phase::Install) {
+    // A streamed install waits for its download to go on: no transition.
+    drop_request(RequestSlot::Flow);
+    if (work) {
+      out.push_back(StreamUrl{work->id, job->doc.file});
+    }
+    return;
   }
   fire(Trigger::FreshUrl);
 }

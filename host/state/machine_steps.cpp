@@ -61,7 +61,19 @@ void Machine::Impl::run_step() {
   } else if (step == Step::Restart) {
     policy = StopPolicy::RunsOnAtShutdown;
   }
-  out.push_back(RunStep{w.id, step, context(), job->kv, policy});
+  RunStep run{w.id, step, context(), job->kv, policy, std::nullopt};
+  if (step == Step::Install && s.install_stream) {
+    // Every attempt streams the whole file again from byte 0.
+    download::Request req;
+    req.job_id = job->id;
+    req.url = job->doc.file;
+    req.sha256 = job->doc.sha256;
+    if (job->doc.size) {
+      req.size = static_cast<std::uint64_t>(*job->doc.size);
+    }
+    run.stream = std::move(req);
+  }
+  out.push_back(std::move(run));
 }
 
 void Machine::Impl::on_step_finished(const StepFinished& f) {
@@ -273,14 +285,27 @@ void Machine::Impl::on_url_expired(const download::DownloadResult& r) {
   if (url_refusals >= std::max(s.max_url_refusals, 1)) {
     spdlog::error("job {}: the download URL was refused {} times in a row ({})", job->id,
                   url_refusals, r.reason);
-    return step_failed("the download URL was refused (HTTP 403) " + std::to_string(url_refusals) +
-                       " times in a row with a fresh URL each time");
+    const std::string reason = "the download URL was refused (HTTP 403) " +
+                               std::to_string(url_refusals) +
+                               " times in a row with a fresh URL each time";
+    if (phase == Phase::Install && work) {
+      // A streamed install still runs: no FAILED before it returned (as after a deadline).
+      deadline_missed = reason;
+      return stop_work();
+    }
+    return step_failed(reason);
   }
   update("IN_PROGRESS", "download_interrupt", r.reason.empty() ? "none" : r.reason);
+  // A streamed install stays in `install` (its plugin waits for bytes): only the URL is
+  // described again, and StreamUrl hands it to the waiting download.
+  const bool streamed = phase == Phase::Install;
   selected = job->id;
   selected_execution = job->execution;
   if (url_refusals < 2) {
     spdlog::warn("job {}: the download URL expired: describing the job again", job->id);
+    if (streamed) {
+      return send_request(RequestPurpose::Stream, job->id);
+    }
     return fire(Trigger::UrlExpired);
   }
   auto delay = s.url_refused_backoff_base;
@@ -307,6 +332,12 @@ void Machine::Impl::enter_install() {
   if (!configured(Step::Install)) {
     final_updates = {make_update("SUCCEEDED", "no_installation_hook_provided", "none")};
     return fire(Trigger::NoInstaller);
+  }
+  if (s.install_stream) {
+    // The download runs inside the install: announced first, with the install's deadline.
+    update("IN_PROGRESS", "download_start", "none",
+           to_minutes(s.step_deadline[index(Step::Install)] +
+                      duration_cast<seconds>(s.step_timeout_margin)));
   }
   // No install before an IN_PROGRESS update was accepted: a cancel that landed since the
   // job was picked must still stop it.

@@ -28,6 +28,8 @@ constexpr Transition kTransitions[] = {
     {Phase::VerifyJob, Trigger::VersionDiffers, Phase::DownloadGate},
     {Phase::DownloadGate, Trigger::GateOpen, Phase::Download},
     {Phase::DownloadGate, Trigger::GateOpenStream, Phase::DescribeForInstall},
+    {Phase::DownloadGate, Trigger::GateOpenHostStream, Phase::Install},
+    {Phase::DescribeJob, Trigger::ResumeHostStream, Phase::Install},
     {Phase::Download, Trigger::Downloaded, Phase::Install},
     {Phase::Download, Trigger::UrlExpired, Phase::DescribeJob},
     {Phase::DescribeForInstall, Trigger::FreshUrl, Phase::Install},
@@ -50,19 +52,24 @@ constexpr Transition kTransitions[] = {
 // execution). `step`: the step whose attempts count towards "daemon died N times" (none for
 // the steps whose purpose is to end the process, and for finish). No trigger: start over as
 // a new job, keeping the saved counts. `streaming`: the trigger when the install plugin
-// installs from the URL.
+// installs from the URL; `host_streaming`: when it reads the host's download (from byte 0).
 
 constexpr ResumeRule kResume[] = {
-    {SavedStep::VerifyJob, std::nullopt, Step::Version, Trigger::Redo},
-    {SavedStep::DownloadGate, Trigger::Redo, Step::Download, Trigger::Redo},
-    {SavedStep::Download, Trigger::Redo, Step::Download, Trigger::Redo},
-    {SavedStep::Install, Trigger::ResumeDownload, Step::Install, Trigger::ResumeStream},
-    {SavedStep::Reboot, Trigger::ResumeReboot, std::nullopt, Trigger::ResumeReboot},
-    {SavedStep::Restart, Trigger::AlreadyRebooted, std::nullopt, Trigger::AlreadyRebooted},
-    {SavedStep::VerifyInstallation, Trigger::AlreadyRebooted, Step::Version,
+    {SavedStep::VerifyJob, std::nullopt, Step::Version, Trigger::Redo, Trigger::Redo},
+    {SavedStep::DownloadGate, Trigger::Redo, Step::Download, Trigger::Redo, Trigger::Redo},
+    {SavedStep::Download, Trigger::Redo, Step::Download, Trigger::Redo, Trigger::Redo},
+    {SavedStep::Install, Trigger::ResumeDownload, Step::Install, Trigger::ResumeStream,
+     Trigger::ResumeHostStream},
+    {SavedStep::Reboot, Trigger::ResumeReboot, std::nullopt, Trigger::ResumeReboot,
+     Trigger::ResumeReboot},
+    {SavedStep::Restart, Trigger::AlreadyRebooted, std::nullopt, Trigger::AlreadyRebooted,
      Trigger::AlreadyRebooted},
-    {SavedStep::Ready, Trigger::AlreadyRebooted, Step::Ready, Trigger::AlreadyRebooted},
-    {SavedStep::Finish, Trigger::ResumeFinish, std::nullopt, Trigger::ResumeFinish},
+    {SavedStep::VerifyInstallation, Trigger::AlreadyRebooted, Step::Version,
+     Trigger::AlreadyRebooted, Trigger::AlreadyRebooted},
+    {SavedStep::Ready, Trigger::AlreadyRebooted, Step::Ready, Trigger::AlreadyRebooted,
+     Trigger::AlreadyRebooted},
+    {SavedStep::Finish, Trigger::ResumeFinish, std::nullopt, Trigger::ResumeFinish,
+     Trigger::ResumeFinish},
 };
 
 constexpr bool resume_rows_in_order() {
@@ -146,6 +153,10 @@ const char* to_string(Trigger t) {
       return "gate_open";
     case Trigger::GateOpenStream:
       return "gate_open_stream";
+    case Trigger::GateOpenHostStream:
+      return "gate_open_host_stream";
+    case Trigger::ResumeHostStream:
+      return "resume_host_stream";
     case Trigger::Downloaded:
       return "downloaded";
     case Trigger::UrlExpired:

@@ -32,6 +32,8 @@ enum class Trigger {
   VersionDiffers,      // verify_job: go on
   GateOpen,            // download step allowed the download (or is not supported / forced)
   GateOpenStream,      // ... and the install plugin streams from the URL
+  GateOpenHostStream,  // ... and the install plugin reads the host's download (stream_fd)
+  ResumeHostStream,    // local state: a streamed install (stream_fd) was under way
   Downloaded,          // the download is complete
   UrlExpired,          // download_interrupt: describe again for a fresh URL
   FreshUrl,            // describe before a streaming install answered
@@ -83,6 +85,7 @@ struct ResumeRule {
   std::optional<Trigger> trigger;
   std::optional<plugin::Step> step;
   Trigger streaming;
+  Trigger host_streaming;  // when the install plugin reads the host's download (stream_fd)
 };
 
 /// The rule for a saved step (every step has one).

@@ -218,6 +218,27 @@ TEST(MachineSettingsFromConfig, InstallFromUrlNeedsStreamAndTheCapability) {
   EXPECT_FALSE(machine_settings(c, plugins).install_from_url);
 }
 
+TEST(MachineSettingsFromConfig, InstallStreamNeedsStreamAndTheCapability) {
+  config::Config c;
+  c.steps["install"] = "x";
+  c.plugins["x"].stream = true;
+  const auto streaming = load(UPPARAT_FIXTURE_STREAM, {{"output", "/nonexistent/out"}});
+  StepPlugins plugins{};
+  plugins[index(Step::Install)] = streaming.get();
+  EXPECT_TRUE(machine_settings(c, plugins).install_stream);
+  EXPECT_FALSE(machine_settings(c, plugins).install_from_url);
+
+  c.plugins["x"].stream = false;
+  EXPECT_FALSE(machine_settings(c, plugins).install_stream) << "not asked for";
+
+  // INSTALL_FROM_URL alone streams from the URL, not through the host.
+  c.plugins["x"].stream = true;
+  const auto from_url = load(UPPARAT_FIXTURE_GOOD);
+  plugins[index(Step::Install)] = from_url.get();
+  EXPECT_FALSE(machine_settings(c, plugins).install_stream);
+  EXPECT_TRUE(machine_settings(c, plugins).install_from_url);
+}
+
 // ---- step_plugins --------------------------------------------------------------------------
 
 TEST(StepPluginsFromConfig, EachStepGetsThePluginItNames) {

@@ -208,7 +208,10 @@ TEST(PluginSdk, CreateRunDestroy) {
                                        -1,
                                        0,
                                        &store_get_fn,
-                                       &store_set_fn};
+                                       &store_set_fn,
+                                       -1,
+                                       0,
+                                       nullptr};
   upparat_job_context job{};
   job.struct_size = sizeof job;
   job.job_id = "j";

@@ -7,6 +7,7 @@
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -238,7 +239,7 @@ TEST(PluginLoad, NoEntrySymbol) {
 TEST(PluginLoad, WrongAbiMajor) {
   EXPECT_EQ(load_error(UPPARAT_FIXTURE_ABI_MAJOR2),
             std::string("plugin ") + UPPARAT_FIXTURE_ABI_MAJOR2 +
-                ": built for ABI 2.0, this daemon speaks ABI 1.1: rebuild the plugin against "
+                ": built for ABI 2.0, this daemon speaks ABI 1.2: rebuild the plugin against "
                 "Upparat SDK 1.x");
   EXPECT_FALSE(LoadedPlugin::inspect(UPPARAT_FIXTURE_ABI_MAJOR2));
 }
@@ -246,8 +247,8 @@ TEST(PluginLoad, WrongAbiMajor) {
 TEST(PluginLoad, NewerAbiMinor) {
   EXPECT_EQ(load_error(UPPARAT_FIXTURE_NEWER_MINOR),
             std::string("plugin ") + UPPARAT_FIXTURE_NEWER_MINOR +
-                ": built for ABI 1.99, this daemon speaks ABI 1.1, which is older: rebuild the "
-                "plugin against an Upparat SDK 1.x that speaks ABI 1.1 or older, or update the "
+                ": built for ABI 1.99, this daemon speaks ABI 1.2, which is older: rebuild the "
+                "plugin against an Upparat SDK 1.x that speaks ABI 1.2 or older, or update the "
                 "daemon");
 }
 
@@ -302,20 +303,20 @@ INSTANTIATE_TEST_SUITE_P(
     Defects, PluginDescriptorDefect,
     ::testing::Values(
         DefectCase{"refuse",
-                   "it refused to load into this daemon, which speaks ABI 1.1 (its entry point "
+                   "it refused to load into this daemon, which speaks ABI 1.2 (its entry point "
                    "returned no descriptor): rebuild the plugin against Upparat SDK 1.x"},
         DefectCase{"null-name", "its descriptor has no name (a bug in the plugin)"},
         DefectCase{"empty-name", "its descriptor has no name"},
         DefectCase{"null-version", "its descriptor has no version"},
         DefectCase{"null-functions", "its descriptor has no function table"},
         DefectCase{"tiny-descriptor", "its descriptor is 4 bytes, too small"},
-        DefectCase{"small-descriptor", "its descriptor is 16 bytes, ABI 1.1 needs at least"},
-        DefectCase{"small-functions", "its function table is 8 bytes, ABI 1.1 needs at least"},
+        DefectCase{"small-descriptor", "its descriptor is 16 bytes, ABI 1.2 needs at least"},
+        DefectCase{"small-functions", "its function table is 8 bytes, ABI 1.2 needs at least"},
         // 1.0's table: two 32-bit fields and seven pointers; 1.1 appended one pointer.
         DefectCase{"functions-of-1.0",
                    sizeof(void*) == 8
-                       ? "its function table is 64 bytes, ABI 1.1 needs at least 72"
-                       : "its function table is 36 bytes, ABI 1.1 needs at least 40"},
+                       ? "its function table is 64 bytes, ABI 1.2 needs at least 72"
+                       : "its function table is 36 bytes, ABI 1.2 needs at least 40"},
         DefectCase{"null-create", "its function table has no create function"},
         DefectCase{"null-destroy", "its function table has no destroy function"}),
     [](const auto& info) {
@@ -755,6 +756,116 @@ TEST(PluginRun, MissingServicesAreAHostBugNotACrash) {
   const StepResult r = plugin->run(Step::Version, job(), none);
   EXPECT_EQ(r.outcome, Outcome::Failed);
   EXPECT_THAT(r.text, HasSubstr("host bug"));
+}
+
+}  // namespace
+}  // namespace upparat::plugin
+
+// --- ABI 1.0 and the stream services of ABI 1.2 --------------------------------------------
+
+namespace upparat::plugin {
+namespace {
+
+// Built against the frozen ABI 1.0 header: this host loads and runs it unchanged, and the bit
+// it sets that 1.0 did not define (INSTALL_STREAM's) does not make the host stream.
+TEST(Abi10Plugin, LoadsAndRunsInThisHost) {
+  TempDir dir;
+  const fs::path input = dir.path() / "update.bin";
+  const fs::path output = dir.path() / "installed.bin";
+  std::ofstream(input, std::ios::binary) << std::string(10000, 'u');
+  auto plugin = must_load(UPPARAT_FIXTURE_ABI10, {{"output", output.string()}, {"version", "1.5"}});
+  EXPECT_EQ(plugin->info().abi_minor, 0);
+  EXPECT_TRUE(plugin->has_capability(kCapInstallNotInterruptible));
+  EXPECT_FALSE(plugin->has_capability(kCapInstallStream));
+  EXPECT_TRUE(plugin->serves(Step::Version));
+  EXPECT_TRUE(plugin->serves(Step::Install));
+  EXPECT_FALSE(plugin->serves(Step::Restart));
+  Harness h;
+  EXPECT_EQ(plugin->run(Step::Version, job(), h.services()).text, "1.5");
+  JobContext j = job();
+  j.file_path = input;
+  StepServices services = h.services();
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+  services.stream_fd = pair[0];  // a 1.0 plugin never sees it
+  services.stream_end = [] { return StreamEnd{StreamState::Failed, "never asked"}; };
+  const StepResult r = plugin->run(Step::Install, j, services);
+  ::close(pair[0]);
+  ::close(pair[1]);
+  EXPECT_EQ(r.outcome, Outcome::Ok) << r.text;
+  EXPECT_EQ(r.text, "installed");
+  std::ifstream in(output, std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), std::string(10000, 'u'));
+  EXPECT_THAT(h.progress, ElementsAre(Pair("copied by an ABI 1.0 plugin", 100)));
+  EXPECT_EQ(h.store.get("abi"), "1.0");
+}
+
+// The stream services reach a 1.2 plugin: it reads stream_fd to its end and asks stream_end.
+class StreamPluginTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair_), 0);
+    plugin_ = must_load(UPPARAT_FIXTURE_STREAM, {{"output", output().string()},
+                                                 {"record", (dir_.path() / "record").string()}});
+  }
+  void TearDown() override {
+    ::close(pair_[0]);
+    if (pair_[1] >= 0) {
+      ::close(pair_[1]);
+    }
+  }
+  fs::path output() const { return dir_.path() / "out.bin"; }
+  std::string record() const {
+    std::ifstream in(dir_.path() / "record");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  // Writes `data` into the stream, then ends it as `end`, from another thread.
+  StepResult run(const std::string& data, StreamEnd end) {
+    std::atomic<bool> ended{false};
+    Harness h;
+    StepServices services = h.services();
+    services.stream_fd = pair_[0];
+    services.stream_end = [&] { return ended ? end : StreamEnd{StreamState::Running, ""}; };
+    std::thread writer([&] {
+      EXPECT_EQ(::write(pair_[1], data.data(), data.size()), static_cast<ssize_t>(data.size()));
+      ended = true;
+      ::close(std::exchange(pair_[1], -1));
+    });
+    StepResult r = plugin_->run(Step::Install, job(), services);
+    writer.join();
+    return r;
+  }
+
+  TempDir dir_;
+  int pair_[2] = {-1, -1};
+  std::unique_ptr<LoadedPlugin> plugin_;
+};
+
+TEST_F(StreamPluginTest, DeclaresTheCapabilityAndReadsACompleteStream) {
+  EXPECT_EQ(plugin_->info().abi_minor, 2);
+  EXPECT_TRUE(plugin_->has_capability(kCapInstallStream));
+  EXPECT_THAT(capability_names(plugin_->info().capabilities), ElementsAre("INSTALL_STREAM"));
+  const std::string data(100000, 's');
+  const StepResult r = run(data, StreamEnd{StreamState::Complete, ""});
+  EXPECT_EQ(r.outcome, Outcome::Ok) << r.text;
+  std::ifstream in(output(), std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), data);
+  EXPECT_THAT(record(), HasSubstr("complete 100000"));
+}
+
+TEST_F(StreamPluginTest, AFailedEndReachesThePluginWithItsReason) {
+  const StepResult r = run("partial", StreamEnd{StreamState::Failed, "sha256: expected a, got b"});
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_THAT(r.text, HasSubstr("sha256: expected a, got b"));
+  EXPECT_THAT(record(), HasSubstr("failed sha256: expected a, got b"));
+  EXPECT_FALSE(fs::exists(output()));
+}
+
+TEST_F(StreamPluginTest, WithoutAStreamTheStepHasNone) {
+  Harness h;
+  const StepResult r = plugin_->run(Step::Install, job(), h.services());
+  EXPECT_EQ(r.outcome, Outcome::Failed);
+  EXPECT_THAT(r.text, HasSubstr("no stream_fd"));
 }
 
 }  // namespace

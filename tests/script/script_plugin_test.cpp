@@ -175,7 +175,10 @@ class LoadedScriptPlugin {
                                          data.stop.fd(),
                                          0,
                                          &store_get_service,
-                                         &store_set_service};
+                                         &store_set_service,
+                                         -1,
+                                         0,
+                                         nullptr};
     char text[1024] = "";
     upparat_result result{sizeof(upparat_result), UPPARAT_FAILED, -1, text, sizeof text, 0};
     fn(instance_, &context, &services, &result);
@@ -271,7 +274,7 @@ TEST_F(ScriptPluginTest, UnconfiguredHooksAreNotSupported) {
 }
 
 TEST_F(ScriptPluginTest, ServesOnlyTheStepsWithAHook) {
-  EXPECT_EQ(plugin_.descriptor().abi_minor, 1);
+  EXPECT_EQ(plugin_.descriptor().abi_minor, UPPARAT_ABI_MINOR);
   ASSERT_EQ(plugin_.create({{"version", hook("version.sh")},
                             {"install", hook("args.sh")},
                             {"ready", ""},

@@ -54,6 +54,10 @@ TEST(Transitions, EverySavedStepHasAResumeRule) {
   EXPECT_FALSE(resume_rule(SavedStep::VerifyJob).trigger);  // starts over as new
   EXPECT_EQ(resume_rule(SavedStep::Install).trigger, Trigger::ResumeDownload);
   EXPECT_EQ(resume_rule(SavedStep::Install).streaming, Trigger::ResumeStream);
+  // A streamed install through the host's download starts again from byte 0.
+  EXPECT_EQ(resume_rule(SavedStep::Install).host_streaming, Trigger::ResumeHostStream);
+  EXPECT_EQ(find_transition(Phase::DescribeJob, Trigger::ResumeHostStream)->to, Phase::Install);
+  EXPECT_EQ(find_transition(Phase::DownloadGate, Trigger::GateOpenHostStream)->to, Phase::Install);
   EXPECT_EQ(resume_rule(SavedStep::Finish).trigger, Trigger::ResumeFinish);
   // Ending the process is the purpose of restart: its deaths are not counted.
   EXPECT_FALSE(resume_rule(SavedStep::Restart).step);

@@ -39,12 +39,14 @@ extern "C" {
  *  when anything existing changes.
  *  @{ */
 #define UPPARAT_ABI_MAJOR 1 /**< Incompatible changes. */
-#define UPPARAT_ABI_MINOR 1 /**< Backwards-compatible additions. */
+#define UPPARAT_ABI_MINOR 2 /**< Backwards-compatible additions. */
 /** @} */
 
 /* ABI history:
  * 1.0  the first version.
- * 1.1  upparat_plugin_functions::steps: which steps an instance serves. */
+ * 1.1  upparat_plugin_functions::steps: which steps an instance serves.
+ * 1.2  UPPARAT_CAP_INSTALL_STREAM; upparat_step_services::stream_fd and ::stream_end: an
+ *      install that reads the download's bytes while the host downloads them. */
 
 /** Name of the single symbol a plugin exports (see ::upparat_plugin_entry_fn). */
 #define UPPARAT_PLUGIN_ENTRY_SYMBOL "upparat_plugin_entry"
@@ -84,6 +86,24 @@ extern "C" {
  *  fails the job "timed out"). On SIGTERM the daemon waits for it for up to 52 s (the
  *  example systemd unit allows 60 s). */
 #define UPPARAT_CAP_INSTALL_NOT_INTERRUPTIBLE (UINT64_C(1) << 1)
+/** ABI 1.2. @c install can read the file from ::upparat_step_services::stream_fd while the host
+ *  downloads it (streamed install through the host's downloader, without a local copy). The
+ *  host uses it when the plugin's configuration says `stream = true` (it is preferred over
+ *  #UPPARAT_CAP_INSTALL_FROM_URL when a plugin has both); @c job->file_path is then NULL and
+ *  @c job->url must not be fetched. See ::upparat_step_services::stream_fd. */
+#define UPPARAT_CAP_INSTALL_STREAM (UINT64_C(1) << 2)
+/** @} */
+
+/** @name How a stream ended (::upparat_step_services::stream_end, ABI 1.2)
+ *  @{ */
+/** The stream has not ended yet: the host is still downloading. */
+#define UPPARAT_STREAM_RUNNING 0
+/** Every byte was delivered, and size and SHA-256 match the job document (when it gives them). */
+#define UPPARAT_STREAM_COMPLETE 1
+/** The stream failed (download failed, file changed on the server, size or SHA-256 mismatch,
+ *  step stopped); the reason is written to the caller's buffer. The bytes already read must
+ *  not be installed. */
+#define UPPARAT_STREAM_FAILED 2
 /** @} */
 
 /** @name Steps (::upparat_plugin_functions::steps, ABI 1.1)
@@ -176,6 +196,33 @@ typedef struct upparat_step_services {
    * success, -1 when the key or value is refused (the store is then unchanged).
    */
   int32_t (*store_set)(void* step_data, const char* key, const char* value);
+  /**
+   * ABI 1.2, valid when @c struct_size reaches it. Only in a streamed @c install (the plugin has
+   * #UPPARAT_CAP_INSTALL_STREAM and streaming is configured); -1 otherwise.
+   *
+   * The read end of a stream socket (AF_UNIX, SOCK_STREAM) carrying the job's file in order,
+   * from byte 0, while the host downloads it on another thread. It is blocking; poll() it
+   * together with @c stop_fd (or set O_NONBLOCK on it). Owned by the host: never close it.
+   * The host resumes cut connections and fetches fresh URLs on its own; the plugin only sees
+   * the bytes pause. It holds back the last 4096 bytes (or the whole file when smaller) until
+   * size and SHA-256 match the job document.
+   *
+   * End of file (read() returns 0) means the host ended the stream: then call @c stream_end
+   * to learn whether it is complete. An end of file is never a success by itself: a plugin
+   * must treat a stream whose @c stream_end is not UPPARAT_STREAM_COMPLETE as failed and
+   * install nothing from it. A plugin that returns UPPARAT_OK from an install whose stream did
+   * not end complete has its result turned into UPPARAT_FAILED by the host.
+   */
+  int32_t stream_fd;
+  uint32_t reserved2; /**< Zero. */
+  /**
+   * ABI 1.2. How the stream of @c stream_fd ended: UPPARAT_STREAM_RUNNING (not ended yet),
+   * UPPARAT_STREAM_COMPLETE, or UPPARAT_STREAM_FAILED, then with the reason written
+   * NUL-terminated into @p reason (at most @p reason_capacity bytes; @p reason may be NULL).
+   * NULL when the step has no stream. The answer is final once it is not RUNNING; it is
+   * never RUNNING after @c stream_fd reached its end of file.
+   */
+  int32_t (*stream_end)(void* step_data, char* reason, uint32_t reason_capacity);
 } upparat_step_services;
 
 /** What a step works on: one job execution. Strings are never NULL unless stated. */
@@ -220,7 +267,8 @@ typedef struct upparat_result {
  * Meanings (the classic Upparat hook contract):
  * - @c version: put the installed version into @c result->text.
  * - @c download: the gate before the transfer; OK means the host may download now.
- * - @c install: install from @c job->file_path, or from @c job->url when streaming.
+ * - @c install: install from @c job->file_path, or from @c job->url when streaming from the
+ *   URL, or from @c services->stream_fd when the host streams (ABI 1.2).
  * - @c restart: restart the device; usually does not return. Returning OK means a soft restart
  *   that finished.
  * - @c ready: the new system is healthy.

@@ -38,7 +38,9 @@
 #include <upparat/plugin.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <map>
@@ -119,8 +121,30 @@ class StepContext {
     return services_->store_set(services_->step_data, key.c_str(),
                                 value ? value->c_str() : nullptr) == 0;
   }
+  /// ABI 1.2: the stream of a streamed install (UPPARAT_CAP_INSTALL_STREAM), or -1 when the
+  /// step has none (or the host is older). Read it to its end of file, then ask stream_end().
+  int stream_fd() const { return has_stream_services() ? services_->stream_fd : -1; }
+  /// ABI 1.2: UPPARAT_STREAM_RUNNING, UPPARAT_STREAM_COMPLETE or UPPARAT_STREAM_FAILED (then
+  /// with the host's reason in `*reason` when given). FAILED when the step has no stream.
+  int32_t stream_end(std::string* reason = nullptr) const {
+    char text[1024] = {0};
+    int32_t end = UPPARAT_STREAM_FAILED;
+    if (has_stream_services() && services_->stream_end != nullptr) {
+      end = services_->stream_end(services_->step_data, text, sizeof text);
+    } else {
+      std::snprintf(text, sizeof text, "%s", "this step has no stream");
+    }
+    if (reason != nullptr) {
+      *reason = text;
+    }
+    return end;
+  }
 
  private:
+  bool has_stream_services() const {
+    return services_->struct_size >=
+           offsetof(upparat_step_services, stream_end) + sizeof(services_->stream_end);
+  }
   const upparat_step_services* services_;
 };
 
