@@ -519,18 +519,15 @@ TEST_F(DownloaderTest, StopFromAnotherThreadDuringBackoff) {
   EXPECT_LT(end - stop_time, 1000ms);
 }
 
-TEST_F(DownloaderTest, RestartAfterSigkillPicksUpPartialFileAndState) {
-  const std::size_t size = 3 * 1024 * 1024;
-  const auto data = put("restart", size, 23);
-  emulator::S3Fault fault;
-  fault.rate_limit_bytes_per_second = 1024 * 1024;
-  UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "restart", fault));
-  const auto r = request("restart", data);
-  const auto state = tmp_->path() / "state";
+// Starts tests/download/download_tool on `r` (a separate process to SIGKILL), saving its state
+// to `state`, with an fsync every `fsync_bytes`.
+test::ServiceProcess start_download_tool(const Settings& settings, const Request& r,
+                                         std::size_t size, const fs::path& state,
+                                         std::size_t fsync_bytes) {
   test::ProcessOptions options;
   options.argv = {DOWNLOAD_TOOL_PATH,
                   "--dir",
-                  settings_.directory.string(),
+                  settings.directory.string(),
                   "--job",
                   r.job_id,
                   "--url",
@@ -542,10 +539,32 @@ TEST_F(DownloaderTest, RestartAfterSigkillPicksUpPartialFileAndState) {
                   "--state",
                   state.string(),
                   "--ca",
-                  settings_.ca_file,
+                  settings.ca_file,
                   "--fsync-bytes",
-                  "65536"};
-  auto tool = must(test::ServiceProcess::start(options), "download_tool");
+                  std::to_string(fsync_bytes)};
+  return must(test::ServiceProcess::start(options), "download_tool");
+}
+
+// The state file download_tool writes: synced bytes, ETag, boot id, a line each.
+ResumeState read_tool_state(const fs::path& state) {
+  std::ifstream in(state);
+  ResumeState resume;
+  in >> resume.synced_bytes;
+  in.ignore();
+  std::getline(in, resume.etag);
+  std::getline(in, resume.boot_id);
+  return resume;
+}
+
+TEST_F(DownloaderTest, RestartAfterSigkillPicksUpPartialFileAndState) {
+  const std::size_t size = 3 * 1024 * 1024;
+  const auto data = put("restart", size, 23);
+  emulator::S3Fault fault;
+  fault.rate_limit_bytes_per_second = 1024 * 1024;
+  UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "restart", fault));
+  const auto r = request("restart", data);
+  const auto state = tmp_->path() / "state";
+  auto tool = start_download_tool(settings_, r, size, state, 64 * 1024);
   // Wait until it has synced about a third of the file, then pull the plug.
   UPPARAT_ASSERT_OK(tool.wait_for_line(
       [](const std::string& line) {
@@ -553,11 +572,7 @@ TEST_F(DownloaderTest, RestartAfterSigkillPicksUpPartialFileAndState) {
       },
       20s));
   tool.kill9();
-  std::ifstream in(state);
-  ResumeState resume;
-  in >> resume.synced_bytes;
-  in.ignore();
-  std::getline(in, resume.etag);
+  ResumeState resume = read_tool_state(state);
   ASSERT_GE(resume.synced_bytes, 1024u * 1024);
   EXPECT_EQ(resume.etag, server_->etag(kBucket, "restart").value());
   const auto sent_before = server_->stats(kBucket, "restart").body_bytes_sent;
@@ -584,26 +599,8 @@ TEST_F(DownloaderTest, SigkillInTheSameBootKeepsEveryWrittenByte) {
   UPPARAT_ASSERT_OK(server_->add_fault(kBucket, "crash", fault));
   const auto r = request("crash", data);
   const auto state = tmp_->path() / "state";
-  test::ProcessOptions options;
   // No fsync by size during the test: what survives the SIGKILL is the page cache.
-  options.argv = {DOWNLOAD_TOOL_PATH,
-                  "--dir",
-                  settings_.directory.string(),
-                  "--job",
-                  r.job_id,
-                  "--url",
-                  r.url,
-                  "--sha256",
-                  *r.sha256,
-                  "--size",
-                  std::to_string(size),
-                  "--state",
-                  state.string(),
-                  "--ca",
-                  settings_.ca_file,
-                  "--fsync-bytes",
-                  std::to_string(64 * 1024 * 1024)};
-  auto tool = must(test::ServiceProcess::start(options), "download_tool");
+  auto tool = start_download_tool(settings_, r, size, state, 64 * 1024 * 1024);
   Downloader d(settings_);
   const auto part = d.part_path(r.job_id);
   const auto deadline = std::chrono::steady_clock::now() + 20s;
@@ -614,12 +611,7 @@ TEST_F(DownloaderTest, SigkillInTheSameBootKeepsEveryWrittenByte) {
   }
   tool.kill9();
   const auto written = fs::file_size(part);
-  std::ifstream in(state);
-  ResumeState resume;
-  in >> resume.synced_bytes;
-  in.ignore();
-  std::getline(in, resume.etag);
-  std::getline(in, resume.boot_id);
+  ResumeState resume = read_tool_state(state);
   ASSERT_LT(resume.synced_bytes, written) << "the test needs unsynced bytes at the SIGKILL";
   EXPECT_EQ(resume.etag, server_->etag(kBucket, "crash").value());
   EXPECT_FALSE(resume.boot_id.empty());
