@@ -320,6 +320,9 @@ InstallResult wait_result(const InstallOptions& options, const InstallIo& io,
                           ProgressReader& progress, bool closed_early) {
   auto deadline = Clock::now() + options.result_timeout;
   bool stop_seen = false;
+  // SWUpdate acknowledges the request before its installer thread has taken it: until that
+  // thread reports something, an idle status is the one from before this install.
+  bool started = false;
   std::deque<std::string> errors;
   for (;;) {
     progress.drain();
@@ -331,6 +334,7 @@ InstallResult wait_result(const InstallOptions& options, const InstallIo& io,
                                                   unreachable_reason(status.connect_errno) + ")")};
     }
     if (status.answer == StatusAnswer::Answered) {
+      started = started || status.current != IDLE || !status.desc.empty();
       if (!status.desc.empty()) {
         if (io.on_message) {
           io.on_message(status.desc);
@@ -343,7 +347,7 @@ InstallResult wait_result(const InstallOptions& options, const InstallIo& io,
         }
         continue;  // More texts may be queued: read them all before deciding.
       }
-      if (status.current == IDLE) {
+      if (status.current == IDLE && started) {
         if (status.last_result == SUCCESS) {
           return {Outcome::Succeeded, {}};
         }

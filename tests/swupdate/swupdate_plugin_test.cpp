@@ -183,6 +183,21 @@ std::string random_bytes(std::size_t size, unsigned seed) {
   return data;
 }
 
+/// Waits until the process is in the stopped state ('T' in /proc/<pid>/stat): kill() returns
+/// before the signal took effect.
+bool stopped(pid_t pid) {
+  const auto until = Clock::now() + seconds(5);
+  while (Clock::now() < until) {
+    auto stat = test::read_file("/proc/" + std::to_string(pid) + "/stat");
+    const auto paren = stat ? stat->rfind(')') : std::string::npos;
+    if (paren != std::string::npos && paren + 2 < stat->size() && (*stat)[paren + 2] == 'T') {
+      return true;
+    }
+    ::usleep(10 * 1000);
+  }
+  return false;
+}
+
 class SwupdatePluginTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -328,6 +343,7 @@ TEST_F(SwupdatePluginTest, BusyDaemonIsRetryLater) {
 TEST_F(SwupdatePluginTest, SigstoppedDaemonFailsWithinTheAnswerTimeout) {
   const fs::path swu = archive("good.swu", random_bytes(1024, 8));
   ASSERT_TRUE(swupdate_->daemon()->send_signal(SIGSTOP));
+  ASSERT_TRUE(stopped(swupdate_->daemon()->pid())) << "swupdate did not stop on SIGSTOP";
   ASSERT_EQ(plugin_.create({{"answer_timeout_seconds", "1"}}), "");
   StepData data;
   const auto start = Clock::now();
