@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 #include <network_ipc.h>
 #include <upparat/plugin.h>
+#include <toml.hpp>
 
 #include "common/stop_signal.hpp"
 #include "support/binaries.hpp"
@@ -47,12 +48,17 @@ struct StepData {
   StopSignal stop;
   std::mutex mutex;
   std::vector<std::pair<std::string, int>> progress;
+  /// Request the stop when the first progress line arrives (the transfer is under way).
+  bool stop_on_progress = false;
 };
 
 void progress_service(void* data, const char* line, std::int32_t percent) {
   auto* step = static_cast<StepData*>(data);
   std::lock_guard<std::mutex> lock(step->mutex);
   step->progress.emplace_back(line != nullptr ? line : "", percent);
+  if (step->stop_on_progress) {
+    step->stop.request();
+  }
 }
 std::int32_t should_stop_service(void* data) {
   return static_cast<StepData*>(data)->stop.requested() ? 1 : 0;
@@ -364,6 +370,33 @@ TEST_F(SwupdatePluginTest, StopBeforeTheInstallFailsPromptlyAndWritesNothing) {
   EXPECT_EQ(outcome.code, UPPARAT_FAILED);
   EXPECT_NE(outcome.text.find("stopped"), std::string::npos) << outcome.text;
   EXPECT_FALSE(fs::exists(target("out.bin")));
+}
+
+TEST_F(SwupdatePluginTest, StopDuringTheTransferAbortsAndSwupdateTakesTheNextInstall) {
+  // 16 MiB: far more than the socket buffers hold, so SWUpdate reports its first progress
+  // while the plugin is still writing.
+  const fs::path big = archive("big.swu", random_bytes(16 * 1024 * 1024, 10));
+  ASSERT_EQ(plugin_.create({}), "");
+  StepData data;
+  data.stop_on_progress = true;
+  const Outcome stopped_outcome = plugin_.run(Step::Install, big.string(), data);
+  EXPECT_EQ(stopped_outcome.code, UPPARAT_FAILED);
+  EXPECT_NE(stopped_outcome.text.find("before the whole archive reached SWUpdate"),
+            std::string::npos)
+      << stopped_outcome.text;
+
+  // SWUpdate aborted that install: it runs the next one (after it is idle again; the plugin
+  // answers RETRY_LATER while it is still busy).
+  const std::string content = random_bytes(32 * 1024, 11);
+  const fs::path small = archive("small.swu", content);
+  Outcome next;
+  const auto until = Clock::now() + seconds(20);
+  do {
+    StepData again;
+    next = plugin_.run(Step::Install, small.string(), again);
+  } while (next.code == UPPARAT_RETRY_LATER && Clock::now() < until);
+  EXPECT_EQ(next.code, UPPARAT_OK) << next.text;
+  EXPECT_TRUE(read(target("out.bin")) == content);
 }
 
 TEST_F(SwupdatePluginTest, MissingFileFailsClearly) {
