@@ -13,6 +13,8 @@ set(expected
   bin/upparat-plugin-check
   bin/upparat-jobs-emulator
   ${LIBDIR}/upparat/plugins/upparat-script.so
+  ${LIBDIR}/upparat/plugins/upparat-swupdate.so
+  share/upparat/swupdate/upparat-swupdate.conf
   etc/upparat/upparat.toml
   lib/systemd/system/upparat.service
   share/upparat/hooks/install.sh)

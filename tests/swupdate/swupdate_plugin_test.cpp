@@ -476,5 +476,32 @@ TEST_F(SwupdatePluginConfigTest, VersionReadyAndRestartRunTheirCommands) {
   EXPECT_TRUE(fs::exists(restart->string() + ".ran"));
 }
 
+TEST_F(SwupdatePluginConfigTest, TheExampleConfigurationIsAccepted) {
+  // config/swupdate.toml's [plugins.swupdate] as the daemon hands it over (without its own key
+  // `path`), with the example commands pointed at an executable of this test.
+  auto command = work_->write_file("command.sh", "#!/bin/sh\nexit 0\n");
+  ASSERT_TRUE(command);
+  fs::permissions(*command, fs::perms::owner_all);
+  const auto data = toml::parse(fs::path(UPPARAT_SOURCE_DIR) / "config/swupdate.toml");
+  std::map<std::string, std::string> config;
+  for (const auto& [key, value] : toml::find(data, "plugins", "swupdate").as_table()) {
+    if (key == "path") {
+      continue;
+    }
+    if (value.is_string()) {
+      config[key] = value.as_string().str;
+    } else if (value.is_boolean()) {
+      config[key] = value.as_boolean() ? "true" : "false";
+    } else {
+      config[key] = toml::format(value);
+    }
+    if (key.size() > 8 && key.compare(key.size() - 8, 8, "_command") == 0) {
+      config[key] = command->string();
+    }
+  }
+  EXPECT_GE(config.size(), 8U);
+  EXPECT_EQ(plugin_.create(config), "");
+}
+
 }  // namespace
 }  // namespace upparat::swupdate
