@@ -403,7 +403,7 @@ InstallResult install(const InstallOptions& options, const InstallIo& io) {
   swupdate_request request{};
   ::swupdate_prepare_req(&request);
   request.source = SOURCE_LOCAL;
-  request.dry_run = options.dry_run ? RUN_DRYRUN : RUN_INSTALL;
+  request.dry_run = options.dry_run ? RUN_DRYRUN : RUN_DEFAULT;
   std::strncpy(request.info, options.info.c_str(), sizeof(request.info) - 1);
   std::strncpy(request.software_set, options.software_set.c_str(),
                sizeof(request.software_set) - 1);

@@ -17,7 +17,8 @@ namespace upparat::swupdate {
 
 /// What to install and how.
 struct InstallOptions {
-  /// Ask SWUpdate for a dry run: it checks and parses the archive but writes nothing.
+  /// Ask SWUpdate for a dry run: it checks and parses the archive but writes nothing. False
+  /// leaves it to SWUpdate's own setting (its -n).
   bool dry_run = false;
   /// SWUpdate's software set and running mode (swupdate -e set,mode); both or neither.
   std::string software_set;
@@ -31,8 +32,9 @@ struct InstallOptions {
   /// After the last byte: how long to wait for SWUpdate's final result.
   std::chrono::milliseconds result_timeout{600000};
   /// After the last byte a stop cannot abort SWUpdate any more: wait this much longer for its
-  /// result before giving up.
-  std::chrono::milliseconds stop_wait{30000};
+  /// result before giving up. Below the daemon's [jobs] stop_grace (30 s), which abandons a
+  /// step that does not return.
+  std::chrono::milliseconds stop_wait{20000};
   /// Text SWUpdate keeps with the request (its "info"), for example the job id.
   std::string info;
 };

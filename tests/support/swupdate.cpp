@@ -151,13 +151,14 @@ Result<fs::path> SwupdateFixture::make_swu(const std::string& name,
   return archive;
 }
 
-Status SwupdateFixture::start() {
+Status SwupdateFixture::start(const std::vector<std::string>& extra_args) {
   stop();
   ProcessOptions options;
   options.argv = {kSwupdatePath, "-f", (work_dir_ / "swupdate.cfg").string(), "-k",
                   (work_dir_ / "c.crt").string(), "-H", "board:rev1",
                   // The software set and running mode a request may select (tests of -e).
                   "-q", "stable,main", "-v"};
+  options.argv.insert(options.argv.end(), extra_args.begin(), extra_args.end());
   options.name = "swupdate";
   options.log_path = work_dir_ / "swupdate.log";
   options.env = {{"TMPDIR", socket_dir_.string()}};

@@ -53,8 +53,9 @@ class SwupdateFixture {
                                          const std::vector<SwuImage>& images,
                                          const SwuOptions& options = {}) const;
 
-  /// Starts the daemon (stopping one that runs) and waits until its control socket accepts.
-  Status start();
+  /// Starts the daemon (stopping one that runs) with these extra arguments, and waits until its
+  /// sockets accept.
+  Status start(const std::vector<std::string>& extra_args = {});
   /// Stops the daemon (SIGTERM, then SIGKILL) and removes its sockets.
   void stop();
   [[nodiscard]] ServiceProcess* daemon() { return daemon_ ? &*daemon_ : nullptr; }

@@ -294,6 +294,18 @@ TEST_F(SwupdatePluginTest, DryRunWritesNothing) {
   EXPECT_FALSE(fs::exists(target("out.bin")));
 }
 
+TEST_F(SwupdatePluginTest, WithoutDryRunSwupdatesOwnDryRunSettingHolds) {
+  // swupdate -n: every install is a dry run; the plugin must not override it.
+  auto restarted = swupdate_->start({"-n"});
+  ASSERT_TRUE(restarted) << restarted.error().message();
+  const fs::path swu = archive("dry.swu", random_bytes(64 * 1024, 12));
+  ASSERT_EQ(plugin_.create({}), "");
+  StepData data;
+  const Outcome outcome = plugin_.run(Step::Install, swu.string(), data);
+  EXPECT_EQ(outcome.code, UPPARAT_OK) << outcome.text;
+  EXPECT_FALSE(fs::exists(target("out.bin")));
+}
+
 TEST_F(SwupdatePluginTest, ArchivePaddedAtItsEndSucceedsFromTheFinalStatus) {
   // SWUpdate 2022.12 stops reading after the padding it expects and closes its socket: a
   // client still writing gets EPIPE or ECONNRESET although the install succeeded.
