@@ -350,6 +350,14 @@ TEST_F(SwupdatePluginTest, BusyDaemonIsRetryLater) {
   ::swupdate_prepare_req(&request);
   const int other = ::ipc_inst_start_ext(&request, sizeof(request));
   ASSERT_GE(other, 0);
+  // SWUpdate acknowledges before its installer thread takes the request (and until then it
+  // would acknowledge a second one): wait until its status says RUN.
+  bool running = false;
+  for (const auto until = Clock::now() + seconds(10); !running && Clock::now() < until;) {
+    ipc_message status{};
+    running = ::ipc_get_status_timeout(&status, 500) > 0 && status.data.status.current == RUN;
+  }
+  ASSERT_TRUE(running) << "SWUpdate did not start the other client's install";
   ASSERT_EQ(plugin_.create({}), "");
   StepData data;
   const Outcome outcome = plugin_.run(Step::Install, swu.string(), data);
