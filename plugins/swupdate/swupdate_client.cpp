@@ -318,7 +318,8 @@ std::optional<InstallResult> send_archive(int socket, const InstallOptions& opti
 /// from there, collecting its error texts.
 InstallResult wait_result(const InstallOptions& options, const InstallIo& io,
                           ProgressReader& progress, bool closed_early) {
-  auto deadline = Clock::now() + options.result_timeout;
+  const auto sent = Clock::now();
+  auto deadline = sent + options.result_timeout;
   bool stop_seen = false;
   // SWUpdate acknowledges the request before its installer thread has taken it: until that
   // thread reports something, an idle status is the one from before this install.
@@ -360,6 +361,14 @@ InstallResult wait_result(const InstallOptions& options, const InstallIo& io,
       }
     }
     const auto now = Clock::now();
+    if (!started && now - sent >= options.answer_timeout) {
+      // SWUpdate 2022.12 wakes its installer without waiting for it to listen: a request that
+      // arrives just as the previous install ends is acknowledged and then never taken.
+      return {Outcome::RetryLater,
+              "SWUpdate acknowledged the install request but did not start it within " +
+                  seconds_text(options.answer_timeout) +
+                  " (it can lose a request that arrives as the previous install ends)"};
+    }
     if (now >= deadline) {
       return {Outcome::Failed,
               failure_reason(errors, std::string(stop_seen ? "stopped; " : "") +

@@ -113,6 +113,19 @@ Result<fs::path> SwupdateFixture::make_swu(const std::string& name,
     description += options.software_set + ": {\n" + options.running_mode + ": {\n" +
                    image_entries(images, hashes) + "};\n};\n";
   }
+  std::vector<std::string> members;
+  if (options.postinstall_sleep_seconds > 0) {
+    const std::string script = "#!/bin/sh\nif [ \"$1\" = postinst ]; then sleep " +
+                               std::to_string(options.postinstall_sleep_seconds) + "; fi\n";
+    if (auto written = write_file(dir / "wait.sh", script); !written) {
+      return fail(written.error());
+    }
+    description +=
+        "scripts: (\n  {\n    filename = \"wait.sh\";\n    type = \"shellscript\";\n"
+        "    sha256 = \"" +
+        sha256_hex(script) + "\";\n  }\n);\n";
+    members.push_back("wait.sh");
+  }
   description += "};\n";
   if (auto written = write_file(dir / "sw-description", description); !written) {
     return fail(written.error());
@@ -129,6 +142,9 @@ Result<fs::path> SwupdateFixture::make_swu(const std::string& name,
   std::string names = "sw-description\\nsw-description.sig\\n";
   for (const auto& image : images) {
     names += image.name + "\\n";
+  }
+  for (const auto& member : members) {
+    names += member + "\\n";
   }
   const fs::path archive = work_dir_ / name;
   if (auto packed = run_checked({"/bin/sh", "-c",

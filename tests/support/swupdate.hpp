@@ -39,6 +39,9 @@ struct SwuOptions {
   /// When set, the images sit under `software_set: { running_mode: { ... } }`.
   std::string software_set;
   std::string running_mode;
+  /// When above 0, a shell script in the archive sleeps this long after the images are
+  /// installed (SWUpdate reports the result only then).
+  int postinstall_sleep_seconds = 0;
 };
 
 class SwupdateFixture {

@@ -419,6 +419,61 @@ TEST_F(SwupdatePluginTest, StopDuringTheTransferAbortsAndSwupdateTakesTheNextIns
   EXPECT_TRUE(read(target("out.bin")) == content);
 }
 
+TEST_F(SwupdatePluginTest, StopAfterTheLastByteWaitsStopWaitForTheResult) {
+  // A small archive is written at once; SWUpdate's first progress comes after the last byte,
+  // and its post-install script keeps it busy for 4 s after that.
+  const std::string content = random_bytes(4 * 1024, 13);
+  SwuOptions options;
+  options.postinstall_sleep_seconds = 4;
+  const fs::path swu = archive("slow.swu", content, options);
+
+  ASSERT_EQ(plugin_.create({{"stop_wait_seconds", "1"}}), "");
+  StepData short_wait;
+  short_wait.stop_on_progress = true;
+  auto start = Clock::now();
+  const Outcome gave_up = plugin_.run(Step::Install, swu.string(), short_wait);
+  EXPECT_EQ(gave_up.code, UPPARAT_FAILED);
+  EXPECT_NE(gave_up.text.find("stopped; SWUpdate did not report a result within 1 s"),
+            std::string::npos)
+      << gave_up.text;
+  EXPECT_LT(Clock::now() - start, seconds(3));
+
+  // With a longer wait the stop does not cut the install short: SWUpdate's result counts.
+  LoadedPlugin patient;
+  ASSERT_EQ(patient.create({{"stop_wait_seconds", "15"}}), "");
+  Outcome waited;
+  const auto until = Clock::now() + seconds(20);
+  do {
+    StepData long_wait;
+    long_wait.stop_on_progress = true;
+    waited = patient.run(Step::Install, swu.string(), long_wait);
+  } while (waited.code == UPPARAT_RETRY_LATER && Clock::now() < until);
+  EXPECT_EQ(waited.code, UPPARAT_OK) << waited.text;
+  EXPECT_TRUE(read(target("out.bin")) == content);
+}
+
+TEST_F(SwupdatePluginTest, BackToBackInstallsNeverHang) {
+  // Each install starts as soon as the previous one ended: SWUpdate 2022.12 then sometimes
+  // acknowledges a request that its installer never takes. That must be RETRY_LATER within
+  // answer_timeout_seconds, never a wait for result_timeout_seconds.
+  const std::string content = random_bytes(2 * 1024, 14);
+  const fs::path swu = archive("tiny.swu", content);
+  ASSERT_EQ(plugin_.create({{"answer_timeout_seconds", "2"}, {"result_timeout_seconds", "8"}}), "");
+  int succeeded = 0;
+  for (int i = 0; i < 12; ++i) {
+    StepData data;
+    const auto start = Clock::now();
+    const Outcome outcome = plugin_.run(Step::Install, swu.string(), data);
+    EXPECT_LT(Clock::now() - start, seconds(6)) << "install " << i << ": " << outcome.text;
+    if (outcome.code == UPPARAT_OK) {
+      ++succeeded;
+    } else {
+      EXPECT_EQ(outcome.code, UPPARAT_RETRY_LATER) << "install " << i << ": " << outcome.text;
+    }
+  }
+  EXPECT_GT(succeeded, 0);
+}
+
 TEST_F(SwupdatePluginTest, MissingFileFailsClearly) {
   ASSERT_EQ(plugin_.create({}), "");
   StepData data;
