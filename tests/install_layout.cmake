@@ -16,6 +16,8 @@ set(expected
   ${LIBDIR}/upparat/plugins/upparat-rauc.so
   share/upparat/rauc.toml
   share/upparat/50-upparat-reboot.rules
+  ${LIBDIR}/upparat/plugins/upparat-swupdate.so
+  share/upparat/swupdate/upparat-swupdate.conf
   etc/upparat/upparat.toml
   lib/systemd/system/upparat.service
   share/upparat/hooks/install.sh)

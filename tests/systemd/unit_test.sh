@@ -9,6 +9,8 @@
 #   starts at boot -> version -> ready (sudo rauc status mark-good) -> SUCCEEDED complete_ready.
 # Then the reboot of the RAUC plugin (plugins/system: logind's Reboot) as the user upparat:
 # refused without config/50-upparat-reboot.rules, accepted with it (the container reboots).
+# With the SWUpdate drop-in (config/upparat-swupdate.conf) applied, it also checks that the
+# daemon sees the sockets of a stand-in swupdate.socket in /tmp and is in their group.
 #
 #   tests/systemd/unit_test.sh <build-dir> [<source-dir>]      (as root)
 #
@@ -150,6 +152,16 @@ cmp -s "$here/config/upparat.service" "$root/usr/lib/systemd/system/upparat.serv
 
 useradd -R "$root" --system --user-group --home-dir /var/lib/upparat --no-create-home \
   --shell /usr/sbin/nologin upparat
+# The SWUpdate drop-in (config/upparat-swupdate.conf), with a stand-in for Debian's
+# swupdate.socket (its sockets in /tmp, mode 0660, group swupdate); checked after the job.
+groupadd -R "$root" --system swupdate
+mkdir -p "$root/etc/systemd/system/upparat.service.d" "$root/etc/systemd/system/sockets.target.wants"
+cp "$root/usr/share/upparat/swupdate/upparat-swupdate.conf" \
+  "$root/etc/systemd/system/upparat.service.d/swupdate.conf" || die "the SWUpdate drop-in is not installed"
+printf '[Socket]\nListenStream=/tmp/sockinstctrl\nListenStream=/tmp/swupdateprog\nSocketMode=0660\nSocketGroup=swupdate\n[Install]\nWantedBy=sockets.target\n' \
+  >"$root/etc/systemd/system/swupdate.socket"
+printf '[Service]\nExecStart=/bin/sleep infinity\n' >"$root/etc/systemd/system/swupdate.service"
+ln -sf ../swupdate.socket "$root/etc/systemd/system/sockets.target.wants/swupdate.socket"
 # A fresh machine id per run (no first-boot wizard).
 od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$root/etc/machine-id"
 echo >>"$root/etc/machine-id"
@@ -271,6 +283,14 @@ cmp -s "$work/firmware.bin" "$root/var/lib/fake-rauc/bundle" ||
 [ -f "$root/var/lib/fake-rauc/marked-good" ] || die "the ready hook did not mark the slot good"
 container_exec systemctl is-active upparat.service >/dev/null || die "upparat.service not active after the job"
 [ "$(container_exec systemctl show -P User upparat.service)" = upparat ] || die "unit not running as upparat"
+# With the SWUpdate drop-in the daemon sees SWUpdate's sockets in the real /tmp and is in their
+# group (the unit's own PrivateTmp=true and User=upparat would hide and refuse them).
+main_pid="$(container_exec systemctl show -P MainPID upparat.service)"
+swupdate_gid="$(grep '^swupdate:' "$root/etc/group" | cut -d: -f3)"
+container_exec nsenter -t "$main_pid" -m -- test -S /tmp/sockinstctrl ||
+  die "upparat.service does not see SWUpdate's /tmp/sockinstctrl (drop-in not applied?)"
+container_exec grep -Eq "^Groups:.*\b$swupdate_gid\b" "/proc/$main_pid/status" ||
+  die "upparat.service is not in the group swupdate (drop-in not applied?)"
 
 # ---- the RAUC plugin's reboot: logind, as the user upparat, allowed by the polkit rule --------
 # polkitd and libsdbus-c++ (not in the cached rootfs) come from Debian packages downloaded once;
@@ -306,4 +326,4 @@ kill -0 "$nspawn_pid" 2>/dev/null && die "logind accepted the reboot, but the co
 wait "$nspawn_pid" && rc=0 || rc=$?
 nspawn_pid=""
 [ "$rc" -eq 133 ] || die "after the logind reboot systemd-nspawn exited with $rc, not 133 (reboot)"
-say "PASSED: job $job SUCCEEDED complete_ready through upparat.service (one reboot), and upparat rebooted the container through logind with the polkit rule"
+say "PASSED: job $job SUCCEEDED complete_ready through upparat.service (one reboot), the SWUpdate drop-in applied, and upparat rebooted the container through logind with the polkit rule"
