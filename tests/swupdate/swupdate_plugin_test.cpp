@@ -256,6 +256,19 @@ TEST_F(SwupdatePluginTest, DescriptorNamesTheSwupdatePlugin) {
   EXPECT_EQ(plugin_.steps(), UPPARAT_STEP_INSTALL);
 }
 
+// The conformance kit (upparat-plugin-check --conformance), as a vendor runs it, against the
+// real SWUpdate (its sockets under this process's TMPDIR, which the tool inherits): the sample
+// file is no .swu, so SWUpdate refuses it and the install fails with SWUpdate's reason.
+TEST_F(SwupdatePluginTest, PassesTheConformanceKit) {
+  auto run =
+      test::run_process({UPPARAT_PLUGIN_CHECK, "--conformance", UPPARAT_SWUPDATE_PLUGIN_PATH},
+                        std::chrono::seconds(120));
+  ASSERT_TRUE(run) << run.error().message();
+  EXPECT_TRUE(run->status.success()) << run->output;
+  EXPECT_NE(run->output.find("result: every check passed"), std::string::npos) << run->output;
+  EXPECT_NE(run->output.find("ok    install: FAILED"), std::string::npos) << run->output;
+}
+
 TEST_F(SwupdatePluginTest, GoodArchiveWritesItsImageAndReportsProgress) {
   const std::string content = random_bytes(300 * 1024, 1);
   const fs::path swu = archive("good.swu", content);
