@@ -900,8 +900,10 @@ bool Run::decide_response() {
     if (etag_ != resp_etag_) {
       etag_ = resp_etag_;
       // Saved at once: after a crash of the daemon in this boot, the bytes written from here
-      // on are known to be of this object (see open_part).
-      report_resume_state();
+      // on are known to be of this object (see open_part). A stream has no file to resume.
+      if (sink_ == nullptr) {
+        report_resume_state();
+      }
     }
   }
   if (total_ && request_.size && *total_ != *request_.size) {
@@ -1288,7 +1290,10 @@ DownloadResult Downloader::stream(const Request& request, ResumeState& resume, S
                                   const StopSignal& stop,
                                   const std::function<void(const Progress&)>& on_progress) {
   try {
-    Run run(*impl_, *this, request, resume, stop, on_progress, {}, &sink);
+    // A stream saves no resume state (it starts again from byte 0). Named, because Run keeps a
+    // reference to it.
+    const std::function<void(const ResumeState&)> no_resume_state;
+    Run run(*impl_, *this, request, resume, stop, on_progress, no_resume_state, &sink);
     return run.execute();
   } catch (const std::exception& e) {
     DownloadResult result;

@@ -2,6 +2,8 @@
 
 #include <sdbus-c++/sdbus-c++.h>
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -47,10 +49,27 @@ std::string unquote(std::string_view value) {
   return std::string(value);
 }
 
+// The socket of a `unix:path=...` bus address, or "" for any other kind of address.
+std::string unix_socket_path(const std::string& address) {
+  constexpr std::string_view kPrefix = "unix:path=";
+  if (address.compare(0, kPrefix.size(), kPrefix) != 0) {
+    return {};
+  }
+  const auto end = address.find(',', kPrefix.size());
+  return address.substr(kPrefix.size(), end == std::string::npos ? end : end - kPrefix.size());
+}
+
 }  // namespace
 
 Status reboot_via_logind(const std::string& bus_address, std::chrono::milliseconds timeout) {
   const std::string where = bus_address.empty() ? "the system bus" : bus_address;
+  // sdbus-c++ 1.2 leaks its bus object when the connection to an address fails: a socket that
+  // is not there is refused before it is asked.
+  if (const auto socket = unix_socket_path(bus_address);
+      !socket.empty() && ::access(socket.c_str(), F_OK) != 0) {
+    return fail("cannot ask systemd-logind on " + where + " to reboot: no D-Bus socket at " +
+                socket + ": " + std::strerror(errno));
+  }
   try {
     auto connection = bus_address.empty()
                           ? sdbus::createSystemBusConnection()
