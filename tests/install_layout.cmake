@@ -20,7 +20,8 @@ set(expected
   share/upparat/swupdate/upparat-swupdate.conf
   etc/upparat/upparat.toml
   lib/systemd/system/upparat.service
-  share/upparat/hooks/install.sh)
+  share/upparat/hooks/install.sh
+  share/doc/upparat/plugin-api.md)
 foreach(file IN LISTS expected)
   if(NOT EXISTS "${PREFIX}/${file}")
     message(FATAL_ERROR "not installed: ${PREFIX}/${file}\ninstall said:\n${out}")
