@@ -256,16 +256,16 @@ namespace {
 class Run {
  public:
   Run(Downloader::Impl& impl, const Downloader& owner, const Request& request, ResumeState& resume,
-      const StopSignal& stop, const std::function<void(const Progress&)>& on_progress,
-      const std::function<void(const ResumeState&)>& on_resume_state, StreamSink* sink = nullptr)
+      const StopSignal& stop, std::function<void(const Progress&)> on_progress,
+      std::function<void(const ResumeState&)> on_resume_state, StreamSink* sink = nullptr)
       : impl_(impl),
         settings_(impl.settings),
         fs_(*impl.fs),
         request_(request),
         resume_(resume),
         stop_(stop),
-        on_progress_(on_progress),
-        on_resume_state_(on_resume_state),
+        on_progress_(std::move(on_progress)),
+        on_resume_state_(std::move(on_resume_state)),
         part_(owner.part_path(request.job_id)),
         final_(owner.final_path(request.job_id)),
         shown_url_(redact_url(request.url)),
@@ -320,8 +320,8 @@ class Run {
   const Request& request_;
   ResumeState& resume_;
   const StopSignal& stop_;
-  const std::function<void(const Progress&)>& on_progress_;
-  const std::function<void(const ResumeState&)>& on_resume_state_;
+  const std::function<void(const Progress&)> on_progress_;
+  const std::function<void(const ResumeState&)> on_resume_state_;
   const std::filesystem::path part_;
   const std::filesystem::path final_;
   const std::string shown_url_;
@@ -1290,10 +1290,8 @@ DownloadResult Downloader::stream(const Request& request, ResumeState& resume, S
                                   const StopSignal& stop,
                                   const std::function<void(const Progress&)>& on_progress) {
   try {
-    // A stream saves no resume state (it starts again from byte 0). Named, because Run keeps a
-    // reference to it.
-    const std::function<void(const ResumeState&)> no_resume_state;
-    Run run(*impl_, *this, request, resume, stop, on_progress, no_resume_state, &sink);
+    // A stream saves no resume state (it starts again from byte 0).
+    Run run(*impl_, *this, request, resume, stop, on_progress, {}, &sink);
     return run.execute();
   } catch (const std::exception& e) {
     DownloadResult result;

@@ -5,30 +5,17 @@
 // URL expire, and slows the first transfer so the daemon can be SIGKILLed in the middle.
 
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
 
 #include <optional>
 #include <string>
 
 #include "e2e_fixture.hpp"
+#include "support/digest.hpp"
 
 namespace upparat::test {
 namespace {
 
 using namespace e2e;  // NOLINT(google-build-using-namespace)
-
-std::string sha256_hex(const std::string& data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < length; ++i) {
-    out += digits[digest[i] >> 4];
-    out += digits[digest[i] & 15];
-  }
-  return out;
-}
 
 class E2eStreamTest : public E2eFixture {
  protected:

@@ -2,13 +2,14 @@
 
 // Helpers shared by the downloader tests.
 
-#include <openssl/evp.h>
 #include <sys/stat.h>
 
 #include <cstdint>
 #include <random>
 #include <string>
 #include <string_view>
+
+#include "support/digest.hpp"
 
 namespace upparat::test {
 
@@ -18,19 +19,6 @@ inline std::string random_bytes(std::size_t size, std::uint32_t seed) {
   std::string out(size, '\0');
   for (auto& c : out) {
     c = static_cast<char>(rng() & 0xff);
-  }
-  return out;
-}
-
-inline std::string sha256_hex(std::string_view data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr);
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < length; ++i) {
-    out += digits[digest[i] >> 4];
-    out += digits[digest[i] & 15];
   }
   return out;
 }

@@ -1,6 +1,5 @@
 #include "support/swupdate.hpp"
 
-#include <openssl/evp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -55,19 +54,6 @@ std::string image_entries(const std::vector<SwuImage>& images,
 }
 
 }  // namespace
-
-std::string sha256_hex(const std::string& data) {
-  std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-  unsigned int length = 0;
-  EVP_Digest(data.data(), data.size(), digest.data(), &length, EVP_sha256(), nullptr);
-  static const char* const kHex = "0123456789abcdef";
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) {
-    hex += kHex[digest[i] >> 4];
-    hex += kHex[digest[i] & 0xF];
-  }
-  return hex;
-}
 
 Result<SwupdateFixture> SwupdateFixture::create(fs::path work_dir, fs::path socket_dir) {
   SwupdateFixture fixture(std::move(work_dir), std::move(socket_dir));

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/error.hpp"
+#include "support/digest.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
@@ -78,8 +79,5 @@ class SwupdateFixture {
   std::filesystem::path socket_dir_;
   std::optional<ServiceProcess> daemon_;
 };
-
-/// Lowercase hex SHA-256 of `data`.
-std::string sha256_hex(const std::string& data);
 
 }  // namespace upparat::test
