@@ -34,6 +34,20 @@ void write_job(Writer& w, const Job& job, const std::vector<Execution>& executio
   write_optional_int(w, "inProgressTimeoutMinutes", job.in_progress_timeout_minutes);
   put(w, "presignedUrl", job.url_expiry_seconds.has_value());
   write_optional_int(w, "urlExpirySeconds", job.url_expiry_seconds);
+  if (job.retry) {
+    w.Key("jobExecutionsRetryConfig");
+    w.StartObject();
+    w.Key("criteriaList");
+    w.StartArray();
+    for (const auto& c : job.retry->criteria) {
+      w.StartObject();
+      put(w, "failureType", to_string(c.failure_type));
+      put(w, "numberOfRetries", c.number_of_retries);
+      w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+  }
   w.Key("document");
   w.RawValue(job.document.data(), job.document.size(), rapidjson::kObjectType);
   w.Key("executions");
@@ -147,8 +161,35 @@ std::string faults_to_json(const Faults& f, const ModelOptions& o) {
     w.EndObject();
     put(w, "terminalStateReachedOnDescribe", o.terminal_state_reached_on_describe);
     put(w, "versionMismatchBeforeTerminal", o.version_mismatch_before_terminal);
+    put(w, "forgetEarlierExecutions", o.forget_earlier_executions);
+    put(w, "describeIgnoresExecutionNumber", o.describe_ignores_execution_number);
     w.EndObject();
   });
+}
+
+/// `jobExecutionsRetryConfig` as CreateJob takes it:
+/// `{"criteriaList":[{"failureType":"FAILED"|"TIMED_OUT"|"ALL","numberOfRetries":0..10}]}`.
+Result<std::optional<RetryConfig>> retry_config(const rapidjson::Value& body) {
+  if (!body.HasMember("jobExecutionsRetryConfig")) {
+    return std::optional<RetryConfig>();
+  }
+  const auto& config = body["jobExecutionsRetryConfig"];
+  if (!config.IsObject() || !config.HasMember("criteriaList") ||
+      !config["criteriaList"].IsArray()) {
+    return fail("jobExecutionsRetryConfig must be {\"criteriaList\": [...]}");
+  }
+  RetryConfig retry;
+  for (const auto& c : config["criteriaList"].GetArray()) {
+    auto type = failure_type_from_string(json_string(c, "failureType").value_or(""));
+    auto count = json_int(c, "numberOfRetries");
+    if (!type || !count) {
+      return fail(
+          "each retry criterion needs failureType (FAILED, TIMED_OUT or ALL) and "
+          "numberOfRetries");
+    }
+    retry.criteria.push_back({*type, static_cast<int>(*count)});
+  }
+  return std::optional<RetryConfig>(std::move(retry));
 }
 
 }  // namespace
@@ -214,6 +255,11 @@ struct ControlServer::Impl {
         spec.url_expiry_seconds = static_cast<int>(*v);
       }
       spec.presign = json_bool(body, "presignedUrl", true);
+      if (auto retry = retry_config(body); !retry) {
+        return reply_error(res, 400, retry.error().message());
+      } else {
+        spec.retry = *retry;
+      }
       auto out = ctx.model->create_job(spec);
       if (!out) {
         return reply_error(res, status_of(out.error()), out.error().message());
@@ -331,6 +377,10 @@ struct ControlServer::Impl {
           json_bool(body, "terminalStateReachedOnDescribe", o.terminal_state_reached_on_describe);
       o.version_mismatch_before_terminal =
           json_bool(body, "versionMismatchBeforeTerminal", o.version_mismatch_before_terminal);
+      o.forget_earlier_executions =
+          json_bool(body, "forgetEarlierExecutions", o.forget_earlier_executions);
+      o.describe_ignores_execution_number =
+          json_bool(body, "describeIgnoresExecutionNumber", o.describe_ignores_execution_number);
       ctx.model->set_options(o);
       ctx.model->set_faults(f);
       reply(res, 200, faults_to_json(f, o));

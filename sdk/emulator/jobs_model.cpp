@@ -185,6 +185,28 @@ std::optional<ExecStatus> exec_status_from_string(const std::string& text) {
   return std::nullopt;
 }
 
+const char* to_string(RetryConfig::FailureType type) {
+  switch (type) {
+    case RetryConfig::FailureType::Failed:
+      return "FAILED";
+    case RetryConfig::FailureType::TimedOut:
+      return "TIMED_OUT";
+    case RetryConfig::FailureType::All:
+      return "ALL";
+  }
+  return "ALL";
+}
+
+std::optional<RetryConfig::FailureType> failure_type_from_string(const std::string& text) {
+  for (auto type : {RetryConfig::FailureType::Failed, RetryConfig::FailureType::TimedOut,
+                    RetryConfig::FailureType::All}) {
+    if (text == to_string(type)) {
+      return type;
+    }
+  }
+  return std::nullopt;
+}
+
 bool is_terminal(ExecStatus status) {
   return status != ExecStatus::Queued && status != ExecStatus::InProgress;
 }
@@ -250,6 +272,13 @@ std::vector<Outgoing> JobsModel::tick() {
   return apply_faults_locked(std::move(out));
 }
 
+Outgoing JobsModel::notify_message(const std::string& thing) {
+  std::lock_guard lock(mutex_);
+  std::vector<Outgoing> out;
+  notify_locked(thing, out);
+  return out.front();
+}
+
 std::vector<Outgoing> JobsModel::advance_clock(long long seconds) {
   clock_->advance(std::chrono::seconds(seconds));
   return tick();
@@ -279,12 +308,57 @@ Execution* JobsModel::find_locked(const std::string& thing, const std::string& j
   if (it == executions_.end()) {
     return nullptr;
   }
+  Execution* latest = nullptr;
   for (auto& e : it->second) {
     if (e.job_id == job_id && !e.deleted) {
+      latest = &e;
+    }
+  }
+  return latest;
+}
+
+Execution* JobsModel::find_numbered_locked(const std::string& thing, const std::string& job_id,
+                                           std::optional<long long> number) {
+  Execution* current = find_locked(thing, job_id);
+  if (!current || !number || *number == current->execution_number) {
+    return current;
+  }
+  if (options_.forget_earlier_executions) {
+    return nullptr;
+  }
+  for (auto& e : executions_[thing]) {
+    if (e.job_id == job_id && !e.deleted && e.execution_number == *number) {
       return &e;
     }
   }
   return nullptr;
+}
+
+void JobsModel::retry_locked(const Execution& ended) {
+  const Job& job = jobs_.at(ended.job_id);
+  if (!job.retry || job.status != "IN_PROGRESS") {
+    return;
+  }
+  using Type = RetryConfig::FailureType;
+  int allowed = 0;
+  for (const auto& c : job.retry->criteria) {
+    if (c.failure_type == Type::All ||
+        (c.failure_type == Type::Failed && ended.status == ExecStatus::Failed) ||
+        (c.failure_type == Type::TimedOut && ended.status == ExecStatus::TimedOut)) {
+      allowed = std::max(allowed, c.number_of_retries);
+    }
+  }
+  if (ended.execution_number > allowed) {  // execution n follows n - 1 retries
+    return;
+  }
+  Execution next;
+  next.job_id = ended.job_id;
+  next.thing_name = ended.thing_name;
+  next.execution_number = ended.execution_number + 1;
+  next.queued_at = next.last_updated_at = now();
+  next.seq = ++seq_;
+  next.history.push_back({ExecStatus::Queued, {}, next.queued_at, 1, "retry"});
+  executions_[ended.thing_name].push_back(std::move(next));
 }
 
 std::vector<Execution*> JobsModel::pending_locked(const std::string& thing) {
@@ -298,11 +372,15 @@ std::vector<Execution*> JobsModel::pending_locked(const std::string& thing) {
       result.push_back(&e);
     }
   }
+  const auto in_progress = result.size();
   for (auto& e : it->second) {
     if (!e.deleted && e.status == ExecStatus::Queued) {
       result.push_back(&e);
     }
   }
+  std::stable_sort(
+      result.begin() + static_cast<std::ptrdiff_t>(in_progress), result.end(),
+      [](const Execution* a, const Execution* b) { return a->queued_at < b->queued_at; });
   return result;
 }
 
@@ -446,6 +524,7 @@ void JobsModel::expire_timers_locked(std::vector<Outgoing>& out) {
       auto old_head = head_id_locked(thing);
       set_status_locked(e, ExecStatus::TimedOut, step ? "step-timeout" : "in-progress-timeout");
       std::string job_id = e.job_id;
+      retry_locked(e);  // may reallocate `list`; the loop goes on by index
       after_change_locked(thing, old_head, true, out);
       update_job_status_locked(job_id);
     }
@@ -641,12 +720,16 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
       if (auto e = get_int("executionNumber", number); !e.empty()) {
         return reject("InvalidRequest", e);
       }
-      Execution* e = job_id == "$next" ? head_locked(thing) : find_locked(thing, job_id);
+      if (options_.describe_ignores_execution_number) {
+        number.reset();
+      }
+      Execution* e =
+          job_id == "$next" ? head_locked(thing) : find_numbered_locked(thing, job_id, number);
       if (job_id == "$next" && !e) {
         accepted([](Writer&) {});
         return out;
       }
-      if (!e || (number && *number != e->execution_number)) {
+      if (!e || (job_id == "$next" && number && *number != e->execution_number)) {
         return reject("ResourceNotFound", "No job execution of " + job_id + " for thing " + thing);
       }
       if (is_terminal(e->status) && options_.terminal_state_reached_on_describe) {
@@ -704,8 +787,8 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
         return reject("InvalidRequest", error);
       }
 
-      Execution* e = find_locked(thing, job_id);
-      if (!e || (number && *number != e->execution_number)) {
+      Execution* e = find_numbered_locked(thing, job_id, number);
+      if (!e) {
         return reject("ResourceNotFound", "No job execution of " + job_id + " for thing " + thing);
       }
       const bool stale = expected && *expected != e->version_number;
@@ -750,6 +833,9 @@ std::vector<Outgoing> JobsModel::handle_locked(const std::string& topic,
           w.RawValue(doc.data(), doc.size(), rapidjson::kObjectType);
         }
       });
+      if (*status == ExecStatus::Failed) {
+        retry_locked(*e);  // `e` may dangle from here
+      }
       after_change_locked(thing, old_head, changed, out);
       update_job_status_locked(job_id);
       return out;
@@ -787,6 +873,13 @@ Result<std::vector<Outgoing>> JobsModel::create_job(const JobSpec& spec) {
        *spec.in_progress_timeout_minutes > kMaxStepTimeoutMinutes)) {
     return fail("InvalidRequest: the in-progress timeout must be 1-10080 minutes");
   }
+  if (spec.retry) {
+    for (const auto& c : spec.retry->criteria) {
+      if (c.number_of_retries < 0 || c.number_of_retries > 10) {
+        return fail("InvalidRequest: numberOfRetries must be 0-10");
+      }
+    }
+  }
   if (spec.url_expiry_seconds &&
       (*spec.url_expiry_seconds < 60 || *spec.url_expiry_seconds > 3600)) {
     return fail("InvalidRequest: the pre-signed URL expiry must be 60-3600 seconds");
@@ -813,6 +906,7 @@ Result<std::vector<Outgoing>> JobsModel::create_job(const JobSpec& spec) {
     }
   }
   job.in_progress_timeout_minutes = spec.in_progress_timeout_minutes;
+  job.retry = spec.retry;
   if (spec.presign) {
     job.url_expiry_seconds = spec.url_expiry_seconds.value_or(options_.url_expiry_seconds);
   }
@@ -825,7 +919,8 @@ Result<std::vector<Outgoing>> JobsModel::create_job(const JobSpec& spec) {
     Execution e;
     e.job_id = job.job_id;
     e.thing_name = thing;
-    e.queued_at = e.last_updated_at = ts;
+    e.queued_at = spec.queued_at.value_or(ts);
+    e.last_updated_at = ts;
     e.seq = ++seq_;
     e.history.push_back({ExecStatus::Queued, {}, ts, 1, "created"});
     executions_[thing].push_back(std::move(e));
@@ -945,6 +1040,17 @@ std::string JobsModel::save() const {
       w.EndArray();
       write_optional_int(w, "inProgressTimeoutMinutes", j.in_progress_timeout_minutes);
       write_optional_int(w, "urlExpirySeconds", j.url_expiry_seconds);
+      if (j.retry) {
+        w.Key("retryCriteria");
+        w.StartArray();
+        for (const auto& c : j.retry->criteria) {
+          w.StartObject();
+          put(w, "failureType", to_string(c.failure_type));
+          put(w, "numberOfRetries", c.number_of_retries);
+          w.EndObject();
+        }
+        w.EndArray();
+      }
       put(w, "status", j.status);
       put(w, "forceCanceled", j.force_canceled);
       put(w, "createdAt", j.created_at);
@@ -996,6 +1102,17 @@ Status JobsModel::load(const std::string& json) {
     }
     if (auto n = json_int(v, "urlExpirySeconds")) {
       j.url_expiry_seconds = static_cast<int>(*n);
+    }
+    if (v.HasMember("retryCriteria") && v["retryCriteria"].IsArray()) {
+      j.retry = RetryConfig{};
+      for (const auto& c : v["retryCriteria"].GetArray()) {
+        auto type = failure_type_from_string(str(c, "failureType"));
+        if (!type) {
+          return fail("emulator state: job '" + j.job_id + "' has a bad retry criterion");
+        }
+        j.retry->criteria.push_back(
+            {*type, static_cast<int>(json_int(c, "numberOfRetries").value_or(0))});
+      }
     }
     j.status = str(v, "status");
     j.force_canceled = json_bool(v, "forceCanceled", false);

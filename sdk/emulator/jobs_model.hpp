@@ -81,6 +81,21 @@ struct Execution {
   std::vector<StatusChange> history;
 };
 
+/// A job's retry configuration (`jobExecutionsRetryConfig`): an execution that ends with a
+/// failure one of the criteria matches is followed by a new QUEUED execution of the same job,
+/// numbered one higher, while fewer retries were made than that criterion allows.
+struct RetryConfig {
+  enum class FailureType { Failed, TimedOut, All };
+  struct Criterion {
+    FailureType failure_type = FailureType::All;
+    int number_of_retries = 0;  // 0..10
+  };
+  std::vector<Criterion> criteria;
+};
+[[nodiscard]] const char* to_string(RetryConfig::FailureType type);
+[[nodiscard]] std::optional<RetryConfig::FailureType> failure_type_from_string(
+    const std::string& text);
+
 struct Job {
   std::string job_id;
   std::string document;  // JSON text as given (placeholders unresolved)
@@ -88,6 +103,7 @@ struct Job {
   std::optional<int> in_progress_timeout_minutes;
   /// Pre-signed URL configuration: expiry in seconds; nullopt = none (placeholders stay text).
   std::optional<int> url_expiry_seconds;
+  std::optional<RetryConfig> retry;
   std::string status = "IN_PROGRESS";  // IN_PROGRESS, CANCELED, COMPLETED
   bool force_canceled = false;
   long long created_at = 0;
@@ -103,6 +119,10 @@ struct JobSpec {
   std::optional<int> url_expiry_seconds;
   /// false: the job has no pre-signed URL configuration; placeholders are left as text.
   bool presign = true;
+  std::optional<RetryConfig> retry;
+  /// The executions' queuedAt (epoch seconds); nullopt = now. Queued executions are listed in
+  /// queuedAt order, so a test can queue a job "earlier" than one created before it.
+  std::optional<long long> queued_at;
 };
 
 /// Fault knobs for one kind of outgoing message.
@@ -131,6 +151,12 @@ struct ModelOptions {
   bool version_mismatch_before_terminal = false;
   /// notify lists at most this many executions.
   std::size_t notify_limit = 15;
+  /// A describe or update naming an earlier execution of a retried job (executionNumber) is
+  /// ResourceNotFound instead of being about that execution. AWS documents executionNumber
+  /// for DescribeJobExecution but not what it answers for an execution a retry replaced.
+  bool forget_earlier_executions = false;
+  /// A describe answers the job's current execution whatever executionNumber it names.
+  bool describe_ignores_execution_number = false;
 };
 
 /// The AWS IoT Jobs service in memory: things, jobs, executions, timers and the device MQTT
@@ -153,6 +179,8 @@ class JobsModel {
   [[nodiscard]] Result<std::vector<Outgoing>> delete_execution(const std::string& thing,
                                                                const std::string& job_id,
                                                                bool force);
+  /// The notify message a thing would get now (its pending executions).
+  [[nodiscard]] Outgoing notify_message(const std::string& thing);
   /// Advances the clock and fires the timers that expired.
   [[nodiscard]] std::vector<Outgoing> advance_clock(long long seconds);
 
@@ -180,7 +208,14 @@ class JobsModel {
   void expire_timers_locked(std::vector<Outgoing>& out);
   std::vector<Execution*> pending_locked(const std::string& thing);
   Execution* head_locked(const std::string& thing);
+  /// The job's current (latest) execution on a thing, deleted ones excluded.
   Execution* find_locked(const std::string& thing, const std::string& job_id);
+  /// The execution a request is about: the current one, or the one `number` names.
+  Execution* find_numbered_locked(const std::string& thing, const std::string& job_id,
+                                  std::optional<long long> number);
+  /// After `e` ended FAILED or TIMED_OUT: queues the next execution if the job's retry
+  /// configuration allows it. May reallocate the thing's executions (`e` then dangles).
+  void retry_locked(const Execution& e);
   std::string resolve_document_locked(const Job& job) const;
   void notify_locked(const std::string& thing, std::vector<Outgoing>& out);
   void notify_next_locked(const std::string& thing, std::vector<Outgoing>& out);

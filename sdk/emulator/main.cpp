@@ -41,6 +41,7 @@ constexpr const char* kUsage = R"(usage:
 commands:
   create-job --job-id ID --document FILE --thing NAME [--thing NAME ...]
              [--in-progress-timeout MINUTES] [--url-expiry SECONDS] [--no-presigned-url]
+             [--retry FAILED|TIMED_OUT|ALL:N ...]
   cancel-job --job-id ID [--force]
   delete-execution --thing NAME --job-id ID [--force]
   describe [--thing NAME] [--job-id ID] [--json]     executions with their status history
@@ -502,6 +503,23 @@ int run_client(const Args& args) {
     }
     if (args.has("--no-presigned-url")) {
       body += ",\"presignedUrl\":false";
+    }
+    if (auto retries = args.all("--retry"); !retries.empty()) {
+      // TYPE:N, as AWS CLI's criteriaList entries; the control side checks them.
+      std::string list;
+      for (const auto& r : retries) {
+        const auto colon = r.find(':');
+        const std::string count = colon == std::string::npos ? "" : r.substr(colon + 1);
+        if (count.empty() || count.size() > 2 ||
+            count.find_first_not_of("0123456789") != std::string::npos) {
+          std::cerr << "create-job: --retry takes FAILED:N, TIMED_OUT:N or ALL:N\n";
+          return 2;
+        }
+        list += std::string(list.empty() ? "" : ",") +
+                "{\"failureType\":" + quote(r.substr(0, colon)) + ",\"numberOfRetries\":" + count +
+                "}";
+      }
+      body += ",\"jobExecutionsRetryConfig\":{\"criteriaList\":[" + list + "]}";
     }
     body += "}";
     auto r = client.call("POST", "/jobs", body);

@@ -262,6 +262,41 @@ TEST_F(EmulatorIntegrationTest, CliActsOnARunningEmulator) {
   EXPECT_EQ(body, "0123456789");
 }
 
+// A job created by the CLI with --retry: its failed execution is followed by execution 2, and
+// the earlier one stays describable by number.
+TEST_F(EmulatorIntegrationTest, CliRetryQueuesTheNextExecution) {
+  auto dir = must(TempDir::create("emuretry"));
+  auto doc = must(dir.write_file("doc.json", R"({"action":"update","version":"2"})"));
+  auto cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), emulator_binary().string());
+    args.insert(args.end(), {"--control", emulator_->control_url()});
+    return must(run_process(args));
+  };
+  auto out = cli({"create-job", "--job-id", "upparat_retry", "--document", doc.string(), "--thing",
+                  "dev1", "--retry", "FAILED:1", "--json"});
+  ASSERT_TRUE(out.status.success()) << out.output;
+  EXPECT_NE(out.output.find(R"("failureType":"FAILED","numberOfRetries":1)"), std::string::npos)
+      << out.output;
+  out = cli({"create-job", "--job-id", "upparat_bad_retry", "--document", doc.string(), "--thing",
+             "dev1", "--retry", "FAILED"});
+  EXPECT_EQ(out.status.exit_code, 2) << out.output;
+  out = cli({"create-job", "--job-id", "upparat_bad_retry", "--document", doc.string(), "--thing",
+             "dev1", "--retry", "SOMETIMES:1"});
+  EXPECT_EQ(out.status.exit_code, 1) << out.output;
+  EXPECT_NE(out.output.find("failureType"), std::string::npos) << out.output;
+  device_->take_all();
+  (void)ask(T + "/upparat_retry/update", R"({"status":"FAILED"})",
+            T + "/upparat_retry/update/accepted");
+  auto notify = parse(must(device_->wait_for_message(T + "/notify", 10s)).payload);
+  ASSERT_TRUE(notify["jobs"].HasMember("QUEUED")) << "the retry is announced";
+  EXPECT_EQ(notify["jobs"]["QUEUED"][0]["executionNumber"].GetInt64(), 2);
+  auto d =
+      ask(T + "/upparat_retry/get", R"({"executionNumber":1})", T + "/upparat_retry/get/accepted");
+  EXPECT_STREQ(d["execution"]["status"].GetString(), "FAILED");
+  out = cli({"describe", "--thing", "dev1", "--json"});
+  EXPECT_NE(out.output.find(R"("cause":"retry")"), std::string::npos) << out.output;
+}
+
 TEST(EmulatorProcessTest, StatePersistsAcrossRestart) {
   UPPARAT_SKIP_UNLESS_EXECUTABLE(kMosquittoPath);
   if (!is_executable(emulator_binary())) {

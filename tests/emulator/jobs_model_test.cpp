@@ -6,6 +6,7 @@
 #include <rapidjson/document.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -173,7 +174,7 @@ TEST_F(JobsModelTest, InvalidIdsAreInvalidRequest) {
 // ---- creation, notify and notify-next ---------------------------------------------------------
 
 TEST_F(JobsModelTest, CreateQueuesAndNotifiesEachThing) {
-  JobSpec spec{"job1", R"({"a":1})", {"dev1", "dev2"}, std::nullopt, std::nullopt, true};
+  JobSpec spec{"job1", R"({"a":1})", {"dev1", "dev2"}, std::nullopt, std::nullopt, true, {}, {}};
   auto out = model_.create_job(spec);
   ASSERT_TRUE(out);
   for (std::string thing : {"dev1", "dev2"}) {
@@ -202,29 +203,31 @@ TEST_F(JobsModelTest, CreateQueuesAndNotifiesEachThing) {
 
 TEST_F(JobsModelTest, CreateValidatesLikeAws) {
   auto bad = [&](JobSpec spec) { return !model_.create_job(spec).has_value(); };
-  EXPECT_TRUE(bad({"bad id", "{}", {"dev1"}, {}, {}, true}));
-  EXPECT_TRUE(bad({std::string(65, 'j'), "{}", {"dev1"}, {}, {}, true}));
-  EXPECT_TRUE(bad({"job", "[1]", {"dev1"}, {}, {}, true}));
-  EXPECT_TRUE(bad({"job", "{", {"dev1"}, {}, {}, true}));
-  EXPECT_TRUE(bad({"job", "{}", {}, {}, {}, true}));
-  EXPECT_TRUE(bad({"job", "{}", {"bad/thing"}, {}, {}, true}));
-  EXPECT_TRUE(bad({"job", "{}", {std::string(129, 't')}, {}, {}, true}));
-  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, 0, {}, true}));
-  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, 10081, {}, true}));
-  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, {}, 59, true}));
-  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, {}, 3601, true}));
+  EXPECT_TRUE(bad({"bad id", "{}", {"dev1"}, {}, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({std::string(65, 'j'), "{}", {"dev1"}, {}, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "[1]", {"dev1"}, {}, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "{", {"dev1"}, {}, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "{}", {}, {}, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "{}", {"bad/thing"}, {}, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "{}", {std::string(129, 't')}, {}, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, 0, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, 10081, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, {}, 59, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, {}, 3601, true, {}, {}}));
   EXPECT_TRUE(bad({"job",
                    R"({"f":"${aws:iot:s3-presigned-url:https://example.com/x}"})",
                    {"dev1"},
                    {},
                    {},
-                   true}));
+                   true,
+                   {},
+                   {}}));
   std::string big = R"({"pad":")" + std::string(32768, 'x') + "\"}";
-  EXPECT_TRUE(bad({"job", big, {"dev1"}, {}, {}, true}));
+  EXPECT_TRUE(bad({"job", big, {"dev1"}, {}, {}, true, {}, {}}));
   std::string fits = R"({"p":")" + std::string(32768 - 8, 'x') + "\"}";
   ASSERT_EQ(fits.size(), 32768u);
-  EXPECT_FALSE(bad({"job", fits, {"dev1"}, {}, {}, true}));
-  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, {}, {}, true}));  // already exists
+  EXPECT_FALSE(bad({"job", fits, {"dev1"}, {}, {}, true, {}, {}}));
+  EXPECT_TRUE(bad({"job", "{}", {"dev1"}, {}, {}, true, {}, {}}));  // already exists
 }
 
 TEST_F(JobsModelTest, NotifyListsAtMost15InProgressFirst) {
@@ -505,7 +508,7 @@ TEST_F(JobsModelTest, StepTimeoutIsReplacedOrClearedByUpdate) {
 }
 
 TEST_F(JobsModelTest, InProgressTimeoutIsNotExtendedByStepTimer) {
-  JobSpec spec{"job1", "{}", {"dev1"}, 2, std::nullopt, true};
+  JobSpec spec{"job1", "{}", {"dev1"}, 2, std::nullopt, true, {}, {}};
   ASSERT_TRUE(model_.create_job(spec));
   (void)send(T + "/start-next", R"({"stepTimeoutInMinutes":60})");
   EXPECT_TRUE(model_.advance_clock(100).empty());
@@ -656,7 +659,9 @@ TEST_F(JobsModelTest, PlaceholdersAreReplacedOnEveryFetch) {
       {"dev1"},
       std::nullopt,
       120,
-      true};
+      true,
+      {},
+      {}};
   auto out = model_.create_job(spec);
   ASSERT_TRUE(out);
   auto next = only(*out, T + "/notify-next");
@@ -717,7 +722,7 @@ TEST_F(JobsModelTest, DuplicatedNotificationIsSentTwice) {
   Faults f;
   f.notifications.duplicate_next = 1;
   model_.set_faults(f);
-  JobSpec spec{"job1", "{}", {"dev1"}, std::nullopt, std::nullopt, true};
+  JobSpec spec{"job1", "{}", {"dev1"}, std::nullopt, std::nullopt, true, {}, {}};
   auto out = model_.create_job(spec);
   ASSERT_TRUE(out);
   EXPECT_EQ(count(*out, T + "/notify"), 2);
@@ -765,6 +770,145 @@ TEST_F(JobsModelTest, SaveAndLoadRoundTrip) {
   EXPECT_FALSE(other.load("[]"));
   EXPECT_FALSE(
       other.load(R"({"jobs":[],"executions":[{"jobId":"x","thingName":"t","status":"QUEUED"}]})"));
+}
+
+// ---- retries (jobExecutionsRetryConfig) ------------------------------------------------------
+
+class JobsModelRetryTest : public JobsModelTest {
+ protected:
+  void create_retried(RetryConfig::FailureType type, int retries,
+                      std::optional<int> in_progress_timeout = std::nullopt) {
+    JobSpec spec;
+    spec.job_id = "job1";
+    spec.document = R"({"version":"1.0"})";
+    spec.things = {"dev1"};
+    spec.in_progress_timeout_minutes = in_progress_timeout;
+    spec.retry = RetryConfig{{{type, retries}}};
+    auto r = model_.create_job(spec);
+    ASSERT_TRUE(r) << r.error().message();
+  }
+
+  std::vector<Execution> executions() const { return model_.executions("dev1", "job1"); }
+};
+
+TEST_F(JobsModelRetryTest, AFailedExecutionIsFollowedByTheNextUntilTheRetriesAreUsed) {
+  create_retried(RetryConfig::FailureType::Failed, 1);
+  auto out = send(T + "/job1/update", R"({"status":"FAILED"})");
+  ASSERT_EQ(count(out, T + "/job1/update/accepted"), 1);
+  auto notify = only(out, T + "/notify");
+  ASSERT_TRUE(notify["jobs"].HasMember("QUEUED")) << "the retry is announced";
+  EXPECT_EQ(notify["jobs"]["QUEUED"][0]["executionNumber"].GetInt64(), 2);
+  EXPECT_EQ(notify["jobs"]["QUEUED"][0]["versionNumber"].GetInt64(), 1);
+  auto list = executions();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].status, ExecStatus::Failed);
+  EXPECT_EQ(list[1].status, ExecStatus::Queued);
+  EXPECT_EQ(list[1].execution_number, 2);
+  EXPECT_EQ(list[1].history.front().cause, "retry");
+  EXPECT_EQ(model_.job("job1")->status, "IN_PROGRESS") << "not completed while a retry is queued";
+
+  // Requests without executionNumber are about execution 2; its failure has no retry left.
+  out = send(T + "/job1/update", R"({"status":"FAILED","expectedVersion":1})");
+  ASSERT_EQ(count(out, T + "/job1/update/accepted"), 1);
+  EXPECT_EQ(executions().size(), 2u);
+  EXPECT_EQ(model_.job("job1")->status, "COMPLETED");
+}
+
+TEST_F(JobsModelRetryTest, OnlyTheConfiguredFailureTypeIsRetried) {
+  create_retried(RetryConfig::FailureType::TimedOut, 3);
+  (void)send(T + "/job1/update", R"({"status":"FAILED"})");
+  EXPECT_EQ(executions().size(), 1u) << "a FAILED execution is not retried for TIMED_OUT";
+}
+
+TEST_F(JobsModelRetryTest, ATimedOutExecutionIsRetried) {
+  create_retried(RetryConfig::FailureType::All, 2, 10);
+  (void)send(T + "/job1/update", R"({"status":"IN_PROGRESS"})");
+  auto out = model_.advance_clock(11 * 60);
+  EXPECT_EQ(count(out, T + "/notify"), 1);
+  auto list = executions();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].status, ExecStatus::TimedOut);
+  EXPECT_EQ(list[1].status, ExecStatus::Queued);
+  EXPECT_EQ(list[1].execution_number, 2);
+}
+
+TEST_F(JobsModelRetryTest, ACanceledJobIsNotRetried) {
+  create_retried(RetryConfig::FailureType::All, 2, 10);
+  (void)send(T + "/job1/update", R"({"status":"IN_PROGRESS"})");
+  ASSERT_TRUE(model_.cancel_job("job1", true));
+  (void)model_.advance_clock(11 * 60);
+  EXPECT_EQ(executions().size(), 1u);
+}
+
+TEST_F(JobsModelRetryTest, AnEarlierExecutionIsDescribedAndCannotBeUpdated) {
+  create_retried(RetryConfig::FailureType::Failed, 1);
+  (void)send(T + "/job1/update", R"({"status":"FAILED","statusDetails":{"state":"one"}})");
+  auto d = only(send(T + "/job1/get", R"({"executionNumber":1})"), T + "/job1/get/accepted");
+  EXPECT_STREQ(d["execution"]["status"].GetString(), "FAILED");
+  EXPECT_EQ(d["execution"]["executionNumber"].GetInt64(), 1);
+  d = only(send(T + "/job1/get", "{}"), T + "/job1/get/accepted");
+  EXPECT_STREQ(d["execution"]["status"].GetString(), "QUEUED");
+  EXPECT_EQ(d["execution"]["executionNumber"].GetInt64(), 2);
+  auto r = only(send(T + "/job1/update", R"({"status":"IN_PROGRESS","executionNumber":1})"),
+                T + "/job1/update/rejected");
+  EXPECT_STREQ(r["code"].GetString(), "InvalidStateTransition");
+  EXPECT_STREQ(r["executionState"]["status"].GetString(), "FAILED");
+  EXPECT_EQ(executions()[1].status, ExecStatus::Queued) << "execution 2 untouched";
+  r = only(send(T + "/job1/get", R"({"executionNumber":3})"), T + "/job1/get/rejected");
+  EXPECT_STREQ(r["code"].GetString(), "ResourceNotFound");
+}
+
+TEST_F(JobsModelRetryTest, OptionsForgetEarlierExecutionsOrIgnoreTheNumber) {
+  create_retried(RetryConfig::FailureType::Failed, 1);
+  (void)send(T + "/job1/update", R"({"status":"FAILED"})");
+  ModelOptions o;
+  o.forget_earlier_executions = true;
+  model_.set_options(o);
+  auto r = only(send(T + "/job1/get", R"({"executionNumber":1})"), T + "/job1/get/rejected");
+  EXPECT_STREQ(r["code"].GetString(), "ResourceNotFound");
+  r = only(send(T + "/job1/update", R"({"status":"IN_PROGRESS","executionNumber":1})"),
+           T + "/job1/update/rejected");
+  EXPECT_STREQ(r["code"].GetString(), "ResourceNotFound");
+  o = {};
+  o.describe_ignores_execution_number = true;
+  model_.set_options(o);
+  auto d = only(send(T + "/job1/get", R"({"executionNumber":1})"), T + "/job1/get/accepted");
+  EXPECT_EQ(d["execution"]["executionNumber"].GetInt64(), 2);
+}
+
+TEST_F(JobsModelRetryTest, RetryConfigurationSurvivesSaveAndLoad) {
+  create_retried(RetryConfig::FailureType::Failed, 1);
+  JobsModel other(clock_, nullptr);
+  ASSERT_TRUE(other.load(model_.save()));
+  ASSERT_TRUE(other.job("job1")->retry);
+  (void)other.handle(T + "/job1/update", R"({"status":"FAILED"})");
+  EXPECT_EQ(other.executions("dev1", "job1").size(), 2u);
+}
+
+TEST_F(JobsModelRetryTest, RetriesAboveTenAreRefused) {
+  JobSpec spec;
+  spec.job_id = "job1";
+  spec.document = "{}";
+  spec.things = {"dev1"};
+  spec.retry = RetryConfig{{{RetryConfig::FailureType::All, 11}}};
+  EXPECT_FALSE(model_.create_job(spec));
+}
+
+TEST_F(JobsModelTest, QueuedExecutionsAreListedInQueuedAtOrder) {
+  for (auto [id, at] : {std::pair{"late", 3000LL}, std::pair{"early", 1000LL}}) {
+    JobSpec spec;
+    spec.job_id = id;
+    spec.document = "{}";
+    spec.things = {"dev1"};
+    spec.queued_at = at;
+    ASSERT_TRUE(model_.create_job(spec));
+  }
+  auto g = only(send(T + "/get", "{}"), T + "/get/accepted");
+  ASSERT_EQ(g["queuedJobs"].Size(), 2u);
+  EXPECT_STREQ(g["queuedJobs"][0]["jobId"].GetString(), "early");
+  EXPECT_EQ(g["queuedJobs"][0]["queuedAt"].GetInt64(), 1000);
+  auto n = parse(model_.notify_message("dev1").payload);
+  EXPECT_STREQ(n["jobs"]["QUEUED"][0]["jobId"].GetString(), "early");
 }
 
 }  // namespace

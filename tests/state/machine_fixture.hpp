@@ -1,8 +1,8 @@
 #pragma once
 
-// A deterministic world for the state machine: a fake clock, an in-memory state store, a
-// small AWS IoT Jobs cloud that answers get / describe / update like the real service, and a
-// worker whose step and download results the test scripts.
+// A deterministic world for the state machine: a fake clock, an in-memory state store, the
+// emulator's AWS IoT Jobs model as the cloud, and a worker whose step and download results the
+// test scripts.
 
 #include <gtest/gtest.h>
 
@@ -19,6 +19,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "emulator/jobs_model.hpp"
 #include "jobs/messages.hpp"
 #include "jobs/topics.hpp"
 #include "state/machine.hpp"
@@ -33,15 +34,14 @@ class FakeClock final : public MonotonicClock {
   TimePoint now_{std::chrono::hours(1000)};
 };
 
+/// A job as a test queues it. `status` and `details` other than QUEUED are what an earlier
+/// session of the device left (applied through the device API after creation).
 struct CloudJob {
   std::string id;
   std::string status = "QUEUED";
   std::map<std::string, std::string> details;
   std::string document;  // JSON object text
   std::int64_t queued_at = 1000;
-  std::int64_t execution = 1;
-  std::int64_t version = 1;
-  std::optional<int> step_timeout;
 };
 
 struct SentUpdate {
@@ -64,10 +64,16 @@ inline std::string doc(
          "\",\"force\":" + (force ? "true" : "false") + ",\"meta\":\"m\"}";
 }
 
-/// The cloud of one thing.
+/// The cloud of one thing: the emulator's AWS IoT Jobs model (so AWS's semantics have one
+/// source), answering the machine's requests at once, plus the test's knobs on the way in and
+/// out (held, lost or refused requests, lost answers) and a record of what was sent.
+/// Notifications the model publishes are not delivered: a test sends notify() itself.
 class FakeCloud {
  public:
-  std::map<std::string, CloudJob> jobs;
+  /// Every job has an in-progress timer of this length and up to 10 retries after a time-out,
+  /// so time_out() can end an execution and queue the next one as AWS does.
+  static constexpr int kInProgressTimeoutMinutes = 10080;
+
   std::vector<SentUpdate> updates;  // every update the machine sent, accepted or not
   int throttle_updates = 0;         // answer the next N updates with RequestThrottled
   bool answer = true;               // false: requests pile up in `held`
@@ -81,198 +87,157 @@ class FakeCloud {
   int describes = 0;
   /// The executionNumber of each describe (nullopt: none sent).
   std::vector<std::optional<std::int64_t>> described_executions;
-  /// Earlier executions of a job (after retry()), still answered when named by number.
-  std::map<std::string, std::vector<CloudJob>> past;
-  /// Earlier executions are unknown: naming one is ResourceNotFound (as the emulator does).
+  /// Earlier executions are unknown: naming one is ResourceNotFound.
   bool forget_past = false;
   /// A describe answers the current execution whatever executionNumber it names.
   bool describe_ignores_number = false;
+  /// notify lists at most this many executions.
+  std::size_t notify_limit = 15;
 
-  void add(CloudJob job) { jobs[job.id] = std::move(job); }
+  FakeCloud() : clock_(std::make_shared<emulator::Clock>()), model_(clock_, nullptr) {}
 
-  /// The job's execution ends with `status` (e.g. its in-progress timer expired) and a retry
-  /// queues the next execution: executionNumber + 1, QUEUED, versionNumber 1.
-  void retry(const std::string& id, const std::string& status = "TIMED_OUT") {
-    CloudJob& j = jobs.at(id);
-    CloudJob old = j;
-    old.status = status;
-    ++old.version;
-    past[id].push_back(old);
-    j.execution = old.execution + 1;
-    j.status = "QUEUED";
-    j.details.clear();
-    j.version = 1;
-    j.step_timeout.reset();
+  void add(const CloudJob& job) {
+    emulator::JobSpec spec;
+    spec.job_id = job.id;
+    spec.document = job.document;
+    spec.things = {kThing};
+    spec.presign = false;  // placeholders stay text, as in a job without presigned URL config
+    spec.queued_at = job.queued_at;
+    spec.in_progress_timeout_minutes = kInProgressTimeoutMinutes;
+    spec.retry = emulator::RetryConfig{{{emulator::RetryConfig::FailureType::TimedOut, 10}}};
+    auto created = model_.create_job(spec);
+    ASSERT_TRUE(created) << created.error().message();
+    if (job.status != "QUEUED") {
+      device_update(job.id, job.status, job.details);
+    }
   }
 
-  static std::string summary(const CloudJob& j) {
-    return "{\"jobId\":\"" + j.id + "\",\"queuedAt\":" + std::to_string(j.queued_at) +
-           ",\"executionNumber\":" + std::to_string(j.execution) +
-           ",\"versionNumber\":" + std::to_string(j.version) + ",\"lastUpdatedAt\":1}";
+  /// An update of the execution from outside this machine (an earlier session of the device,
+  /// another process): no expectedVersion, so it always applies to a pending execution.
+  void device_update(const std::string& id, const std::string& status,
+                     const std::map<std::string, std::string>& details) {
+    rapidjson::StringBuffer b;
+    rapidjson::Writer<rapidjson::StringBuffer> w(b);
+    w.StartObject();
+    w.Key("status");
+    w.String(status.c_str());
+    if (!details.empty()) {
+      w.Key("statusDetails");
+      w.StartObject();
+      for (const auto& [k, v] : details) {
+        w.Key(k.c_str());
+        w.String(v.c_str());
+      }
+      w.EndObject();
+    }
+    w.EndObject();
+    auto out = model_.handle(jobs::topic_prefix(kThing) + "/" + id + "/update", b.GetString());
+    ASSERT_TRUE(!out.empty() && out.front().topic.find("/accepted") != std::string::npos)
+        << (out.empty() ? "no answer" : out.front().payload);
   }
 
-  std::string pending_lists(const char* in_progress_key, const char* queued_key) const {
-    std::string ip, q;
-    std::vector<const CloudJob*> queued;
-    for (const auto& [id, j] : jobs) {
-      if (j.status == "IN_PROGRESS") {
-        ip += (ip.empty() ? "" : ",") + summary(j);
-      } else if (j.status == "QUEUED") {
-        queued.push_back(&j);
+  /// CancelJob (forced: an IN_PROGRESS execution is canceled too).
+  void cancel(const std::string& id) { ASSERT_TRUE(model_.cancel_job(id, true)); }
+
+  /// DeleteJobExecution, forced.
+  void remove(const std::string& id) { ASSERT_TRUE(model_.delete_execution(kThing, id, true)); }
+
+  /// The in-progress timers expire: every IN_PROGRESS execution ends TIMED_OUT, and a retry
+  /// queues the job's next execution (executionNumber + 1, QUEUED, versionNumber 1).
+  void time_out() { (void)model_.advance_clock(60LL * kInProgressTimeoutMinutes + 1); }
+
+  /// The job's current execution; nullopt when there is none (deleted, never created).
+  std::optional<emulator::Execution> execution(const std::string& id) const {
+    std::optional<emulator::Execution> current;
+    for (auto& e : model_.executions(kThing, id)) {
+      if (!e.deleted) {
+        current = std::move(e);
       }
     }
-    std::stable_sort(queued.begin(), queued.end(),
-                     [](auto* a, auto* b) { return a->queued_at < b->queued_at; });
-    for (auto* j : queued) {
-      q += (q.empty() ? "" : ",") + summary(*j);
-    }
-    return std::string("\"") + in_progress_key + "\":[" + ip + "],\"" + queued_key + "\":[" + q +
-           "]";
+    return current;
   }
 
-  std::string notify() const {
-    return "{\"timestamp\":1700000000,\"jobs\":{" + pending_lists("IN_PROGRESS", "QUEUED") + "}}";
+  /// The notify the thing would get now.
+  std::string notify() {
+    apply_options();
+    return model_.notify_message(kThing).payload;
   }
 
-  static std::string token_of(const std::string& payload) {
-    rapidjson::Document d;
-    d.Parse(payload.c_str());
+  static std::string token_of(const rapidjson::Document& d) {
     if (d.IsObject() && d.HasMember("clientToken") && d["clientToken"].IsString()) {
       return d["clientToken"].GetString();
     }
     return "";
   }
 
-  static std::string details_json(const std::map<std::string, std::string>& details) {
-    rapidjson::StringBuffer b;
-    rapidjson::Writer<rapidjson::StringBuffer> w(b);
-    w.StartObject();
-    for (const auto& [k, v] : details) {
-      w.Key(k.c_str());
-      w.String(v.c_str());
-    }
-    w.EndObject();
-    return b.GetString();
-  }
-
-  std::string execution_state(const CloudJob& j) const {
-    return "{\"status\":\"" + j.status + "\",\"statusDetails\":" + details_json(j.details) +
-           ",\"versionNumber\":" + std::to_string(j.version) + "}";
-  }
-
   /// Answers one request; returns the answers (topic, payload).
   std::vector<MqttMessage> respond(const Publish& p) {
     const std::string prefix = jobs::topic_prefix(kThing) + "/";
     const std::string rest = p.topic.substr(prefix.size());
-    const std::string token = token_of(p.payload);
-    const std::string tok = ",\"clientToken\":\"" + token + "\"";
-    if (rest == "get") {
-      ++gets;
-      return {{p.topic + "/accepted", "{" + pending_lists("inProgressJobs", "queuedJobs") +
-                                          ",\"timestamp\":1700000000" + tok + "}"}};
-    }
-    const auto slash = rest.find('/');
-    const std::string id = rest.substr(0, slash);
-    const std::string op = rest.substr(slash + 1);
     rapidjson::Document d;
     d.Parse(p.payload.c_str());
     std::optional<std::int64_t> number;
-    if (d.IsObject() && d.HasMember("executionNumber")) {
+    if (d.IsObject() && d.HasMember("executionNumber") && d["executionNumber"].IsInt64()) {
       number = d["executionNumber"].GetInt64();
     }
-    auto it = jobs.find(id);
-    // A request naming an earlier execution is about that one.
-    const CloudJob* earlier = nullptr;
-    const bool ignored = op == "get" && describe_ignores_number;
-    if (it != jobs.end() && number && *number != it->second.execution && !ignored) {
-      if (!forget_past) {
-        for (const auto& j : past[id]) {
-          if (j.execution == *number) {
-            earlier = &j;
-          }
-        }
-      }
-      if (!earlier) {
-        it = jobs.end();
-      }
-    }
-    auto reject = [&](const std::string& code, const std::string& state = "") {
-      return std::vector<MqttMessage>{
-          {p.topic + "/rejected", "{\"code\":\"" + code + "\",\"message\":\"m\"" + tok +
-                                      (state.empty() ? "" : ",\"executionState\":" + state) +
-                                      ",\"timestamp\":1700000000}"}};
-    };
-    if (op == "get") {
+    const auto slash = rest.find('/');
+    const std::string id = slash == std::string::npos ? "" : rest.substr(0, slash);
+    const bool update = slash != std::string::npos && rest.substr(slash + 1) == "update";
+    if (rest == "get") {
+      ++gets;
+    } else if (!update) {
       ++describes;
       described_executions.push_back(number);
-      if (it == jobs.end()) {
-        return reject("ResourceNotFound");
+    } else {
+      SentUpdate u;
+      u.job_id = id;
+      u.status = d["status"].GetString();
+      u.state = d["statusDetails"]["state"].GetString();
+      u.message = d["statusDetails"]["message"].GetString();
+      if (d.HasMember("stepTimeoutInMinutes")) {
+        u.step_timeout = d["stepTimeoutInMinutes"].GetInt();
       }
-      const CloudJob& j = earlier ? *earlier : it->second;
-      return {{p.topic + "/accepted",
-               "{\"execution\":{\"jobId\":\"" + j.id + "\",\"thingName\":\"" + kThing +
-                   "\",\"jobDocument\":" + j.document + ",\"status\":\"" + j.status +
-                   "\",\"statusDetails\":" + details_json(j.details) +
-                   ",\"queuedAt\":" + std::to_string(j.queued_at) +
-                   ",\"lastUpdatedAt\":1,\"versionNumber\":" + std::to_string(j.version) +
-                   ",\"executionNumber\":" + std::to_string(j.execution) +
-                   "},\"timestamp\":1700000000" + tok + "}"}};
+      u.token = token_of(d);
+      u.execution_number = number;
+      if (d.HasMember("expectedVersion")) {
+        u.expected_version = d["expectedVersion"].GetInt64();
+      }
+      u.include_state =
+          d.HasMember("includeJobExecutionState") && d["includeJobExecutionState"].GetBool();
+      updates.push_back(u);
+      if (lose_updates) {
+        return {};
+      }
+      if (refuse && refuse(u)) {
+        return {{p.topic + "/rejected",
+                 "{\"code\":\"InvalidRequest\",\"message\":\"refused\","
+                 "\"clientToken\":\"" +
+                     u.token + "\",\"timestamp\":1700000000}"}};
+      }
     }
-    // update
-    SentUpdate u;
-    u.job_id = id;
-    u.status = d["status"].GetString();
-    u.state = d["statusDetails"]["state"].GetString();
-    u.message = d["statusDetails"]["message"].GetString();
-    if (d.HasMember("stepTimeoutInMinutes")) {
-      u.step_timeout = d["stepTimeoutInMinutes"].GetInt();
+    const auto before = update ? execution(id) : std::nullopt;
+    apply_options();
+    emulator::Faults faults;
+    faults.reject_updates_next = throttle_updates;
+    model_.set_faults(faults);
+    const auto out = model_.handle(p.topic, p.payload);
+    throttle_updates = model_.faults().reject_updates_next;
+    std::vector<MqttMessage> answers;
+    bool accepted = false;
+    for (const auto& m : out) {
+      if (m.kind == emulator::Outgoing::Kind::Response) {
+        answers.push_back({m.topic, m.payload});
+        accepted = accepted || m.topic == p.topic + "/accepted";
+      }
     }
-    u.token = token;
-    u.execution_number = number;
-    if (d.HasMember("expectedVersion")) {
-      u.expected_version = d["expectedVersion"].GetInt64();
+    if (update && accepted && before) {
+      updates.back().applied_to = number.value_or(before->execution_number);
     }
-    u.include_state =
-        d.HasMember("includeJobExecutionState") && d["includeJobExecutionState"].GetBool();
-    updates.push_back(u);
-    if (lose_updates) {
+    if (update && lose_answers > 0 && !answers.empty()) {
+      --lose_answers;
       return {};
     }
-    if (refuse && refuse(u)) {
-      return reject("InvalidRequest");
-    }
-    if (throttle_updates > 0) {
-      --throttle_updates;
-      return reject("RequestThrottled");
-    }
-    if (it == jobs.end()) {
-      return reject("ResourceNotFound");
-    }
-    if (earlier) {
-      return reject("InvalidStateTransition", execution_state(*earlier));
-    }
-    CloudJob& j = it->second;
-    auto answered = [&](std::vector<MqttMessage> answer) {
-      if (lose_answers > 0) {
-        --lose_answers;
-        return std::vector<MqttMessage>{};
-      }
-      return answer;
-    };
-    if (jobs::is_terminal_status(j.status)) {
-      return answered(reject("InvalidStateTransition", execution_state(j)));
-    }
-    if (u.expected_version && *u.expected_version != j.version) {
-      return answered(reject("VersionMismatch", execution_state(j)));
-    }
-    j.status = u.status;
-    j.details = {{"state", u.state}, {"message", u.message}};
-    j.step_timeout = u.step_timeout;
-    ++j.version;
-    updates.back().applied_to = j.execution;
-    const std::string state =
-        u.include_state ? ",\"executionState\":" + execution_state(j) : std::string();
-    return answered({{p.topic + "/accepted", "{\"timestamp\":1700000000" + state + tok + "}"}});
+    return answers;
   }
 
   /// The states the cloud applied to one execution of a job, in order.
@@ -298,6 +263,18 @@ class FakeCloud {
     }
     return out;
   }
+
+ private:
+  void apply_options() {
+    emulator::ModelOptions options;
+    options.forget_earlier_executions = forget_past;
+    options.describe_ignores_execution_number = describe_ignores_number;
+    options.notify_limit = notify_limit;
+    model_.set_options(options);
+  }
+
+  std::shared_ptr<emulator::Clock> clock_;
+  emulator::JobsModel model_;
 };
 
 /// What a step returns when it runs; nullopt leaves it running (e.g. a restart that reboots).
@@ -618,5 +595,26 @@ class World {
 
   Phase phase() const { return machine_->phase(); }
 };
+
+/// "STATUS state" of the job's current execution, or "<deleted>".
+inline std::string final_state(const World& w, const std::string& id = "upparat_1") {
+  auto e = w.cloud.execution(id);
+  if (!e) {
+    return "<deleted>";
+  }
+  auto d = e->status_details.find("state");
+  return std::string(emulator::to_string(e->status)) + " " +
+         (d == e->status_details.end() ? "" : d->second);
+}
+
+/// The statusDetails message of the job's current execution.
+inline std::string final_message(const World& w, const std::string& id = "upparat_1") {
+  auto e = w.cloud.execution(id);
+  if (!e) {
+    return "<deleted>";
+  }
+  auto it = e->status_details.find("message");
+  return it == e->status_details.end() ? "" : it->second;
+}
 
 }  // namespace upparat::state::testing

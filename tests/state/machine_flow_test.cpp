@@ -27,21 +27,6 @@ void start(World& w, CloudJob job = queued("upparat_1")) {
   w.connect();
 }
 
-std::string final_state(const World& w, const std::string& id) {
-  auto it = w.cloud.jobs.find(id);
-  if (it == w.cloud.jobs.end()) {
-    return "<deleted>";
-  }
-  auto d = it->second.details.find("state");
-  return it->second.status + " " + (d == it->second.details.end() ? "" : d->second);
-}
-
-std::string final_message(const World& w, const std::string& id) {
-  auto& d = w.cloud.jobs.at(id).details;
-  auto it = d.find("message");
-  return it == d.end() ? "" : it->second;
-}
-
 // ---- the contract's status table, row by row --------------------------------------------
 
 struct Row {
@@ -338,15 +323,13 @@ TEST(Machine, NotifyFullOfOtherAgentsJobsFetchesJobs) {
     w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
     w.connect();
     ASSERT_EQ(w.phase(), Phase::Monitor);
-    std::string queued_list;
+    w.cloud.notify_limit = static_cast<std::size_t>(listed);
     for (int i = 0; i < listed; ++i) {
-      CloudJob other = queued("other_" + std::to_string(i));
-      w.cloud.add(other);
-      queued_list += (i == 0 ? "" : ",") + FakeCloud::summary(other);
+      w.cloud.add(queued("other_" + std::to_string(i)));
     }
     w.cloud.add(queued("upparat_new", "2.0", false, 2000));  // queued last: not listed
-    w.handle(MqttMessage{jobs::topic_prefix(kThing) + "/notify",
-                         "{\"timestamp\":1,\"jobs\":{\"QUEUED\":[" + queued_list + "]}}"});
+    ASSERT_EQ(w.cloud.notify().find("upparat_new"), std::string::npos);
+    w.notify();
     EXPECT_EQ(final_state(w, "upparat_new"), "SUCCEEDED version_already_installed") << listed;
   }
 }
@@ -392,8 +375,9 @@ INSTANTIATE_TEST_SUITE_P(
                                      "https://s3.amazonaws.com/b/k}\"}",
                                      "placeholder"),
                       std::make_pair("{\"version\":\"2\",\"file\":\"https://h/f\",\"force\":1}",
-                                     "'force'"),
-                      std::make_pair("[1,2]", "not a JSON object")));
+                                     "'force'")));
+// A document that is not a JSON object cannot reach a device (CreateJob refuses it); the
+// parser's own tests (tests/jobs/jobs_protocol_test.cpp) cover it.
 
 TEST(Machine, HttpAllowedWhenConfigured) {
   MachineSettings s;
@@ -485,8 +469,7 @@ TEST(Machine, LocalStateWinsOverCloudDetails) {
   s.step = SavedStep::Download;
   s.resume = {1234, "etag"};
   w.store.state_ = s;
-  w.cloud.jobs["upparat_1"].status = "IN_PROGRESS";
-  w.cloud.jobs["upparat_1"].details = {{"state", "reboot_start"}};
+  w.cloud.device_update("upparat_1", "IN_PROGRESS", {{"state", "reboot_start"}});
   w.hold_downloads();
   w.boot();
   w.connect();
@@ -583,7 +566,7 @@ TEST(Machine, PowerCutsDuringADownloadThatAdvancesDoNotFailIt) {
     w.download_script = complete_download;
     w.finish_download(download::Outcome::Complete);
     EXPECT_NE(w.phase(), Phase::Finishing) << force;
-    EXPECT_EQ(w.cloud.jobs.at("upparat_1").status, "IN_PROGRESS") << force;
+    EXPECT_EQ(w.cloud.execution("upparat_1")->status, emulator::ExecStatus::InProgress) << force;
   }
 }
 
@@ -692,7 +675,7 @@ TEST_P(CancelAtStep, StopsTheWorkAndWaitsForJobs) {
   ASSERT_TRUE(w.running_step || w.running_download);
   const std::uint64_t running = w.running_step ? w.running_step->work : w.running_download->work;
   const auto updates = w.cloud.updates.size();
-  w.cloud.jobs.erase("upparat_1");  // forced delete
+  w.cloud.remove("upparat_1");  // forced delete
   w.notify();
   EXPECT_NE(std::find(w.stopped.begin(), w.stopped.end(), running), w.stopped.end());
   EXPECT_EQ(w.phase(), Phase::Monitor);
@@ -727,7 +710,7 @@ TEST(Machine, CancelWhileWaitingForInstallationStartPreventsTheInstall) {
   w.finish_download(download::Outcome::Complete);
   ASSERT_EQ(w.phase(), Phase::Install);
   // The job is cancelled (forced) before the update arrives.
-  w.cloud.jobs["upparat_1"].status = "CANCELED";
+  w.cloud.cancel("upparat_1");
   w.release_held();
   EXPECT_EQ(w.phase(), Phase::Monitor);
   EXPECT_EQ(w.runs_of(Step::Install), 0);
@@ -753,7 +736,7 @@ TEST(Machine, UpdateRejectedAsTerminalCancels) {
   w.hold_downloads();
   start(w);
   ASSERT_TRUE(w.running_download);
-  w.cloud.jobs["upparat_1"].status = "CANCELED";
+  w.cloud.cancel("upparat_1");
   w.handle(DownloadProgress{w.running_download->work, {50, 100}});  // -> download_progress
   EXPECT_FALSE(w.running_download);
   EXPECT_EQ(w.phase(), Phase::Monitor);
@@ -785,7 +768,7 @@ TEST_P(RetriedExecution, NotifyOfTheNextExecutionStopsTheWorkOnOurs) {
   ASSERT_TRUE(w.running_download);
   const auto first = w.running_download->work;
   const auto describes = w.cloud.describes;
-  w.cloud.retry("upparat_1");
+  w.cloud.time_out();
   w.notify();
   EXPECT_NE(std::find(w.stopped.begin(), w.stopped.end(), first), w.stopped.end())
       << "the download of execution 1 goes on";
@@ -823,7 +806,7 @@ TEST(Machine, UpdatesNeverLandOnTheNextExecution) {
   w.hang_at(Step::Install, &hang);
   start(w);
   ASSERT_TRUE(w.running_step && w.running_step->step == Step::Install);
-  w.cloud.retry("upparat_1");
+  w.cloud.time_out();
   hang = false;
   w.finish_step(ok());  // -> reboot_start for execution 1
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
@@ -878,7 +861,7 @@ TEST(Machine, FinalUpdateRefusedForGoodEndsTheExecutionLocally) {
     return refusing && u.job_id == "upparat_1" && u.status != "IN_PROGRESS";
   };
   start(w);
-  EXPECT_EQ(w.cloud.jobs.at("upparat_1").status, "IN_PROGRESS");
+  EXPECT_EQ(w.cloud.execution("upparat_1")->status, emulator::ExecStatus::InProgress);
   EXPECT_EQ(w.phase(), Phase::Monitor);
   ASSERT_EQ(w.store.ended_.size(), 1u);
   EXPECT_EQ(w.store.ended_[0].job_id, "upparat_1");
@@ -1043,7 +1026,7 @@ TEST(Machine, EveryUpdateCarriesTheExpectedVersion) {
     EXPECT_EQ(u.applied_to, 1) << u.state;
     ++version;
   }
-  EXPECT_EQ(w.cloud.jobs.at("upparat_1").version, 5);
+  EXPECT_EQ(w.cloud.execution("upparat_1")->version_number, 5);
 }
 
 // installation_start is applied but its answer is lost; the resend (same token, same
@@ -1063,7 +1046,7 @@ TEST(Machine, ResentUpdateWhoseAnswerWasLostIsNotAppliedAgain) {
   EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED complete_soft_restart");
   EXPECT_EQ(w.cloud.applied("upparat_1", 1), (Strings{"download_start", "installation_start",
                                                       "reboot_start", "complete_soft_restart"}));
-  EXPECT_EQ(w.cloud.jobs.at("upparat_1").version, 5) << "versionNumber jumped";
+  EXPECT_EQ(w.cloud.execution("upparat_1")->version_number, 5) << "versionNumber jumped";
   EXPECT_EQ(w.runs_of(Step::Install), 1);
 }
 
@@ -1101,9 +1084,7 @@ TEST(Machine, UpdateMeetingAnotherChangeIsSentAgainWithTheNewVersion) {
   w.hold_downloads();
   start(w);
   ASSERT_TRUE(w.running_download);
-  CloudJob& j = w.cloud.jobs.at("upparat_1");
-  j.details = {{"state", "operator_note"}};
-  ++j.version;  // 3
+  w.cloud.device_update("upparat_1", "IN_PROGRESS", {{"state", "operator_note"}});  // version 3
   w.handle(DownloadProgress{w.running_download->work, {500, 1000}});
   EXPECT_EQ(final_state(w, "upparat_1"), "IN_PROGRESS download_progress");
   ASSERT_EQ(w.cloud.updates.size(), 3u);
@@ -1268,7 +1249,7 @@ TEST(Machine, CancelledStepIgnoringTheStopIsAbandonedAfterTheGrace) {
   hang_in_install(w);
   w.ignore_stop = true;
   const auto updates = w.cloud.updates.size();
-  w.cloud.jobs.erase("upparat_1");
+  w.cloud.remove("upparat_1");
   w.notify();
   EXPECT_EQ(w.phase(), Phase::Stopping);
   w.advance(29s);
@@ -1481,7 +1462,7 @@ TEST(Machine, CancelDuringTheRefusalBackOffStopsAsking) {
   start(w);
   ASSERT_EQ(w.downloads_run.size(), 2u);
   ASSERT_EQ(w.phase(), Phase::Download);
-  w.cloud.jobs["upparat_1"].status = "CANCELED";
+  w.cloud.cancel("upparat_1");
   w.notify();
   EXPECT_EQ(w.phase(), Phase::Monitor);
   EXPECT_FALSE(w.store.state_);
@@ -1571,7 +1552,7 @@ TEST(Machine, CancelDuringRestartStopsTheStep) {
   start(w);
   ASSERT_TRUE(w.running_step && w.running_step->step == Step::Restart);
   const auto work = w.running_step->work;
-  w.cloud.jobs["upparat_1"].status = "CANCELED";
+  w.cloud.cancel("upparat_1");
   w.notify();
   EXPECT_NE(std::find(w.stopped.begin(), w.stopped.end(), work), w.stopped.end());
   EXPECT_EQ(w.phase(), Phase::Monitor);
@@ -1731,7 +1712,7 @@ TEST(Machine, SavedJobReplacedByAVanishingJobLosesItsDownload) {
   ASSERT_TRUE(w.store.state_);
   // upparat_1 is deleted while the daemon is down; upparat_2 is listed, then deleted before
   // its describe is answered.
-  w.cloud.jobs.erase("upparat_1");
+  w.cloud.remove("upparat_1");
   w.cloud.add(queued("upparat_2"));
   w.boot();
   w.actions.clear();
@@ -1744,7 +1725,7 @@ TEST(Machine, SavedJobReplacedByAVanishingJobLosesItsDownload) {
     w.handle(m);
   }
   ASSERT_EQ(w.phase(), Phase::DescribeJob);
-  w.cloud.jobs.erase("upparat_2");
+  w.cloud.remove("upparat_2");
   w.release_held();
   EXPECT_EQ(w.phase(), Phase::Monitor);
   EXPECT_FALSE(w.store.state_);

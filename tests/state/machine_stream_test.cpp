@@ -29,18 +29,6 @@ void start(World& w) {
   w.connect();
 }
 
-std::string final_state(const World& w) {
-  const auto& job = w.cloud.jobs.at("upparat_1");
-  auto d = job.details.find("state");
-  return job.status + " " + (d == job.details.end() ? "" : d->second);
-}
-
-std::string final_message(const World& w) {
-  auto& d = w.cloud.jobs.at("upparat_1").details;
-  auto it = d.find("message");
-  return it == d.end() ? "" : it->second;
-}
-
 Hooks soft_restart() {
   Hooks h;
   h.restart = Hooks::Restart::Returns;
