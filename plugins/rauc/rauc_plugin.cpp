@@ -101,6 +101,10 @@ class Rauc {
  public:
   Rauc(const std::string& bus_address, std::chrono::milliseconds timeout) : timeout_(timeout) {
     where_ = bus_address.empty() ? "the system bus" : bus_address;
+    if (auto socket = plugin_system::check_bus_socket(bus_address); !socket) {
+      throw BusError{BusError::Kind::NoBus,
+                     "cannot connect to D-Bus at " + where_ + ": " + socket.error().message()};
+    }
     try {
       auto connection = bus_address.empty()
                             ? sdbus::createSystemBusConnection()

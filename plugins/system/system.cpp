@@ -61,14 +61,19 @@ std::string unix_socket_path(const std::string& address) {
 
 }  // namespace
 
-Status reboot_via_logind(const std::string& bus_address, std::chrono::milliseconds timeout) {
-  const std::string where = bus_address.empty() ? "the system bus" : bus_address;
-  // sdbus-c++ 1.2 leaks its bus object when the connection to an address fails: a socket that
-  // is not there is refused before it is asked.
+Status check_bus_socket(const std::string& bus_address) {
   if (const auto socket = unix_socket_path(bus_address);
       !socket.empty() && ::access(socket.c_str(), F_OK) != 0) {
-    return fail("cannot ask systemd-logind on " + where + " to reboot: no D-Bus socket at " +
-                socket + ": " + std::strerror(errno));
+    return fail("no D-Bus socket at " + socket + ": " + std::strerror(errno));
+  }
+  return {};
+}
+
+Status reboot_via_logind(const std::string& bus_address, std::chrono::milliseconds timeout) {
+  const std::string where = bus_address.empty() ? "the system bus" : bus_address;
+  if (auto socket = check_bus_socket(bus_address); !socket) {
+    return fail("cannot ask systemd-logind on " + where +
+                " to reboot: " + socket.error().message());
   }
   try {
     auto connection = bus_address.empty()

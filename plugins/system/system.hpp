@@ -16,6 +16,11 @@
 
 namespace upparat::plugin_system {
 
+/// Checks, before sdbus-c++ is asked to connect to `bus_address`, that a `unix:path=` socket
+/// exists (sdbus-c++ 1.2 leaks its bus object when a connection to an address fails). Other
+/// addresses, and "" for the system bus, pass. The error names the socket.
+[[nodiscard]] Status check_bus_socket(const std::string& bus_address);
+
 /// Asks systemd-logind to reboot: org.freedesktop.login1.Manager.Reboot(false) on
 /// /org/freedesktop/login1 of org.freedesktop.login1. `bus_address` is a D-Bus address
 /// ("unix:path=/run/dbus/system_bus_socket"), or "" for the system bus. Returns once logind

@@ -192,6 +192,18 @@ TEST_F(RaucPluginTest, ServiceNotRunningIsAClearError) {
   EXPECT_EQ(run(*p, Step::Ready, job("2.0.0", std::nullopt), h).outcome, Outcome::RetryLater);
 }
 
+// A bus address whose socket is not there is refused before sdbus-c++ tries it (that library
+// leaks on a failed connection, which the sanitizer pass reports).
+TEST_F(RaucPluginTest, MissingBusSocketIsAClearErrorWithoutAConnectionAttempt) {
+  const std::string socket = rauc_->path("no-bus").string();
+  auto p = load({{"bus_address", "unix:path=" + socket}});
+  ASSERT_TRUE(p);
+  Harness h;
+  auto r = run(*p, Step::Install, job("2.0.0", rauc_->path("none.raucb")), h);
+  EXPECT_EQ(outcome(r), "FAILED: cannot connect to D-Bus at unix:path=" + socket +
+                            ": no D-Bus socket at " + socket + ": No such file or directory");
+}
+
 TEST_F(RaucPluginTest, StoppedServiceIsARetryAfterTheCallTimeoutNotAHang) {
   ASSERT_TRUE(rauc_->start_service("A"));
   auto bundle = rauc_->bundle("good", "2.0.0");
