@@ -20,6 +20,10 @@ endif()
 file(READ "${UPPARAT_SOURCE_DIR}/config/upparat.service" unit)
 string(REPLACE "/usr/sbin/upparat" "${sbin}/upparat" unit "${unit}")
 string(REPLACE "/etc/upparat/upparat.toml" "${etc}/upparat/upparat.toml" unit "${unit}")
-file(WRITE "${UPPARAT_BINARY_DIR}/install/upparat.service" "${unit}")
-file(INSTALL "${UPPARAT_BINARY_DIR}/install/upparat.service"
-     DESTINATION "${CMAKE_INSTALL_PREFIX}/lib/systemd/system")
+# A folder of this install's own: installs from one build may run at the same time (the tests
+# install it and package it in parallel).
+string(RANDOM LENGTH 12 tag)
+set(unit_dir "${UPPARAT_BINARY_DIR}/install/${tag}")
+file(WRITE "${unit_dir}/upparat.service" "${unit}")
+file(INSTALL "${unit_dir}/upparat.service" DESTINATION "${CMAKE_INSTALL_PREFIX}/lib/systemd/system")
+file(REMOVE_RECURSE "${unit_dir}")

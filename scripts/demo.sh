@@ -21,6 +21,8 @@ job="upparat_demo_$(date +%s)"
 
 # shellcheck source=scripts/lib/template.sh
 source "$here/scripts/lib/template.sh"
+# shellcheck source=scripts/lib/local_cloud.sh
+source "$here/scripts/lib/local_cloud.sh"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
@@ -74,50 +76,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
-  die "no free port found"
-}
-
-wait_for() {  # wait_for <file> <pattern> <seconds>
-  local t=0
-  until grep -q -- "$2" "$1" 2>/dev/null; do
-    sleep 0.2
-    t=$((t + 1))
-    [ "$t" -lt $(($3 * 5)) ] || die "timed out waiting for '$2' in $1"
-  done
-}
-
-say "starting mosquitto on 127.0.0.1 (plain TCP, loopback only)"
-mqtt_port="$(free_port)"
-cat >"$work/mosquitto.conf" <<EOF
-listener $mqtt_port 127.0.0.1
-allow_anonymous true
-persistence false
-log_dest stdout
-EOF
-/usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
-pids+=($!)
-t=0
-until (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null; do
-  sleep 0.2
-  t=$((t + 1))
-  [ "$t" -lt 50 ] || die "mosquitto did not listen on port $mqtt_port"
-done
-
-say "starting the AWS IoT Jobs + S3 emulator"
-"$emulator" serve --broker "tcp://127.0.0.1:$mqtt_port" --s3-http >"$work/emulator.log" 2>&1 &
-pids+=($!)
-wait_for "$work/emulator.log" '"ready":true' 20
-control_port="$(grep -o '"control_port":[0-9]*' "$work/emulator.log" | head -n1 | cut -d: -f2)"
-export UPPARAT_EMULATOR_CONTROL="http://127.0.0.1:$control_port"
+say "starting mosquitto on 127.0.0.1 (plain TCP, loopback only) and the AWS IoT Jobs + S3 emulator"
+start_local_cloud "$emulator"
 grep '"ready":true' "$work/emulator.log" >&2
 
 say "uploading a demo firmware and creating job $job"
@@ -144,8 +104,7 @@ while :; do
   kill -0 "$daemon_pid" 2>/dev/null || die "the daemon exited"
   # The status first, then the history: once the status is final, the history read after it
   # holds the final update too, so the last line is never missed.
-  status="$("$emulator" describe --thing "$thing" --job-id "$job" --json 2>/dev/null |
-            grep -o '"status":"[A-Z_]*"' | head -n1 | cut -d'"' -f4 || true)"
+  status="$(job_status "$emulator" "$thing" "$job")"
   # The history lines (indented) of the execution, one per status update, each with its
   # versionNumber ("v3"): print those not printed yet.
   out="$("$emulator" describe --thing "$thing" --job-id "$job" 2>/dev/null | grep '^ ' || true)"

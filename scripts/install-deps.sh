@@ -20,6 +20,8 @@ packages=(
   mosquitto nginx-light openssl curl procps util-linux
   # tests/systemd: the unit under a real systemd in a container
   systemd-container debootstrap
+  # Debian packages (cmake/Packaging.cmake, tests/packaging): dpkg-shlibdeps
+  dpkg-dev
   # native plugins (RAUC over D-Bus, SWUpdate's IPC) and packaging
   rauc swupdate libswupdate-dev libsdbus-c++-dev dbus squashfs-tools cpio
 )

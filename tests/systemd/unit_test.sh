@@ -46,32 +46,13 @@ die() { echo "FAILED: $*" >&2; exit 1; }
 command -v systemd-nspawn >/dev/null || skip "systemd-nspawn not installed (apt-get install systemd-container)"
 command -v nsenter >/dev/null || skip "nsenter not installed"
 [ -x /usr/sbin/mosquitto ] || skip "mosquitto not installed"
-emulator="$(find "$build" -type f -name upparat-jobs-emulator -perm -u+x | head -n1)"
-[ -n "$emulator" ] || die "upparat-jobs-emulator not found in $build"
+emulator="$build/sdk/emulator/upparat-jobs-emulator"
+[ -x "$emulator" ] || die "upparat-jobs-emulator not found in $build (build it first)"
 
 # ---- the cached root file system ---------------------------------------------------------------
-if [ ! -f "$cache/.upparat-rootfs-complete" ]; then
-  command -v debootstrap >/dev/null || skip "no cached rootfs in $cache and debootstrap not installed"
-  say "building the container rootfs in $cache (debootstrap, once; a few minutes)"
-  mkdir -p "$(dirname "$cache")"
-  exec 9>"$cache.lock"
-  flock 9
-  if [ ! -f "$cache/.upparat-rootfs-complete" ]; then
-    rm -rf "$cache.tmp"
-    # The runtime libraries of the daemon (Debian 12 packages), systemd, sudo.
-    if ! debootstrap --variant=minbase \
-      --include=systemd,systemd-sysv,dbus,sudo,libpaho-mqttpp3-1,libpaho-mqtt1.3,libspdlog1.10,libfmt9,libcurl4,libssl3,libsystemd0 \
-      bookworm "$cache.tmp" "$mirror" >"$cache.debootstrap.log" 2>&1; then
-      tail -n 5 "$cache.debootstrap.log" >&2
-      rm -rf "$cache.tmp"
-      skip "debootstrap of Debian bookworm from $mirror failed (see $cache.debootstrap.log)"
-    fi
-    rm -rf "$cache"
-    touch "$cache.tmp/.upparat-rootfs-complete"
-    mv "$cache.tmp" "$cache"
-  fi
-  exec 9>&-
-fi
+# shellcheck source=tests/systemd/rootfs.sh
+source "$here/tests/systemd/rootfs.sh"
+ensure_test_rootfs "$cache" "$mirror"
 
 # ---- everything below is undone by cleanup -----------------------------------------------------
 work="$(mktemp -d /var/tmp/upparat-unit.XXXXXX)"
@@ -149,15 +130,21 @@ plugin="$(cd "$root" && find usr/lib -name upparat-script.so | head -n1)"
   die "installed files missing (daemon, plugin or unit)"
 cmp -s "$here/config/upparat.service" "$root/usr/lib/systemd/system/upparat.service" ||
   die "the installed unit is not config/upparat.service"
+# A /usr install switches on the polkit rule (as the upparat-plugin-rauc package does). Kept
+# aside here: the reboot check below first proves that logind refuses without it.
+rule="usr/share/polkit-1/rules.d/50-upparat-reboot.rules"
+[ -f "$root/$rule" ] || die "a /usr install did not install the polkit rule to /$rule"
+mv "$root/$rule" "$work/50-upparat-reboot.rules"
 
 useradd -R "$root" --system --user-group --home-dir /var/lib/upparat --no-create-home \
   --shell /usr/sbin/nologin upparat
-# The SWUpdate drop-in (config/upparat-swupdate.conf), with a stand-in for Debian's
-# swupdate.socket (its sockets in /tmp, mode 0660, group swupdate); checked after the job.
+# The SWUpdate drop-in (config/upparat-swupdate.conf), active in a /usr install as in the
+# upparat-plugin-swupdate package, with a stand-in for Debian's swupdate.socket (its sockets in
+# /tmp, mode 0660, group swupdate); checked after the job.
+cmp -s "$here/config/upparat-swupdate.conf" "$root/usr/lib/systemd/system/upparat.service.d/swupdate.conf" ||
+  die "a /usr install did not install the SWUpdate drop-in as upparat.service.d/swupdate.conf"
 groupadd -R "$root" --system swupdate
-mkdir -p "$root/etc/systemd/system/upparat.service.d" "$root/etc/systemd/system/sockets.target.wants"
-cp "$root/usr/share/upparat/swupdate/upparat-swupdate.conf" \
-  "$root/etc/systemd/system/upparat.service.d/swupdate.conf" || die "the SWUpdate drop-in is not installed"
+mkdir -p "$root/etc/systemd/system/sockets.target.wants"
 printf '[Socket]\nListenStream=/tmp/sockinstctrl\nListenStream=/tmp/swupdateprog\nSocketMode=0660\nSocketGroup=swupdate\n[Install]\nWantedBy=sockets.target\n' \
   >"$root/etc/systemd/system/swupdate.socket"
 printf '[Service]\nExecStart=/bin/sleep infinity\n' >"$root/etc/systemd/system/swupdate.service"
@@ -196,40 +183,9 @@ EOF
 chmod 0755 "$root/usr/local/bin/rauc"
 
 # ---- broker and emulator on the host's loopback ------------------------------------------------
-free_port() {
-  local port
-  for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
-  done
-  die "no free port found"
-}
-wait_for() {  # wait_for <file> <pattern> <seconds>
-  local t=0
-  until grep -q -- "$2" "$1" 2>/dev/null; do
-    sleep 0.2; t=$((t + 1))
-    [ "$t" -lt $(($3 * 5)) ] || die "timed out waiting for '$2' in $1"
-  done
-}
-
-mqtt_port="$(free_port)"
-cat >"$work/mosquitto.conf" <<EOF
-listener $mqtt_port 127.0.0.1
-allow_anonymous true
-persistence false
-log_dest stdout
-EOF
-/usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
-pids+=($!)
-t=0
-until (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null; do
-  sleep 0.2; t=$((t + 1)); [ "$t" -lt 50 ] || die "mosquitto did not listen on port $mqtt_port"
-done
-"$emulator" serve --broker "tcp://127.0.0.1:$mqtt_port" --s3-http >"$work/emulator.log" 2>&1 &
-pids+=($!)
-wait_for "$work/emulator.log" '"ready":true' 20
-control_port="$(grep -o '"control_port":[0-9]*' "$work/emulator.log" | head -n1 | cut -d: -f2)"
-export UPPARAT_EMULATOR_CONTROL="http://127.0.0.1:$control_port"
+# shellcheck source=scripts/lib/local_cloud.sh
+source "$here/scripts/lib/local_cloud.sh"
+start_local_cloud "$emulator"
 
 { echo "2.0.0-demo"; head -c $((1024 * 1024)) /dev/urandom | base64; } >"$work/firmware.bin"
 "$emulator" put-object --bucket upparat-demo --key firmware.bin --file "$work/firmware.bin" >/dev/null
@@ -264,8 +220,7 @@ while :; do
     [ "$boots" -lt 3 ] || die "the container rebooted more than twice"
     boot
   fi
-  status="$("$emulator" describe --thing "$thing" --job-id "$job" --json 2>/dev/null |
-            grep -o '"status":"[A-Z_]*"' | head -n1 | cut -d'"' -f4 || true)"
+  status="$(job_status "$emulator" "$thing" "$job")"
   case "$status" in
     SUCCEEDED | FAILED | REJECTED | CANCELED | TIMED_OUT | REMOVED) break ;;
   esac
@@ -295,8 +250,8 @@ container_exec grep -Eq "^Groups:.*\b$swupdate_gid\b" "/proc/$main_pid/status" |
 # ---- the RAUC plugin's reboot: logind, as the user upparat, allowed by the polkit rule --------
 # polkitd and libsdbus-c++ (not in the cached rootfs) come from Debian packages downloaded once;
 # --force-depends: logind is in the rootfs (the systemd package), only libpam-systemd is not.
-reboot_tool="$(find "$build" -type f -name upparat_reboot_tool -perm -u+x | head -n1)"
-[ -n "$reboot_tool" ] || die "upparat_reboot_tool not found in $build"
+reboot_tool="$build/tests/plugin_system/upparat_reboot_tool"
+[ -x "$reboot_tool" ] || die "upparat_reboot_tool not found in $build (build it first)"
 debs="$cache.polkit-debs"
 if [ ! -f "$debs/.complete" ]; then
   say "downloading polkitd and libsdbus-c++1 for the container (once, into $debs)"
@@ -317,7 +272,7 @@ if as_upparat /usr/local/bin/upparat_reboot_tool >"$work/reboot-denied.log" 2>&1
 fi
 grep -q "50-upparat-reboot.rules" "$work/reboot-denied.log" ||
   die "the refused reboot does not point to the polkit rule: $(cat "$work/reboot-denied.log")"
-install -m 0644 "$here/config/50-upparat-reboot.rules" "$root/etc/polkit-1/rules.d/"
+install -m 0644 "$work/50-upparat-reboot.rules" "$root/$rule"
 container_exec systemctl restart polkit.service || die "polkit.service did not restart"
 as_upparat /usr/local/bin/upparat_reboot_tool >"$work/reboot-allowed.log" 2>&1 ||
   die "logind refused the reboot with the polkit rule: $(cat "$work/reboot-allowed.log")"
