@@ -35,18 +35,7 @@ void write_job(Writer& w, const Job& job, const std::vector<Execution>& executio
   put(w, "presignedUrl", job.url_expiry_seconds.has_value());
   write_optional_int(w, "urlExpirySeconds", job.url_expiry_seconds);
   if (job.retry) {
-    w.Key("jobExecutionsRetryConfig");
-    w.StartObject();
-    w.Key("criteriaList");
-    w.StartArray();
-    for (const auto& c : job.retry->criteria) {
-      w.StartObject();
-      put(w, "failureType", to_string(c.failure_type));
-      put(w, "numberOfRetries", c.number_of_retries);
-      w.EndObject();
-    }
-    w.EndArray();
-    w.EndObject();
+    write_retry_config(w, *job.retry);
   }
   w.Key("document");
   w.RawValue(job.document.data(), job.document.size(), rapidjson::kObjectType);
@@ -167,31 +156,6 @@ std::string faults_to_json(const Faults& f, const ModelOptions& o) {
   });
 }
 
-/// `jobExecutionsRetryConfig` as CreateJob takes it:
-/// `{"criteriaList":[{"failureType":"FAILED"|"TIMED_OUT"|"ALL","numberOfRetries":0..10}]}`.
-Result<std::optional<RetryConfig>> retry_config(const rapidjson::Value& body) {
-  if (!body.HasMember("jobExecutionsRetryConfig")) {
-    return std::optional<RetryConfig>();
-  }
-  const auto& config = body["jobExecutionsRetryConfig"];
-  if (!config.IsObject() || !config.HasMember("criteriaList") ||
-      !config["criteriaList"].IsArray()) {
-    return fail("jobExecutionsRetryConfig must be {\"criteriaList\": [...]}");
-  }
-  RetryConfig retry;
-  for (const auto& c : config["criteriaList"].GetArray()) {
-    auto type = failure_type_from_string(json_string(c, "failureType").value_or(""));
-    auto count = json_int(c, "numberOfRetries");
-    if (!type || !count) {
-      return fail(
-          "each retry criterion needs failureType (FAILED, TIMED_OUT or ALL) and "
-          "numberOfRetries");
-    }
-    retry.criteria.push_back({*type, static_cast<int>(*count)});
-  }
-  return std::optional<RetryConfig>(std::move(retry));
-}
-
 }  // namespace
 
 std::string job_to_json(const Job& job, const std::vector<Execution>& executions) {
@@ -255,7 +219,7 @@ struct ControlServer::Impl {
         spec.url_expiry_seconds = static_cast<int>(*v);
       }
       spec.presign = json_bool(body, "presignedUrl", true);
-      if (auto retry = retry_config(body); !retry) {
+      if (auto retry = read_retry_config(body); !retry) {
         return reply_error(res, 400, retry.error().message());
       } else {
         spec.retry = *retry;

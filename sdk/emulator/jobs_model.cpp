@@ -1041,15 +1041,7 @@ std::string JobsModel::save() const {
       write_optional_int(w, "inProgressTimeoutMinutes", j.in_progress_timeout_minutes);
       write_optional_int(w, "urlExpirySeconds", j.url_expiry_seconds);
       if (j.retry) {
-        w.Key("retryCriteria");
-        w.StartArray();
-        for (const auto& c : j.retry->criteria) {
-          w.StartObject();
-          put(w, "failureType", to_string(c.failure_type));
-          put(w, "numberOfRetries", c.number_of_retries);
-          w.EndObject();
-        }
-        w.EndArray();
+        write_retry_config(w, *j.retry);
       }
       put(w, "status", j.status);
       put(w, "forceCanceled", j.force_canceled);
@@ -1103,17 +1095,11 @@ Status JobsModel::load(const std::string& json) {
     if (auto n = json_int(v, "urlExpirySeconds")) {
       j.url_expiry_seconds = static_cast<int>(*n);
     }
-    if (v.HasMember("retryCriteria") && v["retryCriteria"].IsArray()) {
-      j.retry = RetryConfig{};
-      for (const auto& c : v["retryCriteria"].GetArray()) {
-        auto type = failure_type_from_string(str(c, "failureType"));
-        if (!type) {
-          return fail("emulator state: job '" + j.job_id + "' has a bad retry criterion");
-        }
-        j.retry->criteria.push_back(
-            {*type, static_cast<int>(json_int(c, "numberOfRetries").value_or(0))});
-      }
+    auto retry = read_retry_config(v);
+    if (!retry) {
+      return fail("emulator state: job '" + j.job_id + "': " + retry.error().message());
     }
+    j.retry = *retry;
     j.status = str(v, "status");
     j.force_canceled = json_bool(v, "forceCanceled", false);
     j.created_at = json_int(v, "createdAt").value_or(0);

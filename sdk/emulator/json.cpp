@@ -111,4 +111,42 @@ std::optional<std::vector<std::string>> json_strings(const rapidjson::Value& v, 
   return out;
 }
 
+void write_retry_config(JsonWriter& w, const RetryConfig& retry) {
+  w.Key("jobExecutionsRetryConfig");
+  w.StartObject();
+  w.Key("criteriaList");
+  w.StartArray();
+  for (const auto& c : retry.criteria) {
+    w.StartObject();
+    put(w, "failureType", to_string(c.failure_type));
+    put(w, "numberOfRetries", c.number_of_retries);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+}
+
+Result<std::optional<RetryConfig>> read_retry_config(const rapidjson::Value& body) {
+  if (!body.HasMember("jobExecutionsRetryConfig")) {
+    return std::optional<RetryConfig>();
+  }
+  const auto& config = body["jobExecutionsRetryConfig"];
+  if (!config.IsObject() || !config.HasMember("criteriaList") ||
+      !config["criteriaList"].IsArray()) {
+    return fail("jobExecutionsRetryConfig must be {\"criteriaList\": [...]}");
+  }
+  RetryConfig retry;
+  for (const auto& c : config["criteriaList"].GetArray()) {
+    auto type = failure_type_from_string(json_string(c, "failureType").value_or(""));
+    auto count = json_int(c, "numberOfRetries");
+    if (!type || !count) {
+      return fail(
+          "each retry criterion needs failureType (FAILED, TIMED_OUT or ALL) and "
+          "numberOfRetries");
+    }
+    retry.criteria.push_back({*type, static_cast<int>(*count)});
+  }
+  return std::optional<RetryConfig>(std::move(retry));
+}
+
 }  // namespace upparat::emulator

@@ -94,4 +94,11 @@ void write_execution_record(JsonWriter& w, const Execution& e, const ExecutionRe
 [[nodiscard]] std::optional<std::vector<std::string>> json_strings(const rapidjson::Value& v,
                                                                    const char* key);
 
+/// The member `"jobExecutionsRetryConfig": {"criteriaList": [{"failureType":
+/// "FAILED"|"TIMED_OUT"|"ALL", "numberOfRetries": N}, ...]}` as CreateJob takes it; the control
+/// API and the saved state use this form.
+void write_retry_config(JsonWriter& w, const RetryConfig& retry);
+/// Reads that member of `object`; nullopt when it is absent, an error when it is malformed.
+[[nodiscard]] Result<std::optional<RetryConfig>> read_retry_config(const rapidjson::Value& object);
+
 }  // namespace upparat::emulator
