@@ -352,17 +352,13 @@ class Run {
     }
     switch (f.fault) {
       case Fault::Kill:
-        if (daemon_) {
-          daemon_->kill9();
-          kill_leftover_hooks();
-          ++cuts_;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(uniform(100, 800)));
-        start_daemon();
-        break;
       case Fault::Sigterm:
         if (daemon_) {
-          (void)daemon_->stop();
+          if (f.fault == Fault::Kill) {
+            daemon_->kill9();
+          } else {
+            (void)daemon_->stop();
+          }
           kill_leftover_hooks();
           ++cuts_;
         }
