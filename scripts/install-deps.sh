@@ -11,6 +11,8 @@ fi
 packages=(
   # toolchain
   build-essential cmake ninja-build pkg-config git ca-certificates clang-format clang-tidy clang-tools
+  # fuzz/: clang, and libFuzzer's runtime (only a recommendation of clang, not installed here)
+  clang libclang-rt-14-dev
   # libraries of the daemon and the emulator
   libboost-dev libpaho-mqttpp-dev libpaho-mqtt-dev libcurl4-openssl-dev rapidjson-dev
   libtoml11-dev libspdlog-dev libfmt-dev libssl-dev libexpected-dev libsystemd-dev libcpp-httplib-dev

@@ -7,7 +7,7 @@ file(GLOB_RECURSE sources
   ${SOURCE_DIR}/plugins/*.cpp ${SOURCE_DIR}/plugins/*.hpp
   ${SOURCE_DIR}/sdk/*.cpp ${SOURCE_DIR}/sdk/*.hpp ${SOURCE_DIR}/sdk/*.h ${SOURCE_DIR}/sdk/*.c
   ${SOURCE_DIR}/tests/*.cpp ${SOURCE_DIR}/tests/*.hpp ${SOURCE_DIR}/tests/*.c
-  ${SOURCE_DIR}/bench/*.cpp)
+  ${SOURCE_DIR}/bench/*.cpp ${SOURCE_DIR}/fuzz/*.cpp ${SOURCE_DIR}/fuzz/*.hpp)
 set(unformatted "")
 foreach(file IN LISTS sources)
   execute_process(COMMAND ${CLANG_FORMAT} --dry-run -Werror --style=file ${file}

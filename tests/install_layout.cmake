@@ -21,7 +21,7 @@ set(expected
   etc/upparat/upparat.toml
   lib/systemd/system/upparat.service
   share/upparat/hooks/install.sh
-  share/doc/upparat/plugin-api.md)
+  share/doc/upparat/docs/plugin-api.md)
 foreach(file IN LISTS expected)
   if(NOT EXISTS "${PREFIX}/${file}")
     message(FATAL_ERROR "not installed: ${PREFIX}/${file}\ninstall said:\n${out}")

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cctype>
 #include <sstream>
+#include <string_view>
 
+#include "common/sanitize.hpp"
 #include "config/config.hpp"
 #include "config/detail.hpp"
 #include "config/toml_values.hpp"
@@ -34,6 +36,18 @@ bool valid_prefix(const std::string& prefix) {
 
 Result<Config> parse_toml(const std::string& text, const fs::path& file,
                           const Overrides& overrides) {
+  // TOML is UTF-8. Checked before toml11 sees the text: toml11 3.7 reads past its buffer when
+  // it reports invalid UTF-8 in a literal string. Line by line, to name the line (a
+  // multi-byte character never contains '\n').
+  std::size_t line_start = 0;
+  for (int line = 1; line_start <= text.size(); ++line) {
+    const std::size_t end = std::min(text.find('\n', line_start), text.size());
+    if (!is_valid_utf8(std::string_view(text).substr(line_start, end - line_start))) {
+      return fail(file.string() + ": invalid TOML: line " + std::to_string(line) +
+                  " is not valid UTF-8 (a TOML file must be UTF-8 encoded)");
+    }
+    line_start = end + 1;
+  }
   toml::value root;
   try {
     std::istringstream in(text);

@@ -44,7 +44,12 @@ std::optional<std::int64_t> opt_int(const Value& obj, const char* key) {
     return it->value.GetInt64();
   }
   if (it->value.IsDouble()) {
-    return static_cast<std::int64_t>(it->value.GetDouble());
+    // Converting a double outside int64's range is undefined behaviour (x86 yields INT64_MIN):
+    // such a number counts as absent.
+    const double number = it->value.GetDouble();
+    if (number >= -9223372036854775808.0 && number < 9223372036854775808.0) {
+      return static_cast<std::int64_t>(number);
+    }
   }
   return std::nullopt;
 }

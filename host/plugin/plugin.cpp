@@ -84,6 +84,19 @@ std::string_view written_text(const std::vector<char>& buffer) {
   return std::string_view(buffer.data(), ::strnlen(buffer.data(), buffer.size() - 1));
 }
 
+// What breaks plugin.h's rules in the raw text of a result buffer, or "" when nothing does.
+std::string raw_text_defect(const std::vector<char>& buffer) {
+  std::string defect;
+  if (std::memchr(buffer.data(), '\0', buffer.size()) == nullptr) {
+    defect = "the text fills its " + std::to_string(buffer.size()) +
+             "-byte buffer without a terminating NUL (the host cut it)";
+  }
+  if (!is_valid_utf8(written_text(buffer))) {
+    defect += std::string(defect.empty() ? "" : "; ") + "the text is not valid UTF-8";
+  }
+  return defect;
+}
+
 bool has_elf_magic(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   char magic[4] = {};
@@ -275,6 +288,37 @@ bool is_blank(std::string_view line) {
     const auto byte = static_cast<unsigned char>(c);
     return byte <= 0x20 || byte == 0x7F;
   });
+}
+
+// The StepResult of what a step returned in `result`, its text being `written`.
+StepResult answer_of(const upparat_result& result, std::string_view written, Step step,
+                     const std::string& plugin_name) {
+  switch (result.code) {
+    case UPPARAT_OK:
+      return {Outcome::Ok, std::string(trim(written)), std::nullopt};
+    case UPPARAT_RETRY_LATER: {
+      // Any negative delay (not only -1) means the configured retry_interval: treating it as 0
+      // would let a buggy plugin spend all its retries at once.
+      std::optional<std::chrono::seconds> delay;
+      if (result.retry_after_seconds > kMaxRetryAfterSeconds) {
+        spdlog::warn(
+            "plugin {} asked to retry its {} step after {} s: waiting {} s, the longest "
+            "delay a plugin may ask for",
+            plugin_name, to_string(step), result.retry_after_seconds, kMaxRetryAfterSeconds);
+        delay = std::chrono::seconds(kMaxRetryAfterSeconds);
+      } else if (result.retry_after_seconds >= 0) {
+        delay = std::chrono::seconds(result.retry_after_seconds);
+      }
+      return {Outcome::RetryLater, sanitize_status_detail(written), delay};
+    }
+    case UPPARAT_FAILED:
+      return {Outcome::Failed, sanitize_status_detail(written), std::nullopt};
+    case UPPARAT_NOT_SUPPORTED:
+      return {Outcome::NotSupported, sanitize_status_detail(written), std::nullopt};
+    default:
+      return {Outcome::Failed, "plugin returned invalid result code " + std::to_string(result.code),
+              std::nullopt};
+  }
 }
 
 }  // namespace
@@ -623,34 +667,10 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
                 " let an exception escape its " + std::string(to_string(step)) + " step",
             std::nullopt};
   }
-  const std::string_view written = written_text(text);
-  switch (result.code) {
-    case UPPARAT_OK:
-      return {Outcome::Ok, std::string(trim(written)), std::nullopt};
-    case UPPARAT_RETRY_LATER: {
-      // Any negative delay (not only -1) means the configured retry_interval: treating it as 0
-      // would let a buggy plugin spend all its retries at once.
-      std::optional<std::chrono::seconds> delay;
-      if (result.retry_after_seconds > kMaxRetryAfterSeconds) {
-        spdlog::warn(
-            "plugin {} asked to retry its {} step after {} s: waiting {} s, the longest "
-            "delay a plugin may ask for",
-            impl_->library.info.name, to_string(step), result.retry_after_seconds,
-            kMaxRetryAfterSeconds);
-        delay = std::chrono::seconds(kMaxRetryAfterSeconds);
-      } else if (result.retry_after_seconds >= 0) {
-        delay = std::chrono::seconds(result.retry_after_seconds);
-      }
-      return {Outcome::RetryLater, sanitize_status_detail(written), delay};
-    }
-    case UPPARAT_FAILED:
-      return {Outcome::Failed, sanitize_status_detail(written), std::nullopt};
-    case UPPARAT_NOT_SUPPORTED:
-      return {Outcome::NotSupported, sanitize_status_detail(written), std::nullopt};
-    default:
-      return {Outcome::Failed, "plugin returned invalid result code " + std::to_string(result.code),
-              std::nullopt};
+  if (services.text_defect != nullptr) {
+    *services.text_defect = raw_text_defect(text);
   }
+  return answer_of(result, written_text(text), step, impl_->library.info.name);
 }
 
 }  // namespace upparat::plugin

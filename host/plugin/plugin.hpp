@@ -62,6 +62,10 @@ struct StepServices {
   /// before ABI 1.2 sees neither. `stream_end` must be thread-safe.
   int stream_fd = -1;
   std::function<StreamEnd()> stream_end;
+  /// May be null. Where run() writes what broke upparat/plugin.h's rules in the result text as
+  /// the plugin wrote it (no NUL within the buffer, not valid UTF-8), before it cut and
+  /// sanitised it into StepResult::text; "" when nothing did. For the conformance kit.
+  std::string* text_defect = nullptr;
 };
 
 /// A loaded plugin with one instance. Destroys the instance before releasing its library.

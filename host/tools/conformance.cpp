@@ -1,13 +1,21 @@
 #include "tools/conformance.hpp"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <malloc.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <future>
+#include <optional>
 #include <ostream>
 #include <random>
 #include <sstream>
@@ -18,6 +26,7 @@
 #include "common/stop_signal.hpp"
 #include "plugin/key_value_store.hpp"
 #include "plugin/plugin.hpp"
+#include "tools/read_only_root.hpp"
 
 namespace upparat::tools {
 
@@ -115,6 +124,7 @@ class Sandbox {
   Sandbox& operator=(const Sandbox&) = delete;
   [[nodiscard]] bool ready() const { return !dir_.empty(); }
   [[nodiscard]] fs::path file() const { return dir_ / "image.bin"; }
+  [[nodiscard]] const fs::path& dir() const { return dir_; }
 
  private:
   fs::path dir_;
@@ -143,16 +153,19 @@ struct Timed {
   plugin::StepResult result;
   std::chrono::milliseconds after_stop{0};
   bool returned_before_stop = false;
+  std::string text_defect;  // what the loader found wrong with the raw text
 };
 std::optional<Timed> run_step(LoadedPlugin& loaded, Step step, const plugin::JobContext& job,
                               plugin::KeyValueStore& store,
                               std::optional<std::chrono::milliseconds> stop_after) {
   auto stop = std::make_shared<StopSignal>();
+  auto defect = std::make_shared<std::string>();
   auto task = std::make_shared<std::packaged_task<plugin::StepResult()>>(
-      [&loaded, step, job, &store, stop] {
+      [&loaded, step, job, &store, stop, defect] {
         plugin::StepServices services;
         services.stop = stop.get();
         services.store = &store;
+        services.text_defect = defect.get();
         return loaded.run(step, job, services);
       });
   auto future = task->get_future();
@@ -174,17 +187,25 @@ std::optional<Timed> run_step(LoadedPlugin& loaded, Step step, const plugin::Job
   timed.after_stop = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - stopped_at);
   timed.result = future.get();
+  timed.text_defect = *defect;
   return timed;
 }
 
 // The result of one step on the sample job, against the rules of upparat/plugin.h.
-void check_result(Report& report, Step step, bool serves, const plugin::StepResult& r) {
+void check_result(Report& report, Step step, bool serves, const plugin::StepResult& r,
+                  const std::string& text_defect) {
   const std::string name(to_string(step));
   const std::string shown = r.text.size() > 100 ? r.text.substr(0, 100) + "..." : r.text;
   const std::string said = name + ": " + outcome_name(r.outcome) +
                            (r.text.empty() ? std::string() : " \"" + shown + "\"");
   if (loader_caught_a_bug(r)) {
     return report.fail(said);
+  }
+  if (!text_defect.empty()) {
+    // The loader cut and sanitised the text; the daemon would still report it, but the plugin
+    // breaks plugin.h's rule: a NUL-terminated UTF-8 text within text_capacity bytes.
+    report.fail(name + ": " + text_defect +
+                "; write a NUL-terminated UTF-8 text of at most text_capacity - 1 bytes");
   }
   if (!serves) {
     return report.check(r.outcome == Outcome::NotSupported,
@@ -204,6 +225,217 @@ void check_result(Report& report, Step step, bool serves, const plugin::StepResu
       return report.fail(said +
                          " although the instance serves it: the daemon may already have "
                          "announced the step; declare the steps it serves with steps()");
+  }
+}
+
+// The paths a plugin is given, where its steps may write: the folder of the sample file, and
+// each configuration value that is an absolute path (the folder it names, or the folder that
+// holds the file it names).
+std::vector<fs::path> given_paths(const Sandbox& sandbox,
+                                  const std::map<std::string, std::string>& config) {
+  std::vector<fs::path> paths = {sandbox.dir()};
+  for (const auto& [key, value] : config) {
+    if (value.empty() || value[0] != '/') {
+      continue;
+    }
+    std::error_code ec;
+    const fs::path path(value);
+    if (fs::is_directory(path, ec)) {
+      paths.push_back(path);
+    } else if (fs::is_directory(path.parent_path(), ec)) {
+      paths.push_back(path.parent_path());
+    }
+  }
+  return paths;
+}
+
+// What each step answered in the read-only root, or why that run could not be made.
+struct Isolated {
+  std::string skipped;  // the reason, when the kit could not make the namespace
+  std::string error;    // the run broke (crash, timeout, load failure)
+  PerStep<std::optional<plugin::StepResult>> results{};
+};
+
+// One line per step on the pipe: "<step index>\t<outcome index>\t<text>", or "skip\t<why>",
+// or "error\t<what>".
+std::string one_line(std::string text) {
+  for (auto& c : text) {
+    if (c == '\n' || c == '\t' || c == '\r') {
+      c = ' ';
+    }
+  }
+  return text;
+}
+
+// Writes `report` to `out`, then ends the child without running the parent's exit handlers.
+[[noreturn]] void send_and_exit(int out, const std::string& report) {
+  const char* data = report.data();
+  std::size_t left = report.size();
+  while (left > 0) {
+    const ssize_t n = ::write(out, data, left);
+    if (n <= 0) {
+      break;
+    }
+    data += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  ::_exit(0);
+}
+
+[[noreturn]] void run_isolated_child(const ConformanceOptions& options, const Sandbox& sandbox,
+                                     const std::vector<fs::path>& writable, int out) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  std::string report;
+  auto entered = enter_read_only_root(writable);
+  if (!entered) {
+    report = "skip\t" + one_line(entered.error().message()) + "\n";
+    send_and_exit(out, report);
+  }
+  auto loaded = LoadedPlugin::load(options.plugin, options.config);
+  if (!loaded) {
+    report = "error\t" + one_line(loaded.error().message()) + "\n";
+    send_and_exit(out, report);
+  }
+  plugin::KeyValueStore store;
+  for (Step step : kSteps) {
+    if ((step == Step::Restart && !options.allow_restart) || !(*loaded)->serves(step)) {
+      continue;
+    }
+    auto answered = run_step(**loaded, step, sample_job(sandbox, step), store, std::nullopt);
+    if (!answered) {
+      report += "error\t" + std::string(to_string(step)) + " did not return within 30 s\n";
+      send_and_exit(out, report);
+    }
+    report += std::to_string(index(step)) + "\t" +
+              std::to_string(static_cast<int>(answered->result.outcome)) + "\t" +
+              one_line(answered->result.text) + "\n";
+  }
+  loaded->reset();
+  send_and_exit(out, report);
+}
+
+// Runs each step once in a child process whose root is read-only except `writable`. Call it
+// while the process has a single thread (fork() copies only the calling one).
+Isolated run_isolated(const ConformanceOptions& options, const Sandbox& sandbox,
+                      const std::vector<fs::path>& writable) {
+  Isolated isolated;
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    isolated.error = std::string("cannot make a pipe: ") + std::strerror(errno);
+    return isolated;
+  }
+  const pid_t child = ::fork();
+  if (child < 0) {
+    isolated.error = std::string("cannot fork: ") + std::strerror(errno);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return isolated;
+  }
+  if (child == 0) {
+    ::close(fds[0]);
+    run_isolated_child(options, sandbox, writable, fds[1]);
+  }
+  ::close(fds[1]);
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + kSteps.size() * kAbandonAfter;
+  bool timed_out = false;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd wait{fds[0], POLLIN, 0};
+    if (::poll(&wait, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) {
+      break;
+    }
+    char buffer[4096];
+    const ssize_t n = ::read(fds[0], buffer, sizeof buffer);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+      continue;
+    }
+    if (n <= 0) {
+      break;
+    }
+    text.append(buffer, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  if (timed_out) {
+    ::kill(child, SIGKILL);
+  }
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (timed_out) {
+    isolated.error = "the steps did not end in time";
+    return isolated;
+  }
+  if (WIFSIGNALED(status)) {
+    isolated.error = "the process running the steps died of signal " +
+                     std::to_string(WTERMSIG(status)) + " (" + ::strsignal(WTERMSIG(status)) + ")";
+    return isolated;
+  }
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const auto tab = line.find('\t');
+    const std::string head = line.substr(0, tab);
+    const std::string rest = tab == std::string::npos ? std::string() : line.substr(tab + 1);
+    if (head == "skip") {
+      isolated.skipped = rest;
+    } else if (head == "error") {
+      isolated.error = rest;
+    } else {
+      const auto second = rest.find('\t');
+      const std::size_t step = std::stoul(head);
+      if (second == std::string::npos || step >= kSteps.size()) {
+        continue;
+      }
+      plugin::StepResult result;
+      result.outcome = static_cast<Outcome>(std::stoi(rest.substr(0, second)));
+      result.text = rest.substr(second + 1);
+      isolated.results[step] = result;
+    }
+  }
+  return isolated;
+}
+
+std::string joined(const std::vector<fs::path>& paths) {
+  std::string text;
+  for (const auto& path : paths) {
+    text += (text.empty() ? "" : ", ") + path.string();
+  }
+  return text;
+}
+
+// Compares what each step answered outside and inside the read-only root.
+void check_writes(Report& report, const Isolated& isolated,
+                  const PerStep<std::optional<plugin::StepResult>>& outside,
+                  const std::vector<fs::path>& writable) {
+  const std::string where = "with / read-only except " + joined(writable);
+  if (!isolated.skipped.empty()) {
+    return report.skip("writes: not checked: " + isolated.skipped);
+  }
+  if (!isolated.error.empty()) {
+    return report.fail("writes: running the steps " + where + ": " + isolated.error);
+  }
+  bool same = true;
+  for (Step step : kSteps) {
+    const auto& in = isolated.results[index(step)];
+    const auto& out = outside[index(step)];
+    if (!in || !out || in->outcome == out->outcome) {
+      continue;
+    }
+    same = false;
+    report.fail("writes: " + std::string(to_string(step)) + " answered " +
+                outcome_name(in->outcome) + (in->text.empty() ? "" : " \"" + in->text + "\"") +
+                " " + where + ", but " + outcome_name(out->outcome) +
+                " outside it: the step writes outside the paths the plugin was given (write "
+                "only below the job's file_path folder, or a folder of your configuration)");
+  }
+  if (same) {
+    report.ok("writes: every step answered the same " + where);
   }
 }
 
@@ -227,6 +459,16 @@ int run_conformance(const ConformanceOptions& options, std::ostream& out) {
                                                                              "SPDX expression)")
                                                                : info->license));
 
+  Sandbox sandbox;
+  if (!sandbox.ready()) {
+    report.fail("cannot make a temporary folder for the sample file");
+    return report.failed();
+  }
+  // First, while the kit has a single thread: the steps in a read-only root, in a child.
+  const std::vector<fs::path> writable = given_paths(sandbox, options.config);
+  out.flush();
+  const Isolated isolated = run_isolated(options, sandbox, writable);
+
   auto loaded = LoadedPlugin::load(options.plugin, options.config);
   if (!loaded) {
     report.fail("create: " + loaded.error().message());
@@ -234,14 +476,9 @@ int run_conformance(const ConformanceOptions& options, std::ostream& out) {
     return report.failed();
   }
   report.ok("create with " + std::to_string(options.config.size()) + " configuration entries");
-
-  Sandbox sandbox;
-  if (!sandbox.ready()) {
-    report.fail("cannot make a temporary folder for the sample file");
-    return report.failed();
-  }
   const bool not_interruptible = (*loaded)->has_capability(plugin::kCapInstallNotInterruptible);
   plugin::KeyValueStore store;
+  PerStep<std::optional<plugin::StepResult>> first_answers{};
   for (Step step : kSteps) {
     if (step == Step::Restart && !options.allow_restart) {
       report.skip("restart: not run (it may reboot this machine; --allow-restart runs it)");
@@ -254,7 +491,8 @@ int run_conformance(const ConformanceOptions& options, std::ostream& out) {
       out << "result: " << report.failed() << " check(s) failed\n";
       std::_Exit(1);  // the step still runs: unloading the plugin now would crash
     }
-    check_result(report, step, serves, answered->result);
+    check_result(report, step, serves, answered->result, answered->text_defect);
+    first_answers[index(step)] = answered->result;
     if (!serves || (step == Step::Install && not_interruptible)) {
       continue;
     }
@@ -276,6 +514,7 @@ int run_conformance(const ConformanceOptions& options, std::ostream& out) {
     }
   }
   loaded->reset();
+  check_writes(report, isolated, first_answers, writable);
 
   // create/destroy cycles: no descriptor, thread or heap left behind.
   std::size_t fds_before = 0;

@@ -35,8 +35,9 @@ constexpr const char* kUsage =
     "dotted: dbus.bus=system) it also creates an instance, prints the steps it serves\n"
     "and destroys it again.\n"
     "--conformance runs the plugin's steps on a sample job and file, asks each step to stop,\n"
-    "creates and destroys it 100 times, and reports every check (restart only with\n"
-    "--allow-restart: it may reboot this machine).\n"
+    "checks the texts it returns, runs the steps again with / read-only except the paths it\n"
+    "was given, creates and destroys it 100 times, and reports every check (restart only\n"
+    "with --allow-restart: it may reboot this machine).\n"
     "Exit status: 0 when the plugin loads (every conformance check passed), 1 when it does\n"
     "not (the reason on stderr), 2 on a usage error.\n";
 

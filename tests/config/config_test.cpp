@@ -277,6 +277,19 @@ TEST_F(ConfigTest, MissingFileNamesIt) {
   EXPECT_NE(config.error().message().find("nope.toml"), std::string::npos);
 }
 
+// Found by fuzz_toml_config: toml11 read past its buffer (AddressSanitizer:
+// heap-buffer-overflow) reporting invalid UTF-8 in a literal string.
+TEST_F(ConfigTest, TextThatIsNotUtf8IsRefusedWithItsLine) {
+  for (const std::string bad : {"x = 'a\xc3\xdf b'\n", "x = ['a\xc3\xdf b']\n", "x = \"\xff\"\n"}) {
+    auto config = toml(base() + "[plugins.script]\npath = \"upparat-script.so\"\n" + bad);
+    ASSERT_FALSE(config) << bad;
+    EXPECT_NE(config.error().message().find("upparat.toml: invalid TOML: line 10 is not valid "
+                                            "UTF-8 (a TOML file must be UTF-8 encoded)"),
+              std::string::npos)
+        << config.error().message();
+  }
+}
+
 TEST_F(ConfigTest, PythonIniDefaults) {
   auto version = *dir_->write_file("hooks/version.sh", "#!/bin/sh\n");
   auto file =

@@ -97,6 +97,23 @@ TEST(JobsMessages, DescribeAccepted) {
   EXPECT_FALSE(parse_describe_accepted(R"({"execution":{"jobId":"j","statusDetails":[]}})"));
 }
 
+// Found by fuzz_update_accepted: a number too large for int64 was converted anyway (undefined
+// behaviour; INT64_MIN on x86). It counts as absent; a large one within range is kept.
+TEST(JobsMessages, NumbersOutsideInt64CountAsAbsent) {
+  for (const char* number : {"2.2e124", "-1e300", "9223372036854775808"}) {
+    auto u = parse_update_accepted(std::string(R"({"executionState":{"status":"SUCCEEDED",)") +
+                                   R"("versionNumber":)" + number + "}}");
+    ASSERT_TRUE(u) << number << ": " << u.error().message();
+    ASSERT_TRUE(u->execution_state);
+    EXPECT_EQ(u->execution_state->version_number, 0) << number;
+  }
+  auto d = parse_describe_accepted(
+      R"({"execution":{"jobId":"j","status":"QUEUED","queuedAt":1e300,"versionNumber":4e18}})");
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(d->execution.queued_at, 0);
+  EXPECT_EQ(d->execution.version_number, 4000000000000000000);
+}
+
 TEST(JobsMessages, Rejected) {
   auto r = parse_rejected(
       R"({"code":"InvalidStateTransition","message":"m","clientToken":"c","timestamp":1,)"

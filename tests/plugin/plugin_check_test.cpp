@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "support/binaries.hpp"
+
 extern char** environ;
 
 namespace {
@@ -198,6 +200,7 @@ TEST(PluginConformance, AWellBehavedPluginPassesEveryCheck) {
     EXPECT_THAT(run.out, HasSubstr("result: every check passed"));
     EXPECT_THAT(run.out, HasSubstr("ok    100 create/destroy cycles: heap grew by"));
     EXPECT_THAT(run.out, HasSubstr("skip  restart: not run (it may reboot this machine"));
+    EXPECT_THAT(run.out, Not(HasSubstr("  FAIL  ")));
   }
 }
 
@@ -218,6 +221,10 @@ TEST(PluginConformance, TheShippedScriptPluginPassesWithHooks) {
   EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
   EXPECT_THAT(run.out, HasSubstr("ok    version: OK \"1.0\""));
   EXPECT_THAT(run.out, HasSubstr("ok    restart: OK"));
+  if (run.out.find("skip  writes: not checked") == std::string::npos) {
+    EXPECT_THAT(run.out, HasSubstr("ok    writes: every step answered the same with / read-only "
+                                   "except "));
+  }
 }
 
 TEST(PluginConformance, ABrokenPluginFailsWithReadableReasons) {
@@ -226,11 +233,43 @@ TEST(PluginConformance, ABrokenPluginFailsWithReadableReasons) {
   EXPECT_THAT(run.out, HasSubstr("FAIL  descriptor: licence (none: give an SPDX expression)"));
   EXPECT_THAT(run.out,
               HasSubstr("FAIL  version: FAILED \"plugin returned invalid result code 42\""));
-  EXPECT_THAT(run.out, HasSubstr("result: 2 check(s) failed"));
+  EXPECT_THAT(run.out, HasSubstr("FAIL  download: the text fills its 4096-byte buffer without a "
+                                 "terminating NUL (the host cut it); write a NUL-terminated UTF-8 "
+                                 "text of at most text_capacity - 1 bytes"));
+  EXPECT_THAT(run.out, HasSubstr("result: 3 check(s) failed"));
 
   run = check({"--conformance", UPPARAT_FIXTURE_RAW_THROWING});
   EXPECT_EQ(run.exit_code, 1) << run.out;
   EXPECT_THAT(run.out, HasSubstr("let an exception escape"));
+}
+
+// The loader sanitises a text that is not UTF-8 before the daemon sees it; the kit still
+// reports the raw text's defect.
+TEST(PluginConformance, ATextThatIsNotUtf8Fails) {
+  const CheckRun run = check({"--conformance", UPPARAT_FIXTURE_CARELESS});
+  EXPECT_EQ(run.exit_code, 1) << run.out;
+  EXPECT_THAT(run.out, HasSubstr("FAIL  download: the text is not valid UTF-8; write a "
+                                 "NUL-terminated UTF-8 text"));
+  EXPECT_THAT(run.out, Not(HasSubstr("FAIL  version")));
+  EXPECT_THAT(run.out, Not(HasSubstr("FAIL  install")));
+}
+
+// The careless fixture's ready step writes into /tmp, outside the sample file's folder.
+TEST(PluginConformance, AStepThatWritesOutsideItsPathsFails) {
+  const CheckRun run = check({"--conformance", UPPARAT_FIXTURE_CARELESS});
+  const auto skipped = run.out.find("skip  writes: not checked: ");
+  if (skipped != std::string::npos) {
+    UPPARAT_SKIP() << "the kit could not make a read-only root here: "
+                   << run.out.substr(skipped, run.out.find('\n', skipped) - skipped);
+  }
+  EXPECT_EQ(run.exit_code, 1) << run.out;
+  EXPECT_THAT(run.out, HasSubstr("FAIL  writes: ready answered FAILED \"cannot write "
+                                 "/tmp/upparat-careless-"));
+  EXPECT_THAT(run.out, HasSubstr("Read-only file system\" with / read-only except "));
+  EXPECT_THAT(run.out, HasSubstr(", but OK outside it: the step writes outside the paths the "
+                                 "plugin was given"));
+  EXPECT_THAT(run.out, Not(HasSubstr("FAIL  writes: version")));
+  EXPECT_THAT(run.out, HasSubstr("result: 2 check(s) failed"));
 }
 
 TEST(PluginConformance, AStepThatIgnoresTheStopFails) {

@@ -2,6 +2,7 @@
 # would, and loads them with the installed upparat-plugin-check. Run by CTest as `sdk_package`:
 #   cmake -DBUILD_DIR=<build> -DWORK=<dir> -DSOURCE_DIR=<repo> -DLIBDIR=<libdir> -DNM=<nm>
 #         -P sdk_package.cmake
+# 0. Every relative link of the installed docs resolves (doc_links.cmake).
 # 1. CMake: find_package(UpparatPluginSdk 1) and upparat_add_plugin(... INSTALL), then
 #    cmake --install into the prefix: the plugin lands in the daemon's plugin folder.
 # 2. pkg-config: one cc command with --cflags and the plugin_ldflags variable.
@@ -38,6 +39,11 @@ function(expect_loads plugin name)
 endfunction()
 
 run("cmake --install" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${prefix}")
+
+# ---- 0. The installed docs (share/doc/upparat, SDK.md of the template): every relative link
+# resolves where they are installed.
+include("${SOURCE_DIR}/tests/sdk/doc_links.cmake")
+check_doc_links("${prefix}/share")
 
 # ---- 1. CMake package
 set(project "${WORK}/vendor-cmake")
