@@ -817,6 +817,18 @@ TEST(MisbehavingPlugin, OkTextIsTrimmed) {
   EXPECT_EQ(plugin->info().description, "");
 }
 
+TEST(MisbehavingPlugin, ATextPointerReplacedByThePluginIsNeverRead) {
+  // The host reads its own buffer: a NULL or foreign result->text is an empty text.
+  auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
+  Harness h;
+  for (const char* meta : {"null-text", "own-text"}) {
+    const StepResult r = plugin->run(Step::Ready, job(meta), h.services());
+    EXPECT_EQ(r.outcome, Outcome::Failed) << meta;
+    EXPECT_EQ(r.text, "none") << meta;
+  }
+  EXPECT_EQ(plugin->run(Step::Ready, job(), h.services()).text, "ready-text");
+}
+
 TEST(PluginRun, MissingServicesAreAHostBugNotACrash) {
   auto plugin = must_load(UPPARAT_FIXTURE_GOOD);
   StepServices none;
