@@ -272,5 +272,48 @@ TEST_F(E2eHostileTest, AFifoAtTheDownloadPathFailsTheJobWithoutHanging) {
   EXPECT_EQ(entries(path("state")), idle_state_);
 }
 
+// The real binary: plain_tcp is warned about at every start and check; a plugin that its group
+// or others could change is refused by --check-config (exit 78) and by a start.
+TEST_F(E2eHostileTest, PlainTcpIsWarnedAboutAndAPluginOthersCanChangeIsRefused) {
+  default_hooks();
+  const fs::path plugins = path("plugins");
+  fs::create_directory(plugins);
+  const auto k755 = fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                    fs::perms::others_read | fs::perms::others_exec;
+  fs::permissions(plugins, k755);
+  const fs::path copy = plugins / "upparat-script.so";
+  fs::copy_file(UPPARAT_SCRIPT_PLUGIN, copy);
+  fs::permissions(copy, k755);
+  const fs::path config = write_config(path("state"));
+  std::string text = read_text(config);
+  const std::string original = UPPARAT_SCRIPT_PLUGIN;
+  text.replace(text.find(original), original.size(), copy.string());
+  std::ofstream(config) << text;
+
+  auto checked = run_process({UPPARAT_DAEMON_BIN, "-c", config.string(), "--check-config"});
+  ASSERT_TRUE(checked) << checked.error().message();
+  EXPECT_TRUE(checked->status.success()) << checked->output;
+  EXPECT_NE(checked->output.find("plain_tcp = true: MQTT WITHOUT TLS to 127.0.0.1"),
+            std::string::npos)
+      << checked->output;
+
+  fs::permissions(copy, fs::perms::group_write, fs::perm_options::add);
+  const std::string refusal =
+      copy.string() + ": refused: " + copy.string() +
+      " is writable by its group or others (mode 0775), so another user could change what the "
+      "daemon runs: run chmod go-w " +
+      copy.string();
+  auto refused = run_process({UPPARAT_DAEMON_BIN, "-c", config.string(), "--check-config"});
+  ASSERT_TRUE(refused) << refused.error().message();
+  EXPECT_EQ(refused->status.exit_code, 78) << refused->output;
+  EXPECT_NE(refused->output.find(refusal), std::string::npos) << refused->output;
+
+  auto daemon = start_daemon(config);
+  auto exited = daemon.wait_exit(30s);
+  ASSERT_TRUE(exited) << exited.error().message();
+  EXPECT_FALSE(exited->success());
+  EXPECT_NE(daemon.log_text().find(refusal), std::string::npos) << daemon.log_tail();
+}
+
 }  // namespace
 }  // namespace upparat::test
