@@ -1,10 +1,12 @@
 #include "config/config.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -104,6 +106,24 @@ Status detail::finalize(Config& config, const Overrides& overrides) {
                     ok.error().message());
       }
     }
+    // The private key is the device's identity: anyone who can read it can act as the device
+    // towards AWS IoT. A group may need it (the daemon's own group); others never do.
+    struct stat key {};
+    if (::stat(broker.keyfile.c_str(), &key) == 0 && (key.st_mode & S_IRWXO) != 0) {
+      char mode[8];
+      std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(key.st_mode & 07777));
+      config.warnings.push_back(
+          "[broker] keyfile: the private key " + broker.keyfile.string() +
+          " is accessible to every user of the device (mode " + mode +
+          "): any of them can act as this device; run chmod o-rwx on it (0600, or 0640 for the "
+          "daemon's group)");
+    }
+  } else {
+    // The only way to turn TLS off: said loudly at every start.
+    config.warnings.push_back(
+        "[broker] plain_tcp = true: MQTT WITHOUT TLS to " + broker.host +
+        " (no encryption, no authentication of the broker); use it only for a broker on this "
+        "device or a trusted local link, never for AWS IoT");
   }
 
   if (config.download.directory.empty()) {

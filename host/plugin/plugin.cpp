@@ -1,11 +1,14 @@
 #include "plugin/plugin.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
 #include <upparat/plugin.h>
 
 #include <spdlog/spdlog.h>
 #include <boost/dll/shared_library.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
@@ -15,6 +18,7 @@
 #include <system_error>
 #include <utility>
 
+#include "common/safe_fs.hpp"
 #include "common/sanitize.hpp"
 #include "common/text.hpp"
 
@@ -113,6 +117,43 @@ struct Library {
   PluginInfo info;
 };
 
+// A plugin runs inside the daemon with the daemon's rights, so whoever can replace its file, or
+// any folder on its way, can run code as the daemon. The rule of the daemon's own folders holds
+// for the folder of the configured path and of the file it resolves to (through links): every
+// folder from / owned by root or the daemon's user and writable by neither its group nor others
+// (a root-owned sticky folder such as /tmp only on the way). The file itself: owned by root or
+// the daemon's user, writable by neither its group nor others.
+Status check_not_writable_by_others(const fs::path& path) {
+  const uid_t uid = ::geteuid();
+  std::error_code ec;
+  const fs::path real = fs::canonical(path, ec);
+  if (ec) {
+    return fail("cannot resolve it: " + ec.message());
+  }
+  for (const fs::path& folder : {path.parent_path(), real.parent_path()}) {
+    if (auto ok = check_owned_directory(folder, uid); !ok) {
+      return ok;
+    }
+  }
+  struct stat st {};
+  if (::stat(real.c_str(), &st) != 0) {
+    return fail(real.string() + ": " + std::strerror(errno));
+  }
+  if (st.st_uid != 0 && st.st_uid != uid) {
+    return fail(real.string() + " belongs to uid " + std::to_string(st.st_uid) +
+                ", not to root or to the daemon's user (uid " + std::to_string(uid) +
+                "), so that user could change what the daemon runs: give it to root (chown)");
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return fail(real.string() + " is writable by its group or others (mode " + mode +
+                "), so another user could change what the daemon runs: run chmod go-w " +
+                real.string());
+  }
+  return {};
+}
+
 Result<Library> open_library(const fs::path& configured) {
   const std::string where = "plugin " + configured.string();
   const auto error = [&](const std::string& what) { return fail(where + ": " + what); };
@@ -135,6 +176,9 @@ Result<Library> open_library(const fs::path& configured) {
   }
   if (status.type() != fs::file_type::regular) {
     return error("not a regular file; the path must name the plugin's .so file");
+  }
+  if (auto ok = check_not_writable_by_others(path); !ok) {
+    return error("refused: " + ok.error().message());
   }
 
   Library lib;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -231,6 +232,63 @@ TEST_F(ConfigTest, PlainTcpNeedsNoCertificatesAndRefusesAlpn) {
   EXPECT_FALSE(config->broker.alpn);
   expect_error("[broker]\nhost = \"h\"\nplain_tcp = true\nalpn = true\nthing_name = \"t\"\n",
                {"[broker] alpn", "plain_tcp"});
+}
+
+/// The warnings of `config` that contain `part`.
+std::size_t warnings_with(const Config& config, const std::string& part) {
+  return static_cast<std::size_t>(
+      std::count_if(config.warnings.begin(), config.warnings.end(),
+                    [&](const std::string& w) { return w.find(part) != std::string::npos; }));
+}
+
+TEST_F(ConfigTest, PlainTcpIsTheOnlyWayWithoutTlsAndIsAlwaysWarnedAbout) {
+  auto plain = toml(
+      "[broker]\nhost = \"127.0.0.1\"\nport = 1883\nplain_tcp = true\n"
+      "thing_name = \"t\"\n");
+  ASSERT_TRUE(plain) << plain.error().message();
+  EXPECT_EQ(warnings_with(*plain, "plain_tcp = true: MQTT WITHOUT TLS to 127.0.0.1"), 1u);
+  // Without plain_tcp, missing certificates are an error, never a silent fall back to TCP;
+  // plain_tcp = false is TLS.
+  expect_error("[broker]\nhost = \"h\"\nthing_name = \"t\"\nplain_tcp = false\n",
+               {"[broker] certfile", "plain_tcp"});
+  fs::permissions(key_, fs::perms::owner_read);
+  auto tls = toml(base());
+  ASSERT_TRUE(tls) << tls.error().message();
+  EXPECT_FALSE(tls->broker.plain_tcp);
+  EXPECT_EQ(warnings_with(*tls, "WITHOUT TLS"), 0u);
+  // An INI file without certificates means a local broker (as the Python version): warned too.
+  auto ini = dir_->write_file("plain.ini", "[broker]\nhost = 127.0.0.1\nport = 1883\n");
+  ASSERT_TRUE(ini);
+  auto imported = load(*ini);
+  ASSERT_TRUE(imported) << imported.error().message();
+  EXPECT_TRUE(imported->broker.plain_tcp);
+  EXPECT_EQ(warnings_with(*imported, "WITHOUT TLS"), 1u);
+}
+
+TEST_F(ConfigTest, APrivateKeyAccessibleToOthersIsWarnedAbout) {
+  for (auto mode : {fs::perms::owner_read,
+                    fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read}) {
+    fs::permissions(key_, mode);
+    auto config = toml(base());
+    ASSERT_TRUE(config) << config.error().message();
+    EXPECT_EQ(warnings_with(*config, "keyfile"), 0u) << static_cast<int>(mode);
+  }
+  for (auto [mode, shown] : {std::pair{fs::perms::owner_read | fs::perms::others_read, "0404"},
+                             std::pair{fs::perms::owner_all | fs::perms::others_exec, "0701"},
+                             std::pair{fs::perms::all, "0777"}}) {
+    fs::permissions(key_, mode);
+    auto config = toml(base());
+    ASSERT_TRUE(config) << config.error().message();
+    EXPECT_EQ(
+        warnings_with(*config, std::string("[broker] keyfile: the private key ") + key_.string() +
+                                   " is accessible to every user of the "
+                                   "device (mode " +
+                                   shown +
+                                   "): any of them can act as this device; run "
+                                   "chmod o-rwx"),
+        1u)
+        << shown;
+  }
 }
 
 TEST_F(ConfigTest, PluginErrors) {

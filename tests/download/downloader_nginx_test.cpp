@@ -32,6 +32,7 @@ class DownloaderNginxTest : public ::testing::Test {
     options.extra_server_config =
         "location = /to-ftp { return 302 ftp://127.0.0.1:1/file.bin; }\n"
         "location = /to-http { return 302 http://127.0.0.1:1/file.bin; }\n"
+        "location = /to-file { return 302 file:///etc/passwd; }\n"
         "location = /to-same { return 302 /small.bin; }\n"
         "location /slow/ { limit_rate 512k; }\n";
     nginx_.emplace(must(test::Nginx::start(options), "nginx"));
@@ -100,7 +101,7 @@ TEST_F(DownloaderNginxTest, ResumesWithRangeAndIfRangeFromNginx) {
 TEST_F(DownloaderNginxTest, RedirectToAnotherSchemeIsRefused) {
   must(nginx_->put_file("small.bin", "hello"), "put_file");
   Downloader d(settings_);
-  for (const char* path : {"to-ftp", "to-http"}) {
+  for (const char* path : {"to-ftp", "to-http", "to-file"}) {
     Request r;
     r.job_id = "upparat_redirect";
     r.url = nginx_->https_url(path);

@@ -220,6 +220,73 @@ TEST(PluginLoad, ElfThatIsNoSharedObject) {
   EXPECT_THAT(message, HasSubstr("ldd -r " + path.string()));
 }
 
+// A copy of the good C plugin at `path` with the file's `mode`, its folder with `folder_mode`.
+fs::path copy_good_plugin(const fs::path& folder, fs::perms folder_mode, fs::perms mode) {
+  fs::create_directories(folder);
+  const fs::path path = folder / "plugin.so";
+  fs::copy_file(UPPARAT_FIXTURE_GOOD_C, path, fs::copy_options::overwrite_existing);
+  fs::permissions(path, mode);
+  fs::permissions(folder, folder_mode);
+  return path;
+}
+
+constexpr fs::perms k755 = fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                           fs::perms::others_read | fs::perms::others_exec;
+
+TEST(PluginPermissions, APluginOnlyRootOrTheDaemonCanChangeLoads) {
+  TempDir dir;
+  EXPECT_EQ(load_error(copy_good_plugin(dir.path() / "plugins", k755, k755)), "(loaded)");
+  // Read-only for everybody is fine too.
+  EXPECT_EQ(
+      load_error(copy_good_plugin(dir.path() / "ro", fs::perms::owner_read | fs::perms::owner_exec,
+                                  fs::perms::owner_read)),
+      "(loaded)");
+}
+
+TEST(PluginPermissions, AFileWritableByOthersOrItsGroupIsRefused) {
+  TempDir dir;
+  for (auto [extra, shown] :
+       {std::pair{fs::perms::others_write, "0757"}, std::pair{fs::perms::group_write, "0775"}}) {
+    const fs::path path = copy_good_plugin(dir.path() / "p", k755, k755 | extra);
+    EXPECT_EQ(load_error(path), "plugin " + path.string() + ": refused: " + path.string() +
+                                    " is writable by its group or others (mode " + shown +
+                                    "), so another user could change what the daemon runs: "
+                                    "run chmod go-w " +
+                                    path.string())
+        << shown;
+    EXPECT_FALSE(LoadedPlugin::inspect(path)) << "inspect follows the same rule";
+  }
+}
+
+TEST(PluginPermissions, AFolderWritableByOthersOrItsGroupIsRefused) {
+  TempDir dir;
+  for (auto [extra, shown] :
+       {std::pair{fs::perms::others_write, "0757"}, std::pair{fs::perms::group_write, "0775"},
+        std::pair{fs::perms::all | fs::perms::sticky_bit, "1777"}}) {
+    const fs::path folder = dir.path() / "plugins";
+    const fs::path path = copy_good_plugin(folder, k755 | extra, k755);
+    const std::string message = load_error(path);
+    EXPECT_THAT(message, HasSubstr("plugin " + path.string() + ": refused: "));
+    EXPECT_THAT(message, HasSubstr(folder.string() + " is writable by its group or others (mode " +
+                                   shown + ")"));
+    EXPECT_THAT(message, HasSubstr("chmod go-w " + folder.string()));
+    fs::permissions(folder, k755);
+  }
+}
+
+TEST(PluginPermissions, ALinkIntoAWritableFolderIsRefused) {
+  // The configured folder is safe, the file it links to is in a folder anyone can write.
+  TempDir dir;
+  const fs::path shared = dir.path() / "shared";
+  const fs::path target = copy_good_plugin(shared, fs::perms::all, k755);
+  fs::create_directories(dir.path() / "plugins");
+  const fs::path link = dir.path() / "plugins" / "plugin.so";
+  fs::create_symlink(target, link);
+  EXPECT_THAT(load_error(link), HasSubstr(shared.string() + " is writable by its group or others"));
+  fs::permissions(shared, k755);
+  EXPECT_EQ(load_error(link), "(loaded)");
+}
+
 TEST(PluginLoad, UnresolvedSymbolFailsAtLoad) {
   const std::string message = load_error(UPPARAT_FIXTURE_UNRESOLVED_SYMBOL);
   EXPECT_THAT(message, HasSubstr("the dynamic loader refused it: "));
@@ -748,6 +815,18 @@ TEST(MisbehavingPlugin, OkTextIsTrimmed) {
   EXPECT_EQ(plugin->run(Step::Ready, job(), h.services()).text, "ready-text");
   EXPECT_EQ(plugin->info().license, "");
   EXPECT_EQ(plugin->info().description, "");
+}
+
+TEST(MisbehavingPlugin, ATextPointerReplacedByThePluginIsNeverRead) {
+  // The host reads its own buffer: a NULL or foreign result->text is an empty text.
+  auto plugin = must_load(UPPARAT_FIXTURE_MISBEHAVING);
+  Harness h;
+  for (const char* meta : {"null-text", "own-text"}) {
+    const StepResult r = plugin->run(Step::Ready, job(meta), h.services());
+    EXPECT_EQ(r.outcome, Outcome::Failed) << meta;
+    EXPECT_EQ(r.text, "none") << meta;
+  }
+  EXPECT_EQ(plugin->run(Step::Ready, job(), h.services()).text, "ready-text");
 }
 
 TEST(PluginRun, MissingServicesAreAHostBugNotACrash) {
