@@ -134,6 +134,18 @@ Status detail::finalize(Config& config, const Overrides& overrides) {
       return fail(file + ": [download] ca_file: expected a readable file, " + ok.error().message());
     }
   }
+  for (const auto& path : config.download.signing_certificate_files) {
+    auto certificate = download::load_signing_certificate(path);
+    if (!certificate) {
+      return fail(file + ": [download] signing_certificates: " + certificate.error().message());
+    }
+    config.download.signing_certificates.push_back(std::move(*certificate));
+  }
+  if (config.download.require_signature && config.download.signing_certificates.empty()) {
+    return fail(file +
+                ": [download] require_signature: true needs signing_certificates to verify "
+                "the signatures with");
+  }
 
   // Without [steps], a single plugin serves every step.
   if (config.steps.empty() && config.plugins.size() == 1) {
@@ -220,6 +232,15 @@ std::string describe(const Config& config) {
   out << "  thing      " << b.thing_name << " (client id " << b.client_id << ")\n";
   out << "  state      " << config.service.state_directory.string() << "\n";
   out << "  downloads  " << config.download.directory.string() << "\n";
+  for (const auto& certificate : config.download.signing_certificates) {
+    out << "  signer     " << certificate.subject << " (" << to_string(certificate.algorithm)
+        << ", " << certificate.path.string() << ")\n";
+  }
+  if (!config.download.signing_certificates.empty()) {
+    out << "  signatures "
+        << (config.download.require_signature ? "required" : "checked when a job is signed")
+        << "\n";
+  }
   out << "  job prefix " << config.jobs.prefix << "\n";
   for (Step s : kSteps) {
     const std::string step(to_string(s));

@@ -15,6 +15,7 @@
 #include <upparat/step.hpp>
 
 #include "common/error.hpp"
+#include "download/signing.hpp"
 
 namespace upparat::config {
 
@@ -76,6 +77,13 @@ struct Download {
   std::uint64_t reserve_bytes = 16 * 1024 * 1024;
   std::chrono::seconds backoff_cap{64};
   bool group_readable = false;  ///< directory 0750 and files 0640 (an installer's group)
+  /// `signing_certificates`: PEM certificates or public keys a signed job's file is verified
+  /// with (several: key rotation), resolved to absolute paths, and loaded from them when the
+  /// configuration is loaded (a file missing, not PEM, or not ECDSA P-256 / RSA is an error).
+  std::vector<std::filesystem::path> signing_certificate_files;
+  download::SigningCertificates signing_certificates;
+  /// REJECT job documents without a signature (needs signing_certificates).
+  bool require_signature = false;
 };
 
 struct Retry {

@@ -207,6 +207,24 @@ Result<Config> parse_toml(const std::string& text, const fs::path& file,
     set_seconds(d.backoff_cap, *cap);
     UPPARAT_TRY(group, s.boolean("group_readable"));
     set_if(d.group_readable, *group);
+    if (const auto* certs = s.find("signing_certificates")) {
+      if (!certs->is_array()) {
+        return fail(s.error(
+            "signing_certificates",
+            std::string("expected an array of file names, got ") + type_name(certs->type())));
+      }
+      for (const auto& entry : certs->as_array()) {
+        if (!entry.is_string() || entry.as_string().str.empty()) {
+          return fail(s.error("signing_certificates",
+                              std::string("expected an array of file names, got an entry that "
+                                          "is ") +
+                                  (entry.is_string() ? "empty" : type_name(entry.type()))));
+        }
+        d.signing_certificate_files.push_back(resolve(file, entry.as_string().str));
+      }
+    }
+    UPPARAT_TRY(require, s.boolean("require_signature"));
+    set_if(d.require_signature, *require);
     if (auto ok = s.finish(); !ok) {
       return fail(ok.error());
     }

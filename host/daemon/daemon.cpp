@@ -332,6 +332,11 @@ struct Daemon::Impl {
             spdlog::error("job {}: {}", request.job_id, ok.error().message());
             std::lock_guard guard(stream.mutex);
             stream.download_failed = true;
+          } else if (request.signature) {
+            spdlog::info(
+                "job {}: the streamed file's {} signature verified with the signing "
+                "certificate {}",
+                request.job_id, to_string(request.signature->algorithm), pipe.signer());
           }
           return;
         case download::Outcome::UrlExpired: {
@@ -369,7 +374,9 @@ struct Daemon::Impl {
   plugin::StepResult run_streamed(const state::RunStep& a, plugin::LoadedPlugin& p,
                                   plugin::StepServices services, Stream& stream) {
     const download::Request& request = *a.stream;
-    auto pipe = download::StreamPipe::create(request.sha256, request.size, stream.stop);
+    auto pipe =
+        download::StreamPipe::create(request.sha256, request.size, stream.stop, request.signature,
+                                     downloader->settings().signing_certificates);
     if (!pipe) {
       return {plugin::Outcome::Failed, sanitize_status_detail(pipe.error().message()),
               std::nullopt};

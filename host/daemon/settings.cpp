@@ -20,6 +20,7 @@ state::MachineSettings machine_settings(const config::Config& config, const Step
   ms.thing_name = config.broker.thing_name;
   ms.job_prefix = config.jobs.prefix;
   ms.allow_http = config.download.allow_http;
+  ms.require_signature = config.download.require_signature;
   ms.retry_interval = config.retry.retry_interval;
   ms.max_retries = config.retry.max_retries;
   ms.step_deadline = config.jobs.deadlines;
@@ -64,6 +65,7 @@ download::Settings download_settings(const config::Config& config) {
   ds.reserve_bytes = config.download.reserve_bytes;
   ds.fsync_every = config.download.fsync_interval;
   ds.backoff_cap = config.download.backoff_cap;
+  ds.signing_certificates = config.download.signing_certificates;
   if (config.download.group_readable) {
     ds.directory_mode = 0750;
     ds.file_mode = 0640;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
@@ -164,16 +165,19 @@ class Sha256 {
   void reset() { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
   void update(const char* data, std::size_t size) { EVP_DigestUpdate(ctx_, data, size); }
   // The digest of what was hashed so far; the state itself is left as it is.
-  [[nodiscard]] std::string hex() const {
+  [[nodiscard]] std::array<std::uint8_t, 32> digest() const {
     Sha256 copy(*this);
-    unsigned char digest[EVP_MAX_MD_SIZE];
+    std::array<std::uint8_t, 32> out{};
     unsigned int length = 0;
-    EVP_DigestFinal_ex(copy.ctx_, digest, &length);
+    EVP_DigestFinal_ex(copy.ctx_, out.data(), &length);
+    return out;
+  }
+  [[nodiscard]] std::string hex() const {
     static const char* digits = "0123456789abcdef";
     std::string out;
-    for (unsigned int i = 0; i < length; ++i) {
-      out += digits[digest[i] >> 4];
-      out += digits[digest[i] & 15];
+    for (const auto byte : digest()) {
+      out += digits[byte >> 4];
+      out += digits[byte & 15];
     }
     return out;
   }
@@ -294,6 +298,7 @@ class Run {
   Status setup_curl();
   End attempt();
   std::optional<DownloadResult> verify_and_commit(bool& retried_after_mismatch);
+  Result<std::string> verify_signature_of(const Sha256& hash) const;
   Status restart_from_zero();
   Status flush_buffer();
   Status sync();
@@ -336,7 +341,8 @@ class Run {
   std::uint64_t synced_ = 0;      // of which fsynced
   Clock::time_point last_sync_ = Clock::now();
   std::vector<char> buffer_;
-  std::optional<Sha256> hash_;  // only when the job gives a sha256
+  std::optional<Sha256> hash_;  // only when the job gives a sha256 or a signature
+  std::string signer_;          // the certificate that verified the signature
   std::string etag_;
   std::optional<std::uint64_t> total_;
   std::uint64_t transferred_ = 0;
@@ -552,6 +558,7 @@ DownloadResult Run::finish(Outcome outcome, std::string reason) {
   result.bytes_transferred = transferred_;
   if (outcome == Outcome::Complete) {
     result.file = final_;
+    result.signer = signer_;
   }
   // Keep the hash of what is on disk for the next run() (URL refresh without rehashing).
   impl_.cache.reset();
@@ -649,7 +656,7 @@ Status Run::open_part() {
 }
 
 Status Run::hash_prefix() {
-  if (!request_.sha256) {
+  if (!request_.sha256 && !request_.signature) {
     return {};
   }
   hash_.emplace();
@@ -698,7 +705,7 @@ std::optional<DownloadResult> Run::use_existing_final() {
     size = static_cast<std::uint64_t>(st.st_size);
     ok = !request_.size || size == *request_.size;
   }
-  if (ok && request_.sha256) {
+  if (ok && (request_.sha256 || request_.signature)) {
     Sha256 hash;
     std::vector<char> chunk(1024 * 1024);
     for (;;) {
@@ -717,11 +724,17 @@ std::optional<DownloadResult> Run::use_existing_final() {
       }
       hash.update(chunk.data(), static_cast<std::size_t>(got));
     }
-    ok = ok && hash.hex() == lower(*request_.sha256);
+    ok = ok && (!request_.sha256 || hash.hex() == lower(*request_.sha256));
+    if (ok && request_.signature) {
+      auto verified = verify_signature_of(hash);
+      ok = verified.has_value();
+      signer_ = ok ? *verified : std::string();
+    }
   }
   if (!ok) {
-    spdlog::warn("download {}: removing {}: {}", request_.job_id, final_.string(),
-                 file ? "it does not match the job document" : file.error().message());
+    spdlog::warn(
+        "download {}: removing {}: {}", request_.job_id, final_.string(),
+        file ? "it does not match the job document or its signature" : file.error().message());
     if (auto st = remove_in(dir_.get(), final_); !st) {
       spdlog::warn("download {}: {}", request_.job_id, st.error().message());
     }
@@ -1070,6 +1083,18 @@ End Run::attempt() {
   return End::Done;
 }
 
+// Checks the job's signature over the SHA-256 of what was hashed; logs the certificate.
+Result<std::string> Run::verify_signature_of(const Sha256& hash) const {
+  const auto digest = hash.digest();
+  auto verified = verify_signature(settings_.signing_certificates, *request_.signature,
+                                   digest.data(), digest.size());
+  if (verified) {
+    spdlog::info("download {}: the {} signature verified with the signing certificate {}",
+                 request_.job_id, to_string(request_.signature->algorithm), *verified);
+  }
+  return verified;
+}
+
 // Verifies the complete file; renames it into place. Returns nullopt to download again.
 std::optional<DownloadResult> Run::verify_and_commit(bool& retried_after_mismatch) {
   if (auto st = sync(); !st) {
@@ -1086,10 +1111,26 @@ std::optional<DownloadResult> Run::verify_and_commit(bool& retried_after_mismatc
     mismatch =
         "size: expected " + human_bytes(*request_.size) + ", got " + human_bytes(file_bytes_);
   } else if (hash_) {
-    const auto got = hash_->hex();
-    const auto want = lower(*request_.sha256);
-    if (got != want) {
-      mismatch = "sha256: expected " + want + ", got " + got;
+    if (request_.sha256) {
+      const auto got = hash_->hex();
+      const auto want = lower(*request_.sha256);
+      if (got != want) {
+        mismatch = "sha256: expected " + want + ", got " + got;
+      }
+    }
+    if (request_.signature) {
+      auto verified = verify_signature_of(*hash_);
+      if (!verified && mismatch.empty() && request_.sha256) {
+        // The file is the one the job document names: downloading it again cannot help.
+        delete_part();
+        return failed("signature: " + verified.error().message());
+      }
+      if (!verified) {
+        mismatch += (mismatch.empty() ? "" : "; ") + std::string("signature: ") +
+                    verified.error().message();
+      } else {
+        signer_ = *verified;
+      }
     }
   }
   if (!mismatch.empty()) {
@@ -1134,6 +1175,11 @@ DownloadResult Run::execute() {
   }
   if (request_.sha256 && !valid_sha256(*request_.sha256)) {
     return failed("the job's sha256 is not 64 hexadecimal digits");
+  }
+  if (request_.signature && settings_.signing_certificates.empty()) {
+    // Nothing could verify it: fail before downloading.
+    return failed(std::string("the job is signed (") + to_string(request_.signature->algorithm) +
+                  ") but no [download] signing_certificates are configured to verify it");
   }
   if (sink_ != nullptr) {
     // The sink took resume.synced_bytes bytes already: ask for the rest, of the same object.

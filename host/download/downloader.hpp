@@ -13,6 +13,7 @@
 #include "common/error.hpp"
 #include "common/job_id.hpp"
 #include "common/stop_signal.hpp"
+#include "download/signing.hpp"
 #include "download/types.hpp"
 
 namespace upparat::download {
@@ -64,6 +65,9 @@ struct Settings {
   mode_t file_mode = 0600;
   std::optional<gid_t> group;
   std::string user_agent = "upparat";
+  /// The certificates a signed job's signature (Request::signature) is verified with, in
+  /// order; the first that verifies wins. A signed job with none configured fails.
+  SigningCertificates signing_certificates;
 };
 
 /// Downloads one job's file at a time (not thread-safe; one run() at a time).

@@ -18,6 +18,8 @@ struct StreamPipe::Impl {
   const StopSignal* stop = nullptr;
   std::optional<std::string> sha256;
   std::optional<std::uint64_t> size;
+  std::optional<Signature> signature;
+  SigningCertificates certificates;
   UniqueFd reader;
   UniqueFd writer;
   EVP_MD_CTX* hash = nullptr;
@@ -27,6 +29,7 @@ struct StreamPipe::Impl {
   mutable std::mutex mutex;  // guards state and reason
   StreamState state = StreamState::Running;
   std::string reason;
+  std::string signer;
 
   ~Impl() { EVP_MD_CTX_free(hash); }
 
@@ -78,10 +81,12 @@ struct StreamPipe::Impl {
     return {};
   }
 
-  std::string hex_digest() {
+  // Ends the hash: the raw digest (for the signature) and its hex text.
+  std::string finish_digest(std::vector<std::uint8_t>& raw) {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
     EVP_DigestFinal_ex(hash, digest, &length);
+    raw.assign(digest, digest + length);
     static const char* digits = "0123456789abcdef";
     std::string out;
     for (unsigned int i = 0; i < length; ++i) {
@@ -94,11 +99,15 @@ struct StreamPipe::Impl {
 
 Result<std::unique_ptr<StreamPipe>> StreamPipe::create(std::optional<std::string> sha256,
                                                        std::optional<std::uint64_t> size,
-                                                       const StopSignal& stop) {
+                                                       const StopSignal& stop,
+                                                       std::optional<Signature> signature,
+                                                       SigningCertificates certificates) {
   auto impl = std::make_unique<Impl>();
   impl->stop = &stop;
   impl->sha256 = std::move(sha256);
   impl->size = size;
+  impl->signature = std::move(signature);
+  impl->certificates = std::move(certificates);
   int fds[2] = {-1, -1};
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
     return upparat::fail("cannot create the stream for the install step: " +
@@ -162,12 +171,25 @@ Status StreamPipe::complete() {
     return upparat::fail("the stream to the install step has ended: " + reason());
   }
   std::string mismatch;
-  const std::string got = s.hex_digest();
+  std::vector<std::uint8_t> digest;
+  const std::string got = s.finish_digest(digest);
+  std::string signer;
   if (s.size && s.received != *s.size) {
     mismatch =
         "size: expected " + std::to_string(*s.size) + " bytes, got " + std::to_string(s.received);
-  } else if (s.sha256 && lower(*s.sha256) != got) {
-    mismatch = "sha256: expected " + lower(*s.sha256) + ", got " + got;
+  } else {
+    if (s.sha256 && lower(*s.sha256) != got) {
+      mismatch = "sha256: expected " + lower(*s.sha256) + ", got " + got;
+    }
+    if (s.signature) {
+      auto verified = verify_signature(s.certificates, *s.signature, digest.data(), digest.size());
+      if (verified) {
+        signer = *verified;
+      } else {
+        mismatch += (mismatch.empty() ? "" : "; ") + std::string("signature: ") +
+                    verified.error().message();
+      }
+    }
   }
   if (!mismatch.empty()) {
     const std::string why = "the download does not match the job document (" + mismatch +
@@ -180,6 +202,10 @@ Status StreamPipe::complete() {
     return st;
   }
   s.tail.clear();
+  {
+    const std::lock_guard<std::mutex> lock(s.mutex);
+    s.signer = signer;
+  }
   s.end(StreamState::Complete, "");
   return {};
 }
@@ -196,6 +222,11 @@ StreamState StreamPipe::state() const {
 std::string StreamPipe::reason() const {
   const std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->reason;
+}
+
+std::string StreamPipe::signer() const {
+  const std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->signer;
 }
 
 std::uint64_t StreamPipe::received() const {

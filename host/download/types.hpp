@@ -8,6 +8,8 @@
 #include <optional>
 #include <string>
 
+#include "common/signature.hpp"
+
 namespace upparat::download {
 
 struct Request {
@@ -17,6 +19,9 @@ struct Request {
   /// Expected SHA-256 (64 hex digits, any case) and size from the job document, if given.
   std::optional<std::string> sha256;
   std::optional<std::uint64_t> size;
+  /// The job's code-signing signature over the file's SHA-256, if it has one: verified with
+  /// Settings::signing_certificates before the file gets its final name.
+  std::optional<Signature> signature;
 };
 
 struct Progress {
@@ -63,6 +68,8 @@ struct DownloadResult {
   std::filesystem::path file;           ///< the final file (Complete only)
   std::string reason;                   ///< for humans; URLs in it are redacted
   std::uint64_t bytes_transferred = 0;  ///< body bytes received from the network in this run
+  /// Complete with a signed job: the subject of the signing certificate that verified it.
+  std::string signer;
 };
 
 }  // namespace upparat::download

@@ -22,7 +22,8 @@ bool is_hex64(std::string_view s) {
 
 }  // namespace
 
-Result<JobDocument> parse_job_document(std::string_view json, bool allow_http) {
+Result<JobDocument> parse_job_document(std::string_view json, bool allow_http,
+                                       bool require_signature) {
   rapidjson::Document doc;
   doc.Parse(json.data(), json.size());
   if (doc.HasParseError() || !doc.IsObject()) {
@@ -101,6 +102,33 @@ Result<JobDocument> parse_job_document(std::string_view json, bool allow_http) {
       return fail("'size' must be an integer >= 0");
     }
     out.size = size->value.GetInt64();
+  }
+
+  for (auto algorithm : {SignatureAlgorithm::EcdsaP256Sha256, SignatureAlgorithm::RsaSha256}) {
+    const std::string name = field_name(algorithm);
+    auto field = doc.FindMember(rapidjson::StringRef(name.c_str(), name.size()));
+    if (field == doc.MemberEnd() || field->value.IsNull()) {
+      continue;
+    }
+    if (out.signature) {
+      return fail(
+          "the job document has both 'sig-sha256-ecdsa' and 'sig-sha256-rsa': sign "
+          "the file once");
+    }
+    if (!field->value.IsString()) {
+      return fail("'" + name + "' must be a string (the base64 signature)");
+    }
+    auto signature = parse_signature(
+        algorithm, std::string_view(field->value.GetString(), field->value.GetStringLength()));
+    if (!signature) {
+      return fail("'" + name + "' is malformed: " + signature.error().message());
+    }
+    out.signature = std::move(*signature);
+  }
+  if (require_signature && !out.signature) {
+    return fail(
+        "unsigned job: the configuration requires a signature (require_signature) and the job "
+        "document has neither 'sig-sha256-ecdsa' nor 'sig-sha256-rsa'");
   }
   return out;
 }

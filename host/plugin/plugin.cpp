@@ -670,6 +670,7 @@ StepResult LoadedPlugin::run(Step step, const JobContext& job, const StepService
   context.file_path = job.file_path ? file_path.c_str() : nullptr;
   context.seconds_since_first = job.seconds_since_first;
   context.retry_count = job.retry_count;
+  context.signer = job.signer.c_str();
 
   StepBridge& bridge = impl_->bridge;
   const upparat_step_services c_services{sizeof(upparat_step_services),

@@ -56,6 +56,8 @@ struct JobContext {
   bool force = false;
   std::int64_t seconds_since_first = 0;
   std::int32_t retry_count = 0;
+  /// The subject of the signing certificate that verified a signed job's file ("" if unsigned).
+  std::string signer;
 };
 
 }  // namespace upparat::plugin

@@ -114,6 +114,8 @@ struct MachineSettings {
   PerStep<bool> step_configured{true, true, true, true, true};
   /// Also accept plain http URLs in job documents.
   bool allow_http = false;
+  /// REJECT a job document without a code-signing signature ("unsigned job").
+  bool require_signature = false;
   /// RETRY_LATER without a delay of the plugin's own waits this long; after max_retries
   /// retries the step fails ("timed out").
   std::chrono::seconds retry_interval{60};

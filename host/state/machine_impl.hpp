@@ -134,6 +134,7 @@ struct Machine::Impl {
     std::string document_json;
     std::shared_ptr<plugin::KeyValueStore> kv = std::make_shared<plugin::KeyValueStore>();
     std::optional<std::filesystem::path> file;
+    std::string signer = {};  // the signing certificate that verified the file, if signed
   };
   std::optional<Job> job;
   // The final update of the job was refused once: the minimal one went out.

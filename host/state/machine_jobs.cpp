@@ -163,7 +163,7 @@ void Machine::Impl::on_select_described(const jobs::Execution& e) {
   job = std::move(j);
   // The starting point of expectedVersion (also after a reboot or a re-describe).
   updates.set_version(e.job_id, e.execution_number, e.version_number);
-  auto doc = jobs::parse_job_document(e.document_json, s.allow_http);
+  auto doc = jobs::parse_job_document(e.document_json, s.allow_http, s.require_signature);
   if (!doc) {
     spdlog::error("job {}: invalid job document: {}", e.job_id, doc.error().message());
     final_updates = {make_update("REJECTED", "invalid_job_document", doc.error().message())};
@@ -232,7 +232,7 @@ void Machine::Impl::on_stream_described(const jobs::Execution& e) {
     return job_gone(e.job_id);
   }
   updates.set_version(e.job_id, e.execution_number, e.version_number);
-  auto doc = jobs::parse_job_document(e.document_json, s.allow_http);
+  auto doc = jobs::parse_job_document(e.document_json, s.allow_http, s.require_signature);
   if (doc) {
     job->doc.file = doc->file;
   } else {

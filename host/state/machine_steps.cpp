@@ -45,6 +45,7 @@ plugin::JobContext Machine::Impl::context() const {
   c.size = job->doc.size;
   c.document_json = job->document_json;
   c.file_path = job->file;
+  c.signer = job->signer;
   c.force = job->doc.force;
   c.seconds_since_first = attempts.elapsed_seconds(now());
   c.retry_count = attempts.retry_count();
@@ -68,6 +69,7 @@ void Machine::Impl::run_step() {
     req.job_id = job->id;
     req.url = job->doc.file;
     req.sha256 = job->doc.sha256;
+    req.signature = job->doc.signature;
     if (job->doc.size) {
       req.size = static_cast<std::uint64_t>(*job->doc.size);
     }
@@ -249,6 +251,7 @@ void Machine::Impl::enter_download() {
   req.job_id = job->id;
   req.url = job->doc.file;
   req.sha256 = job->doc.sha256;
+  req.signature = job->doc.signature;
   if (job->doc.size) {
     req.size = static_cast<std::uint64_t>(*job->doc.size);
   }
@@ -268,6 +271,7 @@ void Machine::Impl::on_download_finished(const download::DownloadResult& r) {
   switch (r.outcome) {
     case download::Outcome::Complete:
       job->file = r.file;
+      job->signer = r.signer;
       return fire(Trigger::Downloaded);
     case download::Outcome::UrlExpired:
       return on_url_expired(r);

@@ -265,10 +265,28 @@ Result<RunResult> run(const RunOptions& options) {
   }
   argv.push_back(nullptr);
 
+  // The caller's environment, without the variables options.environment sets, then those.
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const bool replaced = std::any_of(options.environment.begin(), options.environment.end(),
+                                      [&](const std::string& add) {
+                                        const auto name = add.substr(0, add.find('=') + 1);
+                                        return entry.substr(0, name.size()) == name;
+                                      });
+    if (!replaced) {
+      envp.push_back(*e);
+    }
+  }
+  for (const auto& add : options.environment) {
+    envp.push_back(const_cast<char*>(add.c_str()));
+  }
+  envp.push_back(nullptr);
+
   pid_t pid = -1;
   if (rc == 0) {
     // glibc's posix_spawn runs the child with CLONE_VFORK and reports a failed exec here.
-    rc = ::posix_spawn(&pid, program.c_str(), &actions, &attributes, argv.data(), environ);
+    rc = ::posix_spawn(&pid, program.c_str(), &actions, &attributes, argv.data(), envp.data());
   }
   ::posix_spawn_file_actions_destroy(&actions);
   ::posix_spawnattr_destroy(&attributes);

@@ -23,6 +23,9 @@ struct RunOptions {
   /// argv[0] is the path of the executable (not searched in $PATH); the rest are its
   /// arguments, passed as they are (no shell, no word splitting, no globbing).
   std::vector<std::string> argv;
+  /// "NAME=value" entries for the program's environment: the caller's environment with these
+  /// added (an entry replaces a variable of the same name).
+  std::vector<std::string> environment;
 
   /// A file descriptor that becomes readable when the run must stop (StopSignal::fd(), the
   /// plugin's stop_fd), or -1. It is only polled, never read or closed.

@@ -196,6 +196,8 @@ class ScriptPlugin : public sdk::Plugin {
     if (fourth) {
       options.argv.push_back(std::move(*fourth));
     }
+    // The signing certificate that verified a signed job's file; "" when unsigned.
+    options.environment = {"UPPARAT_SIGNER=" + job.signer};
     options.stop_fd = ctx.stop_fd();
     options.should_stop = [&ctx] { return ctx.should_stop(); };
     options.kill_grace = kill_grace_;

@@ -29,6 +29,7 @@
 #include "emulator/json.hpp"
 #include "emulator/mqtt_front.hpp"
 #include "emulator/s3/s3_server.hpp"
+#include "emulator/signer.hpp"
 
 namespace upparat::emulator {
 namespace {
@@ -42,6 +43,8 @@ commands:
   create-job --job-id ID --document FILE --thing NAME [--thing NAME ...]
              [--in-progress-timeout MINUTES] [--url-expiry SECONDS] [--no-presigned-url]
              [--retry FAILED|TIMED_OUT|ALL:N ...]
+             [--sign-file FILE --sign-key KEY.pem]   adds sig-sha256-ecdsa (EC P-256 key) or
+                                 sig-sha256-rsa (RSA key): the signature of FILE's SHA-256
   cancel-job --job-id ID [--force]
   delete-execution --thing NAME --job-id ID [--force]
   describe [--thing NAME] [--job-id ID] [--json]     executions with their status history
@@ -485,6 +488,20 @@ int run_client(const Args& args) {
     if (!ok) {
       std::cerr << "create-job: cannot read " << args.get("--document") << "\n";
       return 1;
+    }
+    if (args.has("--sign-file") != args.has("--sign-key")) {
+      std::cerr << "create-job: --sign-file and --sign-key go together\n";
+      return 2;
+    }
+    if (args.has("--sign-file")) {
+      auto signature = sign_file(args.get("--sign-key"), args.get("--sign-file"));
+      auto signed_doc =
+          signature ? add_signature(doc, *signature) : Result<std::string>(fail(signature.error()));
+      if (!signed_doc) {
+        std::cerr << "create-job: " << signed_doc.error().message() << "\n";
+        return 1;
+      }
+      doc = std::move(*signed_doc);
     }
     std::string body = "{\"jobId\":" + quote(args.get("--job-id")) + ",\"document\":" + quote(doc) +
                        ",\"things\":[";

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "support/certificates.hpp"
 #include "support/temp_dir.hpp"
 
 namespace upparat::config {
@@ -430,6 +431,68 @@ TEST_F(ConfigTest, DescribeNamesBrokerAndSteps) {
   ASSERT_TRUE(streaming);
   EXPECT_NE(describe(*streaming).find("upparat-script.so), stream = true"), std::string::npos)
       << describe(*streaming);
+}
+
+TEST_F(ConfigTest, SigningCertificatesAreLoadedWithTheConfiguration) {
+  auto ca = test::CertificateAuthority::create("Config CA");
+  ASSERT_TRUE(ca) << ca.error().message();
+  test::CertificateRequest ecdsa;
+  ecdsa.common_name = "Firmware ECDSA";
+  ecdsa.code_signing = true;
+  auto ecdsa_files = ca->issue(ecdsa);
+  ASSERT_TRUE(ecdsa_files) << ecdsa_files.error().message();
+  test::CertificateRequest rsa = ecdsa;
+  rsa.common_name = "Firmware RSA";
+  rsa.key = test::KeyType::Rsa2048;
+  auto rsa_files = ca->issue(rsa);
+  ASSERT_TRUE(rsa_files) << rsa_files.error().message();
+  // Relative names are relative to the configuration file.
+  fs::copy_file(rsa_files->cert, dir_->path() / "rsa.pem");
+
+  auto config = toml(base("[download]\nsigning_certificates = [\"" + ecdsa_files->cert.string() +
+                          "\", \"rsa.pem\"]\nrequire_signature = true\n"));
+  ASSERT_TRUE(config) << config.error().message();
+  const auto& certificates = config->download.signing_certificates;
+  ASSERT_EQ(certificates.size(), 2u);
+  EXPECT_EQ(certificates[0].subject, "CN=Firmware ECDSA");
+  EXPECT_EQ(certificates[0].algorithm, SignatureAlgorithm::EcdsaP256Sha256);
+  EXPECT_EQ(certificates[1].subject, "CN=Firmware RSA");
+  EXPECT_EQ(certificates[1].algorithm, SignatureAlgorithm::RsaSha256);
+  EXPECT_EQ(certificates[1].path, dir_->path() / "rsa.pem");
+  EXPECT_TRUE(config->download.require_signature);
+  const auto text = describe(*config);
+  EXPECT_NE(text.find("signer     CN=Firmware ECDSA (SHA256withECDSA"), std::string::npos) << text;
+  EXPECT_NE(text.find("signatures required"), std::string::npos) << text;
+
+  // By default nothing is required and nothing is loaded.
+  auto plain = toml(base());
+  ASSERT_TRUE(plain) << plain.error().message();
+  EXPECT_TRUE(plain->download.signing_certificates.empty());
+  EXPECT_FALSE(plain->download.require_signature);
+}
+
+TEST_F(ConfigTest, SigningCertificateErrorsNameTheFileAndTheProblem) {
+  expect_error(base("[download]\nsigning_certificates = [\"missing.pem\"]\n"),
+               {"[download] signing_certificates", "missing.pem", "No such file"});
+  expect_error(base("[download]\nsigning_certificates = [\"" + ca_.string() + "\"]\n"),
+               {"[download] signing_certificates", ca_.string(), "not a PEM certificate"});
+  expect_error(base("[download]\nsigning_certificates = \"one.pem\"\n"),
+               {"[download] signing_certificates", "expected an array of file names"});
+  expect_error(base("[download]\nsigning_certificates = [1]\n"),
+               {"signing_certificates", "an entry that is an integer"});
+  expect_error(base("[download]\nrequire_signature = true\n"),
+               {"[download] require_signature", "needs signing_certificates"});
+  expect_error(base("[download]\nrequire_signature = \"yes\"\n"),
+               {"[download] require_signature", "expected a boolean"});
+  auto ca = test::CertificateAuthority::create("Config CA");
+  ASSERT_TRUE(ca) << ca.error().message();
+  test::CertificateRequest p384;
+  p384.common_name = "P-384";
+  p384.key = test::KeyType::EcP384;
+  auto files = ca->issue(p384);
+  ASSERT_TRUE(files) << files.error().message();
+  expect_error(base("[download]\nsigning_certificates = [\"" + files->cert.string() + "\"]\n"),
+               {"signing_certificates", "only P-256"});
 }
 
 TEST_F(ConfigTest, DocumentedExampleIsValidAndSetsEveryKey) {

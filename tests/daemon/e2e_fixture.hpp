@@ -120,6 +120,8 @@ struct DaemonConfig {
   std::string extra;
   /// Keys appended to the generated [jobs] table.
   std::string jobs;
+  /// Keys appended to the generated [download] table.
+  std::string download;
   std::string file_name = "upparat.toml";
 };
 
@@ -304,10 +306,8 @@ class E2eFixture : public ::testing::Test {
                        "thing_name = \"" + c.thing +
                        "\"\nreconnect_min = 1\nreconnect_max = 2\n"
                        "[jobs]\nupdate_timeout = 5\n" +
-                       c.jobs +
-                       "[download]\nallow_http = true\n"
-                       "[retry]\nretry_interval = 1\nmax_retries = 3\n" +
-                       c.extra + plugin;
+                       c.jobs + "[download]\nallow_http = true\n" + c.download +
+                       "[retry]\nretry_interval = 1\nmax_retries = 3\n" + c.extra + plugin;
     auto file = path(c.file_name);
     std::ofstream(file) << text;
     return file;

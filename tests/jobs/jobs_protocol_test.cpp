@@ -242,6 +242,52 @@ TEST(JobDocument, LongerThanTheCreationLimitOnceTheUrlIsSigned) {
   EXPECT_EQ(doc->file, url);
 }
 
+TEST(JobDocument, CodeSigningSignatures) {
+  const std::string base = R"({"version":"1","file":"https://h/f")";
+  // SEQUENCE { INTEGER 0x11 x 32, INTEGER 0x00 0x80 0x22 x 31 }
+  const std::string ecdsa =
+      "MEUCIBERERERERERERERERERERERERERERERERERERERERERAiEAgCIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIi"
+      "IiI=";
+  auto signed_doc = parse_job_document(base + R"(,"sig-sha256-ecdsa":")" + ecdsa + "\"}", false);
+  ASSERT_TRUE(signed_doc) << signed_doc.error().message();
+  ASSERT_TRUE(signed_doc->signature);
+  EXPECT_EQ(signed_doc->signature->algorithm, SignatureAlgorithm::EcdsaP256Sha256);
+  EXPECT_EQ(signed_doc->signature->bytes.size(), 71u);
+
+  auto rsa = parse_job_document(base + R"(,"sig-sha256-rsa":")" + std::string(344, 'B') + "\"}",
+                                false, true);
+  ASSERT_TRUE(rsa) << rsa.error().message();
+  EXPECT_EQ(rsa->signature->algorithm, SignatureAlgorithm::RsaSha256);
+
+  auto unsigned_doc = parse_job_document(base + "}", false);
+  ASSERT_TRUE(unsigned_doc);
+  EXPECT_FALSE(unsigned_doc->signature);
+  auto required = parse_job_document(base + "}", false, true);
+  ASSERT_FALSE(required);
+  EXPECT_NE(required.error().message().find("unsigned job"), std::string::npos);
+
+  auto error = [&](const std::string& fields) {
+    auto d = parse_job_document(base + fields + "}", false);
+    EXPECT_FALSE(d) << fields;
+    return d ? std::string() : d.error().message();
+  };
+  EXPECT_EQ(error(R"(,"sig-sha256-ecdsa":"not base64!")"),
+            "'sig-sha256-ecdsa' is malformed: it is not base64 (character 4)");
+  EXPECT_EQ(error(R"(,"sig-sha256-ecdsa":"AAECAwQFBgcI")"),
+            "'sig-sha256-ecdsa' is malformed: not an ECDSA signature: it is not a DER SEQUENCE");
+  EXPECT_EQ(error(R"(,"sig-sha256-rsa":42)"),
+            "'sig-sha256-rsa' must be a string (the base64 "
+            "signature)");
+  EXPECT_NE(error(R"(,"sig-sha256-ecdsa":")" + ecdsa + R"(","sig-sha256-rsa":")" +
+                  std::string(344, 'B') + "\"")
+                .find("both"),
+            std::string::npos);
+  // null is absent, as for the other optional fields.
+  auto null_sig = parse_job_document(base + R"(,"sig-sha256-ecdsa":null})", false);
+  ASSERT_TRUE(null_sig);
+  EXPECT_FALSE(null_sig->signature);
+}
+
 TEST(JobDocument, HttpWhenAllowed) {
   EXPECT_TRUE(parse_job_document(R"({"version":"1","file":"http://h/f"})", true));
   EXPECT_FALSE(parse_job_document(R"({"version":"1","file":"ftp://h/f"})", true));

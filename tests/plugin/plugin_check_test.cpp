@@ -91,7 +91,7 @@ TEST(PluginCheck, PrintsTheDescriptorOfACppPlugin) {
                          "version:       2.1.0\n"
                          "license:       Apache-2.0\n"
                          "description:   Test fixture: a well-behaved C++ plugin\n"
-                         "abi:           1.2 (daemon speaks 1.2)\n"
+                         "abi:           1.3 (daemon speaks 1.3)\n"
                          "capabilities:  INSTALL_FROM_URL\n"
                          "steps:         version download install restart ready\n"
                          "without:       none\n"
@@ -104,7 +104,7 @@ TEST(PluginCheck, PrintsTheDescriptorOfACPlugin) {
   EXPECT_EQ(run.exit_code, 0) << run.err;
   EXPECT_THAT(run.out, HasSubstr("name:          fixture-c\n"));
   EXPECT_THAT(run.out, HasSubstr("capabilities:  INSTALL_NOT_INTERRUPTIBLE\n"));
-  EXPECT_THAT(run.out, HasSubstr("abi:           1.0 (daemon speaks 1.2)\n"));
+  EXPECT_THAT(run.out, HasSubstr("abi:           1.0 (daemon speaks 1.3)\n"));
   EXPECT_THAT(run.out, HasSubstr("steps:         version download install ready\n"));
   EXPECT_THAT(run.out, HasSubstr("without:       restart\n"));
   EXPECT_THAT(run.out, Not(HasSubstr("serves:"))) << "no instance, no answer";
@@ -157,9 +157,9 @@ TEST(PluginCheck, LoadErrorsGoToStderrWithExitCode1) {
   const std::vector<Case> cases = {
       {"/nonexistent/plugin.so", "file not found"},
       {UPPARAT_FIXTURE_ABI_MAJOR2,
-       "built for ABI 2.0, this daemon speaks ABI 1.2: rebuild the plugin against Upparat SDK "
+       "built for ABI 2.0, this daemon speaks ABI 1.3: rebuild the plugin against Upparat SDK "
        "1.x"},
-      {UPPARAT_FIXTURE_NEWER_MINOR, "built for ABI 1.99, this daemon speaks ABI 1.2"},
+      {UPPARAT_FIXTURE_NEWER_MINOR, "built for ABI 1.99, this daemon speaks ABI 1.3"},
       {UPPARAT_FIXTURE_NO_ENTRY, "it does not export upparat_plugin_entry"},
       {UPPARAT_FIXTURE_UNRESOLVED_SYMBOL,
        "undefined symbol: upparat_fixture_function_that_exists_nowhere"},

@@ -293,6 +293,14 @@ TEST(PluginSdk, JobFromContext) {
   EXPECT_TRUE(job.force);
   EXPECT_EQ(job.seconds_since_first, 5);
   EXPECT_EQ(job.retry_count, 6);
+  EXPECT_EQ(job.signer, "");
+  c.signer = "CN=Firmware 2026";
+  EXPECT_EQ(upparat::sdk::detail::make_job(&c).signer, "CN=Firmware 2026");
+  // A host of ABI 1.2 has no signer in its context: not read.
+  c.struct_size = offsetof(upparat_job_context, signer);
+  EXPECT_EQ(upparat::sdk::detail::make_job(&c).signer, "");
+  c.struct_size = sizeof c;
+  c.signer = nullptr;
   c.sha256 = nullptr;
   c.size = -1;
   const Job bare = upparat::sdk::detail::make_job(&c);

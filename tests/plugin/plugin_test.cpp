@@ -306,7 +306,7 @@ TEST(PluginLoad, NoEntrySymbol) {
 TEST(PluginLoad, WrongAbiMajor) {
   EXPECT_EQ(load_error(UPPARAT_FIXTURE_ABI_MAJOR2),
             std::string("plugin ") + UPPARAT_FIXTURE_ABI_MAJOR2 +
-                ": built for ABI 2.0, this daemon speaks ABI 1.2: rebuild the plugin against "
+                ": built for ABI 2.0, this daemon speaks ABI 1.3: rebuild the plugin against "
                 "Upparat SDK 1.x");
   EXPECT_FALSE(LoadedPlugin::inspect(UPPARAT_FIXTURE_ABI_MAJOR2));
 }
@@ -314,8 +314,8 @@ TEST(PluginLoad, WrongAbiMajor) {
 TEST(PluginLoad, NewerAbiMinor) {
   EXPECT_EQ(load_error(UPPARAT_FIXTURE_NEWER_MINOR),
             std::string("plugin ") + UPPARAT_FIXTURE_NEWER_MINOR +
-                ": built for ABI 1.99, this daemon speaks ABI 1.2, which is older: rebuild the "
-                "plugin against an Upparat SDK 1.x that speaks ABI 1.2 or older, or update the "
+                ": built for ABI 1.99, this daemon speaks ABI 1.3, which is older: rebuild the "
+                "plugin against an Upparat SDK 1.x that speaks ABI 1.3 or older, or update the "
                 "daemon");
 }
 
@@ -370,20 +370,20 @@ INSTANTIATE_TEST_SUITE_P(
     Defects, PluginDescriptorDefect,
     ::testing::Values(
         DefectCase{"refuse",
-                   "it refused to load into this daemon, which speaks ABI 1.2 (its entry point "
+                   "it refused to load into this daemon, which speaks ABI 1.3 (its entry point "
                    "returned no descriptor): rebuild the plugin against Upparat SDK 1.x"},
         DefectCase{"null-name", "its descriptor has no name (a bug in the plugin)"},
         DefectCase{"empty-name", "its descriptor has no name"},
         DefectCase{"null-version", "its descriptor has no version"},
         DefectCase{"null-functions", "its descriptor has no function table"},
         DefectCase{"tiny-descriptor", "its descriptor is 4 bytes, too small"},
-        DefectCase{"small-descriptor", "its descriptor is 16 bytes, ABI 1.2 needs at least"},
-        DefectCase{"small-functions", "its function table is 8 bytes, ABI 1.2 needs at least"},
+        DefectCase{"small-descriptor", "its descriptor is 16 bytes, ABI 1.3 needs at least"},
+        DefectCase{"small-functions", "its function table is 8 bytes, ABI 1.3 needs at least"},
         // 1.0's table: two 32-bit fields and seven pointers; 1.1 appended one pointer.
         DefectCase{"functions-of-1.0",
                    sizeof(void*) == 8
-                       ? "its function table is 64 bytes, ABI 1.2 needs at least 72"
-                       : "its function table is 36 bytes, ABI 1.2 needs at least 40"},
+                       ? "its function table is 64 bytes, ABI 1.3 needs at least 72"
+                       : "its function table is 36 bytes, ABI 1.3 needs at least 40"},
         DefectCase{"null-create", "its function table has no create function"},
         DefectCase{"null-destroy", "its function table has no destroy function"}),
     [](const auto& info) {
@@ -587,15 +587,18 @@ TEST(GoodCppPlugin, ReceivesTheWholeJobContext) {
   j.force = true;
   j.seconds_since_first = 17;
   j.retry_count = 2;
+  j.signer = "CN=Firmware 2026,O=Example";
   StepResult r = plugin->run(Step::Install, j, h.services());
   EXPECT_EQ(r.outcome, Outcome::Ok);
   EXPECT_EQ(r.text,
             "id=upparat_42 exec=3 version=2.0.0 meta=echo url=https://example.invalid/firmware.bin"
             " sha256=ab12 size=1234 file=/tmp/f.bin force=1 since=17 retry=2"
-            " doc={\"action\":\"upparat_update\",\"version\":\"2.0.0\"}");
+            " signer=CN=Firmware 2026,O=Example "
+            "doc={\"action\":\"upparat_update\",\"version\":\"2.0.0\"}");
 
   r = plugin->run(Step::Install, job("echo"), h.services());
-  EXPECT_THAT(r.text, HasSubstr(" sha256=(none) size=(none) file=(none) force=0 since=0 retry=0"));
+  EXPECT_THAT(r.text, HasSubstr(" sha256=(none) size=(none) file=(none) force=0 since=0 retry=0"
+                                " signer=(none)"));
 }
 
 TEST(GoodCppPlugin, BlockedInPollOnStopFdWakesOnStop) {
@@ -921,7 +924,7 @@ class StreamPluginTest : public ::testing::Test {
 };
 
 TEST_F(StreamPluginTest, DeclaresTheCapabilityAndReadsACompleteStream) {
-  EXPECT_EQ(plugin_->info().abi_minor, 2);
+  EXPECT_EQ(plugin_->info().abi_minor, 3);
   EXPECT_TRUE(plugin_->has_capability(kCapInstallStream));
   EXPECT_THAT(capability_names(plugin_->info().capabilities), ElementsAre("INSTALL_STREAM"));
   const std::string data(100000, 's');

@@ -76,6 +76,25 @@ TEST(ProcessTest, PassesArgumentsWithoutShell) {
   EXPECT_EQ(c.out, (std::vector<std::string>{"[a b]", "[$HOME]", "[*]", "[]", "[x;y]"}));
 }
 
+TEST(ProcessTest, AddsToTheEnvironment) {
+  ::setenv("UPPARAT_PROCESS_TEST_KEPT", "kept", 1);
+  ::setenv("UPPARAT_PROCESS_TEST_REPLACED", "old", 1);
+  ::setenv("UPPARAT_PROCESS_TEST_REPLACED_LONGER", "other", 1);
+  RunOptions options = shell(
+      "echo \"$UPPARAT_PROCESS_TEST_KEPT\"; echo \"$UPPARAT_PROCESS_TEST_REPLACED\"; "
+      "echo \"$UPPARAT_PROCESS_TEST_REPLACED_LONGER\"; echo \"$UPPARAT_PROCESS_TEST_NEW\"; "
+      "env | grep -c '^UPPARAT_PROCESS_TEST_REPLACED='");
+  options.environment = {"UPPARAT_PROCESS_TEST_REPLACED=new", "UPPARAT_PROCESS_TEST_NEW=a b=c"};
+  Collected c;
+  collect(options, c);
+  auto result = run(options);
+  ::unsetenv("UPPARAT_PROCESS_TEST_KEPT");
+  ::unsetenv("UPPARAT_PROCESS_TEST_REPLACED");
+  ::unsetenv("UPPARAT_PROCESS_TEST_REPLACED_LONGER");
+  ASSERT_TRUE(result) << result.error().message();
+  EXPECT_EQ(c.out, (std::vector<std::string>{"kept", "new", "other", "a b=c", "1"}));
+}
+
 TEST(ProcessTest, ReportsTerminatingSignal) {
   auto result = run(shell("kill -KILL $$"));
   ASSERT_TRUE(result) << result.error().message();

@@ -41,6 +41,7 @@ struct Job {
   bool force = false;
   std::int64_t seconds_since_first = 0;
   std::int32_t retry_count = 0;
+  std::string signer;
 };
 
 struct Outcome {
@@ -167,6 +168,7 @@ class LoadedScriptPlugin {
     context.file_path = job.file ? job.file->c_str() : nullptr;
     context.seconds_since_first = job.seconds_since_first;
     context.retry_count = job.retry_count;
+    context.signer = job.signer.c_str();
     const upparat_step_services services{sizeof(upparat_step_services),
                                          0,
                                          &data,
@@ -342,6 +344,23 @@ TEST_F(ScriptPluginTest, InstallGetsTheClassicArgumentsExactly) {
   ASSERT_EQ(outcome.code, UPPARAT_OK) << outcome.text;
   EXPECT_EQ(recorded_args(), (std::vector<std::string>{"125", "4", job.meta, *job.file}));
   EXPECT_EQ(data.progress, (std::vector<std::string>{"recorded 4 arguments"}));
+}
+
+TEST_F(ScriptPluginTest, HooksGetTheSignerInTheirEnvironment) {
+  create_with("install", "signer.sh");
+  StepData data;
+  Job job;
+  job.file = "/var/lib/upparat/downloads/upparat_42";
+  job.signer = "CN=Firmware 2026,O=Example";
+  const Outcome signed_run = plugin_.run(Step::Install, job, data);
+  ASSERT_EQ(signed_run.code, UPPARAT_OK) << signed_run.text;
+  EXPECT_EQ(read_text(dir_.path() / "signer.out"), "CN=Firmware 2026,O=Example");
+  // Unsigned: set and empty, whatever the daemon's own environment holds.
+  ::setenv("UPPARAT_SIGNER", "inherited", 1);
+  job.signer.clear();
+  ASSERT_EQ(plugin_.run(Step::Install, job, data).code, UPPARAT_OK);
+  ::unsetenv("UPPARAT_SIGNER");
+  EXPECT_EQ(read_text(dir_.path() / "signer.out"), "");
 }
 
 TEST_F(ScriptPluginTest, RestartGetsForceAsTrueOrFalse) {

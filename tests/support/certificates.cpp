@@ -4,6 +4,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -71,8 +72,23 @@ struct Made {
 Result<Made> make_certificate(const std::string& common_name, X509* issuer_cert,
                               EVP_PKEY* issuer_key, std::chrono::seconds not_before,
                               std::chrono::seconds not_after,
-                              const std::vector<std::pair<int, std::string>>& extensions) {
-  KeyPtr key(EVP_EC_gen("P-256"));
+                              const std::vector<std::pair<int, std::string>>& extensions,
+                              KeyType type = KeyType::EcP256) {
+  KeyPtr key;
+  switch (type) {
+    case KeyType::EcP256:
+      key.reset(EVP_EC_gen("P-256"));
+      break;
+    case KeyType::EcP384:
+      key.reset(EVP_EC_gen("P-384"));
+      break;
+    case KeyType::Rsa2048:
+      key.reset(EVP_RSA_gen(2048));
+      break;
+    case KeyType::Rsa1024:
+      key.reset(EVP_RSA_gen(1024));
+      break;
+  }
   if (!key) {
     return fail(openssl_error("EC key generation"));
   }
@@ -196,7 +212,8 @@ Result<CertificateFiles> CertificateAuthority::issue(const CertificateRequest& r
   std::vector<std::pair<int, std::string>> extensions = {
       {NID_basic_constraints, "critical,CA:FALSE"},
       {NID_key_usage, "critical,digitalSignature,keyAgreement"},
-      {NID_ext_key_usage, request.server ? "serverAuth" : "clientAuth"},
+      {NID_ext_key_usage,
+       request.code_signing ? "codeSigning" : (request.server ? "serverAuth" : "clientAuth")},
       {NID_subject_key_identifier, "hash"},
       {NID_authority_key_identifier, "keyid:always"}};
   std::string alt_names;
@@ -210,7 +227,7 @@ Result<CertificateFiles> CertificateAuthority::issue(const CertificateRequest& r
     extensions.emplace_back(NID_subject_alt_name, alt_names);
   }
   auto made = make_certificate(request.common_name, issuer->cert.get(), issuer->key.get(),
-                               request.not_before, request.not_after, extensions);
+                               request.not_before, request.not_after, extensions, request.key);
   if (!made) {
     return fail(made.error().context(what));
   }

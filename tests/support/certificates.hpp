@@ -12,6 +12,9 @@
 
 namespace upparat::test {
 
+/// The key of an issued certificate.
+enum class KeyType { EcP256, EcP384, Rsa2048, Rsa1024 };
+
 /// A certificate and its private key, both PEM files.
 struct CertificateFiles {
   std::filesystem::path cert;
@@ -25,6 +28,9 @@ struct CertificateRequest {
   std::vector<std::string> ip_addresses;
   /// extendedKeyUsage serverAuth (true) or clientAuth (false).
   bool server = false;
+  /// extendedKeyUsage codeSigning instead (a code-signing certificate).
+  bool code_signing = false;
+  KeyType key = KeyType::EcP256;
   /// Validity relative to now; a negative not_after gives an expired certificate.
   std::chrono::seconds not_before{-std::chrono::hours(1)};
   std::chrono::seconds not_after{std::chrono::hours(24 * 30)};

@@ -39,14 +39,16 @@ extern "C" {
  *  when anything existing changes.
  *  @{ */
 #define UPPARAT_ABI_MAJOR 1 /**< Incompatible changes. */
-#define UPPARAT_ABI_MINOR 2 /**< Backwards-compatible additions. */
+#define UPPARAT_ABI_MINOR 3 /**< Backwards-compatible additions. */
 /** @} */
 
 /* ABI history:
  * 1.0  the first version.
  * 1.1  upparat_plugin_functions::steps: which steps an instance serves.
  * 1.2  UPPARAT_CAP_INSTALL_STREAM; upparat_step_services::stream_fd and ::stream_end: an
- *      install that reads the download's bytes while the host downloads them. */
+ *      install that reads the download's bytes while the host downloads them.
+ * 1.3  upparat_job_context::signer: the signing certificate that verified a signed job's
+ *      file. */
 
 /** Name of the single symbol a plugin exports (see ::upparat_plugin_entry_fn). */
 #define UPPARAT_PLUGIN_ENTRY_SYMBOL "upparat_plugin_entry"
@@ -205,7 +207,7 @@ typedef struct upparat_step_services {
    * together with @c stop_fd (or set O_NONBLOCK on it). Owned by the host: never close it.
    * The host resumes cut connections and fetches fresh URLs on its own; the plugin only sees
    * the bytes pause. It holds back the last 4096 bytes (or the whole file when smaller) until
-   * size and SHA-256 match the job document.
+   * size and SHA-256 match the job document and a signed job's signature verifies.
    *
    * End of file (read() returns 0) means the host ended the stream: then call @c stream_end
    * to learn whether it is complete. An end of file is never a success by itself: a plugin
@@ -243,6 +245,14 @@ typedef struct upparat_job_context {
   int64_t seconds_since_first; /**< Seconds since this step was first tried for this job. */
   int32_t retry_count;         /**< 0 on the first try, then 1, 2, ... after RETRY_LATER. */
   uint32_t reserved0;          /**< Zero. */
+  /**
+   * ABI 1.3, valid when @c struct_size reaches it. The subject of the signing certificate
+   * (RFC 2253, e.g. "CN=Firmware 2026,O=Example") that verified the signature of a signed
+   * job's file (`sig-sha256-ecdsa` / `sig-sha256-rsa`), or "public key <path>" for a bare
+   * public key; "" when the job is unsigned, and in a streamed install (whose signature is
+   * checked at the end of the stream, see @c stream_fd). An installer may record it.
+   */
+  const char* signer;
 } upparat_job_context;
 
 /** What a step answers. Allocated by the host; the plugin fills it. */

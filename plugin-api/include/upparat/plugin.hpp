@@ -96,6 +96,9 @@ struct Job {
   bool force = false;                 ///< The document's `force`.
   int64_t seconds_since_first = 0;    ///< Seconds since this step was first tried.
   int32_t retry_count = 0;            ///< 0, then 1, 2, ... after RETRY_LATER.
+  /// ABI 1.3: the signing certificate that verified a signed job's file, "" when unsigned
+  /// (or the host is older than 1.3).
+  std::string signer;
 };
 
 /// Host services during one step (valid until the step returns; usable from any thread).
@@ -219,6 +222,10 @@ inline Job make_job(const upparat_job_context* c) {
   job.force = c->force != 0;
   job.seconds_since_first = c->seconds_since_first;
   job.retry_count = c->retry_count;
+  if (c->struct_size >= offsetof(upparat_job_context, signer) + sizeof(c->signer) &&
+      c->signer != nullptr) {
+    job.signer = c->signer;
+  }
   return job;
 }
 
