@@ -18,6 +18,7 @@
 namespace upparat::emulator {
 namespace {
 constexpr const char* kFilter = "$aws/things/+/jobs/#";
+constexpr int kMaxQueuedMessages = 100000;
 using SteadyClock = std::chrono::steady_clock;
 }  // namespace
 
@@ -171,7 +172,10 @@ Result<std::unique_ptr<MqttFront>> MqttFront::start(const std::string& broker_ur
   impl->after_change = std::move(after_change);
   try {
     std::string client_id = "upparat-jobs-emulator-" + std::to_string(::getpid());
-    impl->client = std::make_unique<::mqtt::async_client>(broker_uri, client_id);
+    // A job for many things publishes two notifies per thing at once: Paho's default of 100
+    // queued messages would drop the rest ("No more messages can be buffered").
+    impl->client =
+        std::make_unique<::mqtt::async_client>(broker_uri, client_id, kMaxQueuedMessages);
     const auto colon = broker_uri.rfind(':');
     impl->broker_port = static_cast<std::uint16_t>(
         colon == std::string::npos ? 0 : std::atoi(broker_uri.c_str() + colon + 1));

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -326,6 +327,29 @@ TEST(EmulatorProcessTest, AnswersWithoutWaitingForTheBrokersDelayedAck) {
   std::sort(round_trips.begin(), round_trips.end());
   // Without TCP_NODELAY every round trip takes 40 ms or more.
   EXPECT_LT(round_trips[round_trips.size() / 2], 20.0);
+}
+
+// A job created for many things at once notifies each of them (notify and notify-next): the
+// emulator queues the burst instead of dropping what does not fit Paho's default queue of 100.
+TEST_F(EmulatorIntegrationTest, JobForManyThingsNotifiesEveryOne) {
+  constexpr int kThings = 150;
+  must(device_->subscribe("$aws/things/+/jobs/notify-next", 1));
+  std::vector<std::string> things;
+  for (int i = 0; i < kThings; ++i) {
+    things.push_back("many-" + std::to_string(i));
+  }
+  must(emulator_->create_job("upparat_many", kDoc, things));
+  std::set<std::string> notified;
+  while (notified.size() < things.size()) {
+    auto m = device_->wait_for_message(10s);
+    if (!m) {
+      break;
+    }
+    if (m->topic.rfind("$aws/things/many-", 0) == 0) {
+      notified.insert(m->topic);
+    }
+  }
+  EXPECT_EQ(notified.size(), things.size());
 }
 
 TEST(EmulatorProcessTest, BadCommandLinesAndUnreachableBrokerFailClearly) {
