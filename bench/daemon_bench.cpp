@@ -733,6 +733,8 @@ void Bench::run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Each figure as it is measured, also into a file or a pipe.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   Options o;
   bool daemons_set = false;
   bool jobs_set = false;
