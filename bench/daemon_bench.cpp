@@ -71,7 +71,7 @@ struct Options {
   int jobs = 20;
   int idle_seconds = 60;
   std::uint64_t big_mib = 1024;
-  /// Copy the main daemon's logs here at the end (for a look at the timeline).
+  /// Copy daemons' logs here at the end (for a look at the timeline).
   std::string keep_logs;
 };
 
@@ -284,10 +284,18 @@ class Bench {
     }
     std::error_code ec;
     fs::create_directories(options_.keep_logs, ec);
-    for (const auto& e : fs::directory_iterator(dir_->path() / "bench-main", ec)) {
-      if (e.path().extension() == ".log") {
-        fs::copy_file(e.path(), fs::path(options_.keep_logs) / e.path().filename(),
-                      fs::copy_options::overwrite_existing, ec);
+    // The main daemon's, and the first, middle and last of the N daemons'.
+    const std::string middle = "bench-many-" + std::to_string(options_.daemons / 2);
+    const std::string last = "bench-many-" + std::to_string(options_.daemons - 1);
+    for (const std::string& device :
+         {std::string("bench-main"), std::string("bench-many-0"), middle, last}) {
+      for (const auto& e : fs::directory_iterator(dir_->path() / device, ec)) {
+        if (e.path().extension() == ".log") {
+          fs::copy_file(
+              e.path(),
+              fs::path(options_.keep_logs) / (device + "-" + e.path().filename().string()),
+              fs::copy_options::overwrite_existing, ec);
+        }
       }
     }
   }
