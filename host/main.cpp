@@ -1,5 +1,6 @@
 // upparat: the OTA update daemon for AWS IoT Jobs.
 
+#include <malloc.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -54,6 +55,10 @@ int main(int argc, char** argv) {
   // with sigwait(), and every thread (Paho's, the worker) inherits the mask.
   upparat::daemon::block_daemon_signals();
   signal(SIGPIPE, SIG_IGN);
+  // One malloc arena for all threads: glibc gives each thread that allocates (Paho's two, the
+  // worker, a download) an arena of its own, and what a job freed there stays private memory
+  // of the idle daemon (about 850 KiB measured). The threads rarely allocate at once.
+  mallopt(M_ARENA_MAX, 1);
 
   std::string config_path = kDefaultConfig;
   bool verbose = false;

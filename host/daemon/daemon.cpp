@@ -1,5 +1,6 @@
 #include "daemon/daemon.hpp"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spdlog/pattern_formatter.h>
@@ -254,6 +255,10 @@ struct Daemon::Impl {
       worker_busy = true;
       guard.unlock();
       task();
+      // A step or a download frees what it used (transfer buffers, a hook's output); give
+      // those pages back so the idle daemon does not keep them (malloc keeps freed memory in
+      // its heap). Takes well under a millisecond for the daemon's small heap.
+      malloc_trim(0);
       guard.lock();
       worker_busy = false;
       worker_wake.notify_all();

@@ -45,10 +45,21 @@ Status Machine::Impl::persist() {
   if (!durable) {
     return {};
   }
+  return persist(up_to_download(durable->step) && !saved_past_download ? Durability::Deferred
+                                                                       : Durability::Synced);
+}
+
+Status Machine::Impl::persist(Durability durability) {
+  if (!durable) {
+    return {};
+  }
+  if (!up_to_download(durable->step)) {
+    saved_past_download = true;
+  }
   if (job) {
     durable->store = job->kv->snapshot();
   }
-  auto saved = store.save(*durable);
+  auto saved = store.save(*durable, durability);
   if (!saved) {
     spdlog::error("cannot save the job state: {}", saved.error().message());
   }
@@ -57,6 +68,7 @@ Status Machine::Impl::persist() {
 
 void Machine::Impl::forget_durable() {
   durable.reset();
+  saved_past_download = false;
   if (auto cleared = store.clear(); !cleared) {
     spdlog::error("cannot remove the job state: {}", cleared.error().message());
   }

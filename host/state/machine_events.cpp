@@ -18,6 +18,7 @@ void Machine::Impl::on(const Started&) {
     forget_durable();
   } else if (*loaded) {
     durable = **loaded;
+    saved_past_download = !up_to_download(durable->step);
     spdlog::info("saved state: job {} (execution {}) at step {}", durable->job_id,
                  durable->execution_number, to_string(durable->step));
   }
@@ -330,7 +331,9 @@ void Machine::Impl::on(const DownloadResumeState& r) {
   // the middle of a long download) no longer count, only this unfinished attempt does.
   attempts.progressed(saved(), r.resume.synced_bytes);
   durable->resume = r.resume;
-  persist();
+  // The synced length of the file: durable, like the bytes it counts (off the request path,
+  // the download goes on meanwhile).
+  persist(Durability::Synced);
 }
 
 void Machine::Impl::on(const TimerFired& t) {

@@ -151,6 +151,7 @@ struct Machine::Impl {
   std::optional<std::string> selected;  // job id picked from get, before its describe
   std::int64_t selected_execution = 0;  // its execution number (0: not known)
   std::optional<JobState> durable;      // what is (to be) saved for the job
+  bool saved_past_download = false;     // a step after the download was saved for this job
 
   // The running work (one at a time).
   struct Work {
@@ -211,8 +212,15 @@ struct Machine::Impl {
   void status(const std::string& text) { out.push_back(SystemdStatus{text}); }
 
   // Saves the job state. A failure is logged here; only the save before the restart must
-  // succeed for the flow to go on (see enter_reboot_ack).
+  // succeed for the flow to go on (see enter_reboot_ack). Without an argument: Deferred while
+  // the state only repeats what the cloud knows (the steps up to the download, before any
+  // later step of this job was saved), so no fsync delays the requests of those steps; Synced
+  // from the install on (its attempt counts are on disk before the plugin runs).
   Status persist();
+  Status persist(Durability durability);
+  static bool up_to_download(SavedStep st) {
+    return st == SavedStep::VerifyJob || st == SavedStep::DownloadGate || st == SavedStep::Download;
+  }
 
   void forget_durable();
 

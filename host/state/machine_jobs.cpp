@@ -194,6 +194,7 @@ void Machine::Impl::on_select_described(const jobs::Execution& e) {
     // verify_job: start over as if new, keeping the saved counts
   } else {
     durable = JobState{};
+    saved_past_download = false;
     durable->job_id = job->id;
     durable->execution_number = job->execution;
   }

@@ -5,11 +5,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <string_view>
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <spdlog/spdlog.h>
 
 #include "common/safe_fs.hpp"
 
@@ -22,6 +26,25 @@ constexpr std::size_t kMaxStateBytes = 16 * 1024 * 1024;
 
 std::string errno_text() {
   return std::strerror(errno);
+}
+
+// The check member that starts a state.json: `{"check":"fnv1a64:<16 hex>:<length>",` then the
+// rest of the JSON text it covers ("{" + rest). FNV-1a finds a torn write, not an attacker.
+constexpr std::string_view kCheckStart = "{\"check\":\"fnv1a64:";
+
+std::uint64_t fnv1a64(std::string_view text) {
+  std::uint64_t hash = 14695981039346656037ULL;
+  for (const unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ULL;
+  }
+  return hash;
+}
+
+std::string check_member(std::string_view json) {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fnv1a64(json)));
+  return std::string(kCheckStart) + hex + ":" + std::to_string(json.size()) + "\",";
 }
 
 // The state folder, checked from / down (see open_owned_directory); an empty descriptor when
@@ -198,6 +221,38 @@ std::string to_json(const JobState& s) {
   return std::string(buffer.GetString(), buffer.GetSize());
 }
 
+std::string to_checked_json(const JobState& state) {
+  const std::string json = to_json(state);
+  return check_member(json) + json.substr(1);
+}
+
+Result<std::optional<JobState>> job_state_from_checked_json(const std::string& text) {
+  if (text.empty()) {
+    return std::optional<JobState>{};  // renamed into place, its data never written
+  }
+  if (text.compare(0, kCheckStart.size(), kCheckStart) != 0) {
+    // An older daemon's file (always fsynced before it was renamed into place).
+    auto state = job_state_from_json(text);
+    if (!state) {
+      return fail(state.error());
+    }
+    return std::optional<JobState>(std::move(*state));
+  }
+  const auto end = text.find("\",", kCheckStart.size());
+  if (end == std::string::npos) {
+    return std::optional<JobState>{};
+  }
+  const std::string json = "{" + text.substr(end + 2);
+  if (text.compare(0, end + 2, check_member(json)) != 0) {
+    return std::optional<JobState>{};
+  }
+  auto state = job_state_from_json(json);
+  if (!state) {
+    return fail(state.error());
+  }
+  return std::optional<JobState>(std::move(*state));
+}
+
 Result<JobState> job_state_from_json(const std::string& text) {
   rapidjson::Document d;
   d.Parse(text.data(), text.size());
@@ -327,11 +382,17 @@ Result<std::optional<JobState>> FileStateStore::load() {
   if (!*text) {
     return std::optional<JobState>{};
   }
-  auto state = job_state_from_json(**text);
+  auto state = job_state_from_checked_json(**text);
   if (!state) {
     return fail(state.error().context(path().string()));
   }
-  return std::optional<JobState>(std::move(*state));
+  if (!*state) {
+    spdlog::warn(
+        "{} is torn (a power cut before it reached the disk): discarded; the cloud's view of "
+        "the job is used",
+        path().string());
+  }
+  return state;
 }
 
 Result<std::vector<EndedExecution>> FileStateStore::load_ended() {
@@ -349,8 +410,8 @@ Result<std::vector<EndedExecution>> FileStateStore::load_ended() {
   return ended;
 }
 
-Status FileStateStore::save(const JobState& state) {
-  if (auto written = write_file("state.json", to_json(state)); !written) {
+Status FileStateStore::save(const JobState& state, Durability durability) {
+  if (auto written = write_file("state.json", to_checked_json(state), durability); !written) {
     return fail(written.error().context("cannot save the job state"));
   }
   return {};
@@ -363,7 +424,8 @@ Status FileStateStore::save_ended(const std::vector<EndedExecution>& ended) {
   return write_file("ended.json", to_json(ended));
 }
 
-Status FileStateStore::write_file(const std::string& name, const std::string& data) {
+Status FileStateStore::write_file(const std::string& name, const std::string& data,
+                                  Durability durability) {
   const std::filesystem::path target = directory_ / name;
   const std::filesystem::path temp = directory_ / (name + ".tmp");
   auto dir = open_state_directory(directory_, Missing::Fail);
@@ -384,18 +446,26 @@ Status FileStateStore::write_file(const std::string& name, const std::string& da
     (void)remove_in(dir->get(), temp);
     return fail(written.error().context("cannot write " + temp.string()));
   }
-  if (::fsync(fd->get()) != 0) {
-    const std::string err = errno_text();
-    (void)remove_in(dir->get(), temp);
-    return fail("cannot fsync " + temp.string() + ": " + err);
+  const bool synced = durability == Durability::Synced;
+  if (synced) {
+    ++fsyncs_;
+    if (::fsync(fd->get()) != 0) {
+      const std::string err = errno_text();
+      (void)remove_in(dir->get(), temp);
+      return fail("cannot fsync " + temp.string() + ": " + err);
+    }
   }
   fd->reset();
   if (auto renamed = rename_in(dir->get(), temp, target); !renamed) {
     (void)remove_in(dir->get(), temp);
     return fail(renamed.error());
   }
-  if (::fsync(dir->get()) != 0) {
-    return fail("cannot fsync " + directory_.string() + ": " + errno_text());
+  // The folder's fsync also makes the renames of earlier Deferred saves durable.
+  if (synced) {
+    ++fsyncs_;
+    if (::fsync(dir->get()) != 0) {
+      return fail("cannot fsync " + directory_.string() + ": " + errno_text());
+    }
   }
   return {};
 }
@@ -415,6 +485,7 @@ Status FileStateStore::remove_file(const std::string& name) {
   if (auto removed = remove_in(dir->get(), directory_ / name); !removed) {
     return removed;
   }
+  ++fsyncs_;
   (void)::fsync(dir->get());
   return {};
 }

@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/error.hpp"
@@ -81,14 +82,27 @@ struct EndedExecution {
 [[nodiscard]] std::string to_json(const std::vector<EndedExecution>& ended);
 [[nodiscard]] Result<std::vector<EndedExecution>> ended_from_json(const std::string& text);
 
+/// How soon a saved state must survive a power cut.
+enum class Durability {
+  /// On disk (file and folder fsynced) before save() returns.
+  Synced,
+  /// In place (written and renamed) before save() returns, so a crash of the daemon keeps it;
+  /// on disk with the next Synced save, or when the kernel writes it back. A power cut before
+  /// that may lose it or tear it: load() detects a torn state (length and checksum) and reads
+  /// it as no state. Only for a state that repeats what the cloud already knows.
+  Deferred,
+};
+
 /// Where the machine keeps its JobState.
 class StateStore {
  public:
   virtual ~StateStore() = default;
-  /// The saved state, or nullopt when there is none. A corrupt file is an Error.
+  /// The saved state, or nullopt when there is none (or only a torn one, see
+  /// Durability::Deferred). Any other corrupt file is an Error.
   [[nodiscard]] virtual Result<std::optional<JobState>> load() = 0;
-  /// Replaces the saved state atomically.
-  [[nodiscard]] virtual Status save(const JobState& state) = 0;
+  /// Replaces the saved state atomically, durable as asked.
+  [[nodiscard]] virtual Status save(const JobState& state, Durability durability) = 0;
+  [[nodiscard]] Status save(const JobState& state) { return save(state, Durability::Synced); }
   /// Removes the saved state (no job in progress).
   [[nodiscard]] virtual Status clear() = 0;
   /// The executions ended locally (empty when none were saved). Kept apart from the job
@@ -99,38 +113,55 @@ class StateStore {
 };
 
 /// `<directory>/state.json` and `<directory>/ended.json`, each written to a temp file,
-/// fsynced, renamed over the old one, and the directory fsynced. Every access opens the folder
+/// fsynced, renamed over the old one, and the directory fsynced (a Deferred state.json skips
+/// both fsyncs; the next Synced save does them). state.json starts with a check member,
+/// `{"check":"fnv1a64:<16 hex>:<length>",...}`, over the JSON text without it: a state torn by
+/// a power cut fails it (or is empty) and is discarded; a file without it (an older daemon's)
+/// is read as before. Every access opens the folder
 /// with open_owned_directory() (owned by root or the daemon's user from / down) and its files
 /// with openat(O_NOFOLLOW): a symbolic link at a state file or its temp file is refused, never
 /// followed.
 class FileStateStore final : public StateStore {
  public:
   explicit FileStateStore(std::filesystem::path directory);
+  using StateStore::save;
   [[nodiscard]] Result<std::optional<JobState>> load() override;
-  [[nodiscard]] Status save(const JobState& state) override;
+  [[nodiscard]] Status save(const JobState& state, Durability durability) override;
   [[nodiscard]] Status clear() override;
   [[nodiscard]] Result<std::vector<EndedExecution>> load_ended() override;
   [[nodiscard]] Status save_ended(const std::vector<EndedExecution>& ended) override;
   [[nodiscard]] std::filesystem::path path() const;
+  /// fsync calls made so far (files and folder), for tests.
+  [[nodiscard]] int fsyncs() const { return fsyncs_; }
 
  private:
   /// The text of `<directory>/<name>`, or nullopt when it does not exist.
   [[nodiscard]] Result<std::optional<std::string>> read_file(const std::string& name) const;
-  [[nodiscard]] Status write_file(const std::string& name, const std::string& data);
+  [[nodiscard]] Status write_file(const std::string& name, const std::string& data,
+                                  Durability durability = Durability::Synced);
   [[nodiscard]] Status remove_file(const std::string& name);
   std::filesystem::path directory_;
+  int fsyncs_ = 0;
 };
+
+/// state.json's text of a JobState: to_json() with its check member first.
+[[nodiscard]] std::string to_checked_json(const JobState& state);
+/// The state in a state.json text: nullopt when the text carries a check member it fails, or
+/// is empty (a state torn by a power cut); an Error when it is otherwise malformed.
+[[nodiscard]] Result<std::optional<JobState>> job_state_from_checked_json(const std::string& text);
 
 /// For tests and dry runs: keeps the state in memory, counts saves.
 class MemoryStateStore final : public StateStore {
  public:
+  using StateStore::save;
   [[nodiscard]] Result<std::optional<JobState>> load() override { return state_; }
-  [[nodiscard]] Status save(const JobState& state) override {
+  [[nodiscard]] Status save(const JobState& state, Durability durability) override {
     if (fail_saves_with) {
       return fail(*fail_saves_with);
     }
     state_ = state;
     ++saves_;
+    durabilities_.push_back({state.step, durability});
     return {};
   }
   [[nodiscard]] Status clear() override {
@@ -148,6 +179,8 @@ class MemoryStateStore final : public StateStore {
   std::optional<JobState> state_;
   std::vector<EndedExecution> ended_;
   int saves_ = 0;
+  /// The step and durability of each save, in order.
+  std::vector<std::pair<SavedStep, Durability>> durabilities_;
   /// When set, save() fails with this message (a full disk, for example).
   std::optional<std::string> fail_saves_with;
 };

@@ -3,6 +3,8 @@
 #include <unistd.h>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -11,16 +13,20 @@
 #include <mqtt/async_client.h>
 #include <spdlog/spdlog.h>
 
+#include "mqtt/tcp_nodelay.hpp"
+
 namespace upparat::emulator {
 namespace {
 constexpr const char* kFilter = "$aws/things/+/jobs/#";
+constexpr int kMaxQueuedMessages = 100000;
 using SteadyClock = std::chrono::steady_clock;
 }  // namespace
 
-struct MqttFront::Impl : public virtual mqtt::callback {
+struct MqttFront::Impl : public virtual ::mqtt::callback {
   std::shared_ptr<JobsModel> model;
+  std::uint16_t broker_port = 0;
   std::function<void()> after_change;
-  std::unique_ptr<mqtt::async_client> client;
+  std::unique_ptr<::mqtt::async_client> client;
   std::mutex mutex;
   std::condition_variable cv;
   std::deque<std::pair<std::string, std::string>> incoming;
@@ -53,6 +59,9 @@ struct MqttFront::Impl : public virtual mqtt::callback {
   }
 
   void connected(const std::string& /*cause*/) override {
+    // Each answer follows the PUBACK of its request: without TCP_NODELAY it would wait for
+    // the broker's delayed ACK (about 40 ms), as AWS's service does not.
+    upparat::mqtt::set_nodelay_to_peer_port(broker_port);
     try {
       client->subscribe(kFilter, 1);
     } catch (const std::exception& e) {
@@ -62,14 +71,14 @@ struct MqttFront::Impl : public virtual mqtt::callback {
   void connection_lost(const std::string& cause) override {
     spdlog::warn("jobs emulator: connection to the broker lost ({}); reconnecting", cause);
   }
-  void message_arrived(mqtt::const_message_ptr message) override {
+  void message_arrived(::mqtt::const_message_ptr message) override {
     {
       std::lock_guard lock(mutex);
       incoming.emplace_back(message->get_topic(), message->get_payload_str());
     }
     cv.notify_all();
   }
-  void delivery_complete(mqtt::delivery_token_ptr) override {}
+  void delivery_complete(::mqtt::delivery_token_ptr) override {}
 
   void enqueue(std::vector<Outgoing> messages) {
     if (messages.empty()) {
@@ -163,9 +172,15 @@ Result<std::unique_ptr<MqttFront>> MqttFront::start(const std::string& broker_ur
   impl->after_change = std::move(after_change);
   try {
     std::string client_id = "upparat-jobs-emulator-" + std::to_string(::getpid());
-    impl->client = std::make_unique<mqtt::async_client>(broker_uri, client_id);
+    // A job for many things publishes two notifies per thing at once: Paho's default of 100
+    // queued messages would drop the rest ("No more messages can be buffered").
+    impl->client =
+        std::make_unique<::mqtt::async_client>(broker_uri, client_id, kMaxQueuedMessages);
+    const auto colon = broker_uri.rfind(':');
+    impl->broker_port = static_cast<std::uint16_t>(
+        colon == std::string::npos ? 0 : std::atoi(broker_uri.c_str() + colon + 1));
     impl->client->set_callback(*impl);
-    auto options = mqtt::connect_options_builder()
+    auto options = ::mqtt::connect_options_builder()
                        .clean_session(true)
                        .keep_alive_interval(std::chrono::seconds(30))
                        .automatic_reconnect(std::chrono::milliseconds(200), std::chrono::seconds(5))
@@ -174,6 +189,7 @@ Result<std::unique_ptr<MqttFront>> MqttFront::start(const std::string& broker_ur
     if (!impl->client->connect(options)->wait_for(std::chrono::seconds(10))) {
       return fail("MQTT broker " + broker_uri + ": no connection within 10 s");
     }
+    upparat::mqtt::set_nodelay_to_peer_port(impl->broker_port);
     if (!impl->client->subscribe(kFilter, 1)->wait_for(std::chrono::seconds(10))) {
       return fail("MQTT broker " + broker_uri + ": no SUBACK for " + kFilter);
     }

@@ -3,10 +3,14 @@
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
+#include <algorithm>
 #include <chrono>
 #include <regex>
+#include <set>
 #include <string>
+#include <vector>
 
+#include "mqtt/tcp_nodelay.hpp"
 #include "support/binaries.hpp"
 #include "support/certificates.hpp"
 #include "support/emulator_fixture.hpp"
@@ -323,6 +327,64 @@ TEST(EmulatorProcessTest, StatePersistsAcrossRestart) {
                       std::chrono::system_clock::now().time_since_epoch())
                       .count();
   EXPECT_GE(clock["now"].GetInt64(), real_now + 590);
+}
+
+// The emulator acknowledges each request (PUBACK) and publishes its answer right after: with
+// TCP_NODELAY on its broker connection the answer goes out at once, as AWS answers, instead of
+// waiting about 40 ms for the broker's delayed ACK of the PUBACK. The device and the broker
+// set TCP_NODELAY too, so only the emulator's side can hold a round trip back.
+TEST(EmulatorProcessTest, AnswersWithoutWaitingForTheBrokersDelayedAck) {
+  UPPARAT_SKIP_UNLESS_EXECUTABLE(kMosquittoPath);
+  if (!is_executable(emulator_binary())) {
+    UPPARAT_SKIP() << emulator_binary() << " is not built";
+  }
+  MosquittoOptions broker_options;
+  broker_options.extra_config = "set_tcp_nodelay true\n";
+  auto broker = must(Mosquitto::start(broker_options));
+  EmulatorOptions options;
+  options.broker_uri = broker.uri();
+  auto emulator = must(EmulatorFixture::start(options));
+  MqttClientOptions client_options;
+  client_options.uri = broker.uri();
+  client_options.client_id = "dev1";
+  auto device = must(MqttTestClient::connect(client_options));
+  ASSERT_EQ(upparat::mqtt::set_nodelay_to_peer_port(broker.port()), 1);
+  must(device.subscribe(T + "/get/accepted", 1));
+  std::vector<double> round_trips;
+  for (int i = 0; i < 11; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    must(device.publish(T + "/get", "{}", 1));
+    must(device.wait_for_message(T + "/get/accepted", 10s));
+    round_trips.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+            .count());
+  }
+  std::sort(round_trips.begin(), round_trips.end());
+  // Without TCP_NODELAY every round trip takes 40 ms or more.
+  EXPECT_LT(round_trips[round_trips.size() / 2], 20.0);
+}
+
+// A job created for many things at once notifies each of them (notify and notify-next): the
+// emulator queues the burst instead of dropping what does not fit Paho's default queue of 100.
+TEST_F(EmulatorIntegrationTest, JobForManyThingsNotifiesEveryOne) {
+  constexpr int kThings = 150;
+  must(device_->subscribe("$aws/things/+/jobs/notify-next", 1));
+  std::vector<std::string> things;
+  for (int i = 0; i < kThings; ++i) {
+    things.push_back("many-" + std::to_string(i));
+  }
+  must(emulator_->create_job("upparat_many", kDoc, things));
+  std::set<std::string> notified;
+  while (notified.size() < things.size()) {
+    auto m = device_->wait_for_message(10s);
+    if (!m) {
+      break;
+    }
+    if (m->topic.rfind("$aws/things/many-", 0) == 0) {
+      notified.insert(m->topic);
+    }
+  }
+  EXPECT_EQ(notified.size(), things.size());
 }
 
 TEST(EmulatorProcessTest, BadCommandLinesAndUnreachableBrokerFailClearly) {

@@ -547,6 +547,67 @@ TEST(Machine, GracefulShutdownDoesNotCountAsADeath) {
 
 // Power cuts during a long download: each boot resumes it, and as long as bytes reach the
 // disk between the cuts, the download is not "dying" and goes on.
+// Between the notify and the download's first request nothing is fsynced: those states only
+// repeat what the cloud knows. The install's and the restart's attempt counts are fsynced
+// before their plugin runs, and a synced length of the download is fsynced as it comes.
+TEST(Machine, NoFsyncBeforeTheDownloadRequestButBeforeInstallAndRestart) {
+  using Saves = std::vector<std::pair<SavedStep, Durability>>;
+  World w;
+  w.use(Hooks{});
+  Saves before_download, before_install, before_restart;
+  bool resume_synced = false;
+  w.download_script = [&](const RunDownload& d) -> std::optional<download::DownloadResult> {
+    before_download = w.store.durabilities_;
+    w.handle(DownloadResumeState{d.work, {4096, "\"e\""}});
+    resume_synced =
+        w.store.durabilities_.back() == std::make_pair(SavedStep::Download, Durability::Synced);
+    return complete_download(d);
+  };
+  w.before_step(Step::Install, [&](const RunStep&) { before_install = w.store.durabilities_; });
+  w.before_step(Step::Restart, [&](const RunStep&) { before_restart = w.store.durabilities_; });
+  start(w);
+  ASSERT_EQ(w.phase(), Phase::Restart);
+  ASSERT_FALSE(before_download.empty());
+  for (const auto& [step, durability] : before_download) {
+    EXPECT_EQ(durability, Durability::Deferred) << to_string(step);
+  }
+  EXPECT_TRUE(resume_synced);
+  ASSERT_FALSE(before_install.empty());
+  EXPECT_EQ(before_install.back(), std::make_pair(SavedStep::Install, Durability::Synced));
+  ASSERT_FALSE(before_restart.empty());
+  EXPECT_EQ(before_restart.back(), std::make_pair(SavedStep::Restart, Durability::Synced));
+  for (const auto& [step, durability] : w.store.durabilities_) {
+    if (step != SavedStep::VerifyJob && step != SavedStep::DownloadGate &&
+        step != SavedStep::Download) {
+      EXPECT_EQ(durability, Durability::Synced) << to_string(step);
+    }
+  }
+}
+
+// An install resumed after a reboot downloads again first, its saved step still `install`:
+// those saves are fsynced too, so a torn one cannot lose the install's attempt count.
+TEST(Machine, DownloadBeforeAResumedInstallIsSynced) {
+  World w;
+  w.use(Hooks{});
+  JobState s;
+  s.job_id = "upparat_1";
+  s.execution_number = 1;
+  s.step = SavedStep::Install;
+  s.unfinished_starts = 1;
+  w.store.state_ = s;
+  CloudJob j = queued("upparat_1");
+  j.status = "IN_PROGRESS";
+  w.cloud.add(j);
+  w.hold_downloads();
+  w.boot();
+  w.connect();
+  ASSERT_TRUE(w.running_download);
+  ASSERT_FALSE(w.store.durabilities_.empty());
+  for (const auto& [step, durability] : w.store.durabilities_) {
+    EXPECT_EQ(durability, Durability::Synced) << to_string(step);
+  }
+}
+
 TEST(Machine, PowerCutsDuringADownloadThatAdvancesDoNotFailIt) {
   for (bool force : {true, false}) {
     World w;

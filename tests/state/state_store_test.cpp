@@ -6,6 +6,9 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "state/lock_file.hpp"
 #include "state/machine.hpp"
@@ -159,6 +162,69 @@ TEST(FileStateStore, CorruptFileIsAnError) {
   auto loaded = store.load();
   ASSERT_FALSE(loaded);
   EXPECT_NE(loaded.error().message().find("state.json"), std::string::npos);
+}
+
+TEST(FileStateStore, DeferredSaveSkipsTheFsyncsASyncedSaveDoes) {
+  Dir dir;
+  FileStateStore store(dir.path());
+  JobState state = sample();
+  state.step = SavedStep::Download;
+  ASSERT_TRUE(store.save(state, Durability::Deferred));
+  EXPECT_EQ(store.fsyncs(), 0);
+  // In place at once: a crash of the daemon (not a power cut) keeps it.
+  auto loaded = store.load();
+  ASSERT_TRUE(loaded && *loaded);
+  EXPECT_EQ(**loaded, state);
+  state.step = SavedStep::Install;
+  ASSERT_TRUE(store.save(state, Durability::Synced));
+  EXPECT_EQ(store.fsyncs(), 2);  // the file, then the folder (with the earlier rename)
+  ASSERT_TRUE(store.save(state));
+  EXPECT_EQ(store.fsyncs(), 4);
+}
+
+TEST(FileStateStore, TornStateIsDiscarded) {
+  // What a power cut can leave of a state renamed into place before its data reached the
+  // disk: nothing, a prefix, or zeros; or (another file system) old blocks under the new name.
+  const std::string whole = to_checked_json(sample());
+  ASSERT_EQ(whole.rfind("{\"check\":\"fnv1a64:", 0), 0u) << whole;
+  std::string flipped = whole;
+  flipped[flipped.size() / 2] ^= 0x01;
+  const std::vector<std::pair<const char*, std::string>> torn{
+      {"empty", ""},
+      {"a prefix", whole.substr(0, whole.size() / 2)},
+      {"all but the last byte", whole.substr(0, whole.size() - 1)},
+      {"zeros", std::string(whole.size(), '\0')},
+      {"a flipped bit", flipped},
+      {"a byte more", whole + " "},
+  };
+  for (const auto& [what, text] : torn) {
+    Dir dir;
+    std::ofstream(dir.path() / "state.json", std::ios::binary) << text;
+    FileStateStore store(dir.path());
+    auto loaded = store.load();
+    // Zeros are no JSON either: refused (an Error) or discarded, never read as a state.
+    if (std::string(what) == "zeros") {
+      EXPECT_FALSE(loaded && *loaded) << what;
+      continue;
+    }
+    ASSERT_TRUE(loaded) << what << ": " << loaded.error().message();
+    EXPECT_FALSE(*loaded) << what << ": read as a state";
+  }
+  Dir dir;
+  std::ofstream(dir.path() / "state.json", std::ios::binary) << whole;
+  FileStateStore store(dir.path());
+  auto loaded = store.load();
+  ASSERT_TRUE(loaded && *loaded) << (loaded ? "none" : loaded.error().message());
+  EXPECT_EQ(**loaded, sample());
+}
+
+TEST(FileStateStore, OlderDaemonsFileWithoutACheckIsRead) {
+  Dir dir;
+  std::ofstream(dir.path() / "state.json") << to_json(sample());
+  FileStateStore store(dir.path());
+  auto loaded = store.load();
+  ASSERT_TRUE(loaded && *loaded) << (loaded ? "none" : loaded.error().message());
+  EXPECT_EQ(**loaded, sample());
 }
 
 TEST(FileStateStore, MissingDirectoryFailsToSave) {
