@@ -243,11 +243,20 @@ std::string failure_reason(const std::deque<std::string>& errors, const std::str
   return joined;
 }
 
+/// Why send_archive stopped before SWUpdate had the whole archive.
+struct SendFailure {
+  InstallResult result;
+  /// The source said it is not whole (InstallIo::source_end): SWUpdate is to be given time to
+  /// fail the install it can no longer finish.
+  bool source_failed = false;
+};
+
 /// Writes the archive to the install socket. Returns nullopt when every byte was written or
-/// SWUpdate closed its side (its final status then tells the result).
-std::optional<InstallResult> send_archive(int socket, const InstallOptions& options,
-                                          const InstallIo& io, ProgressReader& progress,
-                                          bool& closed_early) {
+/// SWUpdate closed its side (its final status then tells the result); a source with
+/// io.source_end was then read to its end and is complete.
+std::optional<SendFailure> send_archive(int socket, const InstallOptions& options,
+                                        const InstallIo& io, ProgressReader& progress,
+                                        bool& closed_early) {
   std::vector<char> buffer(kChunkBytes);
   std::size_t have = 0;
   std::size_t offset = 0;
@@ -263,12 +272,12 @@ std::optional<InstallResult> send_archive(int socket, const InstallOptions& opti
         std::chrono::duration_cast<milliseconds>(last_write + options.stall_timeout - Clock::now());
     const int wait_ms = static_cast<int>(std::clamp<long long>(stall_left.count(), 0, 1000));
     if (::poll(fds.data(), fds.size(), wait_ms) < 0 && errno != EINTR) {
-      return InstallResult{Outcome::Failed, std::string("poll: ") + std::strerror(errno)};
+      return SendFailure{{Outcome::Failed, std::string("poll: ") + std::strerror(errno)}};
     }
     if (fds[0].revents != 0) {
-      return InstallResult{Outcome::Stopped,
-                           "stopped before the whole archive reached SWUpdate (it aborts the "
-                           "install)"};
+      return SendFailure{{Outcome::Stopped,
+                          "stopped before the whole archive reached SWUpdate (it aborts the "
+                          "install)"}};
     }
     if (fds[1].revents != 0) {
       progress.drain();
@@ -280,35 +289,45 @@ std::optional<InstallResult> send_archive(int socket, const InstallOptions& opti
         if (n > 0) {
           offset += static_cast<std::size_t>(n);
           last_write = Clock::now();
-        } else if (n < 0 && errno == EPIPE) {
+        } else if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) {
           closed_early = true;
-          return std::nullopt;
-        } else if (n < 0 && errno == ECONNRESET) {
-          closed_early = true;
-          return std::nullopt;
+          if (!io.source_end) {
+            return std::nullopt;
+          }
+          // The rest of the source is read and dropped: only its end tells whether it was
+          // whole.
+          have = 0;
+          offset = 0;
         } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-          return InstallResult{Outcome::Failed,
-                               std::string("writing to SWUpdate: ") + std::strerror(errno)};
+          return SendFailure{
+              {Outcome::Failed, std::string("writing to SWUpdate: ") + std::strerror(errno)}};
         }
       } else {
         const ssize_t n = ::read(io.source_fd, buffer.data(), buffer.size());
         if (n > 0) {
-          have = static_cast<std::size_t>(n);
+          have = closed_early ? 0 : static_cast<std::size_t>(n);
           offset = 0;
         } else if (n == 0) {
           eof = true;
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-          return InstallResult{Outcome::Failed,
-                               std::string("reading the archive: ") + std::strerror(errno)};
+          return SendFailure{
+              {Outcome::Failed, std::string("reading the archive: ") + std::strerror(errno)}};
         }
         // Waiting for the source is not SWUpdate stalling.
         last_write = Clock::now();
       }
     }
     if (writing && Clock::now() - last_write >= options.stall_timeout) {
-      return InstallResult{Outcome::Failed, "SWUpdate took no data for " +
-                                                seconds_text(options.stall_timeout) +
-                                                " (stopped or hung? check the swupdate service)"};
+      return SendFailure{{Outcome::Failed, "SWUpdate took no data for " +
+                                               seconds_text(options.stall_timeout) +
+                                               " (stopped or hung? check the swupdate service)"}};
+    }
+  }
+  if (io.source_end) {
+    std::string reason;
+    if (!io.source_end(reason)) {
+      return SendFailure{{Outcome::Failed, reason.empty() ? "the archive's source failed" : reason},
+                         true};
     }
   }
   return std::nullopt;
@@ -387,6 +406,25 @@ InstallResult wait_result(const InstallOptions& options, const InstallIo& io,
   }
 }
 
+/// After the install socket was closed because the source was not whole: waits a bounded
+/// while for SWUpdate to fail the install and be idle again (ready for the next one), and notes
+/// in `result` when it did not.
+void settle_after_abort(const InstallOptions& options, const InstallIo& io,
+                        ProgressReader& progress, InstallResult& result) {
+  InstallOptions settle = options;
+  settle.result_timeout = options.answer_timeout;
+  settle.stop_wait = options.answer_timeout;
+  const InstallResult swupdate = wait_result(settle, io, progress, false);
+  if (io.on_message) {
+    io.on_message(
+        "after the source failed, SWUpdate ended the install: " +
+        (swupdate.outcome == Outcome::Succeeded ? std::string("succeeded") : swupdate.reason));
+  }
+  if (swupdate.outcome == Outcome::Succeeded) {
+    result.reason += "; SWUpdate nevertheless reported success (check the device)";
+  }
+}
+
 }  // namespace
 
 std::string control_socket_path() {
@@ -435,7 +473,10 @@ InstallResult install(const InstallOptions& options, const InstallIo& io) {
   if (auto failed = send_archive(socket.get(), options, io, progress, closed_early)) {
     // Closing before the last byte makes SWUpdate abort the install.
     socket.reset();
-    return *failed;
+    if (failed->source_failed) {
+      settle_after_abort(options, io, progress, failed->result);
+    }
+    return failed->result;
   }
   if (closed_early && io.on_message) {
     io.on_message(

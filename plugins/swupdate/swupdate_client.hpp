@@ -60,6 +60,14 @@ struct InstallIo {
   std::function<void(const Progress&)> on_progress;
   /// Called with every status text SWUpdate reports (on the calling thread).
   std::function<void(const std::string&)> on_message;
+  /// For a source whose end of file alone does not say that it is whole (a streamed
+  /// download): called once the source reached its end of file; true when it is complete,
+  /// false with the reason in its argument when not. When not set, the end of file is the
+  /// archive's end. When it says false, the install socket is closed so that SWUpdate aborts
+  /// the install (it has not seen the archive's end), and the install fails with that reason.
+  /// When SWUpdate closes its socket early, the source is still read to its end (and the
+  /// bytes dropped) before this is asked.
+  std::function<bool(std::string&)> source_end;
 };
 
 /// How an install ended.

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -225,8 +226,25 @@ class SwupdatePlugin : public sdk::Plugin {
   }
 
   StepResult install(const Job& job, StepContext& ctx) override {
+    if (ctx.stream_fd() >= 0) {
+      // A streamed install (`stream = true`): the bytes come while the host downloads them,
+      // and only the host knows at their end whether the file is whole.
+      return install_from(ctx.stream_fd(), job, ctx, [&ctx](std::string& reason) {
+        std::string why;
+        if (ctx.stream_end(&why) == UPPARAT_STREAM_COMPLETE) {
+          return true;
+        }
+        reason =
+            "the stream failed, so SWUpdate was not given the archive's end and aborted "
+            "the install: " +
+            why;
+        return false;
+      });
+    }
     if (!job.file) {
-      return StepResult::failed("the swupdate plugin installs a downloaded file (none given)");
+      return StepResult::failed(
+          "the swupdate plugin installs a downloaded file or a stream (`stream = true`); the host "
+          "gave neither");
     }
     // The daemon owns the downloaded file; never follow a link put in its place.
     const int fd = ::open(job.file->c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -283,8 +301,10 @@ class SwupdatePlugin : public sdk::Plugin {
     }
   }
 
-  /// Installs the archive read from `fd` (the downloaded file; a stream works the same).
-  StepResult install_from(int fd, const Job& job, StepContext& ctx) {
+  /// Installs the archive read from `fd`: the downloaded file, or the host's stream with
+  /// `source_end` telling whether it ended whole.
+  StepResult install_from(int fd, const Job& job, StepContext& ctx,
+                          std::function<bool(std::string&)> source_end = {}) {
     InstallOptions options = options_;
     options.info = "upparat " + job.id;
     InstallIo io;
@@ -292,8 +312,9 @@ class SwupdatePlugin : public sdk::Plugin {
     io.stop_fd = ctx.stop_fd();
     io.on_progress = [&ctx](const Progress& p) { ctx.progress(p.line, p.percent); };
     io.on_message = [this](const std::string& message) { logger_.debug("swupdate: " + message); };
+    io.source_end = std::move(source_end);
     logger_.info("installing " + job.id + " through SWUpdate on " + control_socket_path() +
-                 (options.dry_run ? " (dry run)" : ""));
+                 (io.source_end ? " (streamed)" : "") + (options.dry_run ? " (dry run)" : ""));
     const InstallResult result = swupdate::install(options, io);
     switch (result.outcome) {
       case Outcome::Succeeded:
@@ -357,4 +378,5 @@ class SwupdatePlugin : public sdk::Plugin {
 }  // namespace upparat::swupdate
 
 UPPARAT_PLUGIN(upparat::swupdate::SwupdatePlugin, "swupdate", UPPARAT_SWUPDATE_PLUGIN_VERSION,
-               "Apache-2.0", "Installs .swu archives through a running SWUpdate daemon", 0)
+               "Apache-2.0", "Installs .swu archives through a running SWUpdate daemon",
+               UPPARAT_CAP_INSTALL_STREAM)
