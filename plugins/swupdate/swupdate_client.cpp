@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -426,6 +427,82 @@ void settle_after_abort(const InstallOptions& options, const InstallIo& io,
 }
 
 }  // namespace
+
+InstallResult post_update(std::chrono::milliseconds timeout, int stop_fd) {
+  const auto deadline = Clock::now() + timeout;
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (fd.get() < 0) {
+    return {Outcome::Failed, std::string("socket: ") + std::strerror(errno)};
+  }
+  const std::string path = control_socket_path();
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(address.sun_path)) {
+    return {Outcome::Failed, "SWUpdate's control socket path is too long: " + path};
+  }
+  std::memcpy(address.sun_path, path.c_str(), path.size());
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    const int error = errno;
+    const bool retry = error != EACCES && error != EPERM;
+    return {retry ? Outcome::RetryLater : Outcome::Failed, unreachable_reason(error)};
+  }
+  ipc_message msg{};
+  msg.magic = IPC_MAGIC;
+  msg.type = POST_UPDATE;
+  // Sends the request, then reads the whole answer, each under poll() with the stop descriptor.
+  const auto transfer = [&](bool sending) -> std::optional<InstallResult> {
+    auto* bytes = reinterpret_cast<char*>(&msg);
+    std::size_t done = 0;
+    while (done < sizeof(msg)) {
+      const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) {
+        return InstallResult{Outcome::Failed,
+                             "SWUpdate did not answer the post-update request "
+                             "within " +
+                                 seconds_text(timeout) + " (its post-update command still runs?)"};
+      }
+      std::array<pollfd, 2> fds{};
+      fds[0] = {stop_fd, POLLIN, 0};
+      fds[1] = {fd.get(), static_cast<short>(sending ? POLLOUT : POLLIN), 0};
+      const int wait_ms = static_cast<int>(std::min<long long>(left.count(), 1000));
+      if (::poll(fds.data(), fds.size(), wait_ms) < 0 && errno != EINTR) {
+        return InstallResult{Outcome::Failed, std::string("poll: ") + std::strerror(errno)};
+      }
+      if (fds[0].revents != 0) {
+        return InstallResult{Outcome::Stopped,
+                             "stopped while SWUpdate ran its post-update command"};
+      }
+      if (fds[1].revents == 0) {
+        continue;
+      }
+      const ssize_t n = sending ? ::send(fd.get(), bytes + done, sizeof(msg) - done, MSG_NOSIGNAL)
+                                : ::read(fd.get(), bytes + done, sizeof(msg) - done);
+      if (n > 0) {
+        done += static_cast<std::size_t>(n);
+      } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        return InstallResult{Outcome::Failed,
+                             std::string("SWUpdate closed the connection before it answered the "
+                                         "post-update request") +
+                                 (n < 0 ? std::string(": ") + std::strerror(errno) : "")};
+      }
+    }
+    return std::nullopt;
+  };
+  if (auto failed = transfer(true)) {
+    return *failed;
+  }
+  msg = ipc_message{};
+  if (auto failed = transfer(false)) {
+    return *failed;
+  }
+  const std::string text(msg.data.msg, ::strnlen(msg.data.msg, sizeof(msg.data.msg)));
+  if (msg.magic == IPC_MAGIC && msg.type == ACK) {
+    return {Outcome::Succeeded, text};
+  }
+  return {Outcome::Failed, "SWUpdate's post-update command failed" +
+                               (text.empty() ? std::string() : " (" + text + ")") +
+                               "; see SWUpdate's log"};
+}
 
 std::string control_socket_path() {
   return ::get_ctrl_socket();

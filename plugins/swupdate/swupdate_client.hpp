@@ -87,6 +87,13 @@ struct InstallResult {
 /// libswupdate's control socket. Never blocks longer than the timeouts of `options`.
 [[nodiscard]] InstallResult install(const InstallOptions& options, const InstallIo& io);
 
+/// Asks SWUpdate to run its post-update command (`swupdate -p <command>`; often a reboot) with
+/// the POST_UPDATE request of its IPC, as ipc_postupdate() does, but bounded: the answer is
+/// awaited for at most `timeout`, and a readable `stop_fd` gives up at once. Succeeded when
+/// SWUpdate acknowledged (the command exited with 0, or none is configured); Failed with the
+/// reason otherwise; RetryLater when SWUpdate is not running.
+[[nodiscard]] InstallResult post_update(std::chrono::milliseconds timeout, int stop_fd);
+
 /// Where libswupdate connects: its control socket ($TMPDIR/sockinstctrl, read once per
 /// process) and its default progress socket.
 [[nodiscard]] std::string control_socket_path();

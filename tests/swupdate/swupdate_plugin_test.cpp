@@ -726,5 +726,111 @@ TEST_F(SwupdatePluginConfigTest, TheExampleConfigurationIsAccepted) {
   EXPECT_EQ(plugin_.create(config), "");
 }
 
+TEST_F(SwupdatePluginConfigTest, RefusesBadRestartSettings) {
+  auto command = work_->write_file("restart.sh", "#!/bin/sh\nexit 0\n");
+  ASSERT_TRUE(command);
+  fs::permissions(*command, fs::perms::owner_all);
+  EXPECT_NE(plugin_.create({{"restart", "reboot"}}).find("expected command"), std::string::npos);
+  EXPECT_NE(plugin_.create({{"restart", "command"}}).find("needs restart_command"),
+            std::string::npos);
+  EXPECT_NE(plugin_.create({{"restart", "logind"}, {"restart_command", command->string()}})
+                .find("only with restart = 'command'"),
+            std::string::npos);
+  EXPECT_NE(plugin_.create({{"post_update_reboots", "maybe"}}).find("expected true or false"),
+            std::string::npos);
+  EXPECT_EQ(plugin_.create({{"restart", "logind"}}), "");
+  EXPECT_EQ(plugin_.steps(), UPPARAT_STEP_INSTALL | UPPARAT_STEP_RESTART);
+}
+
+TEST_F(SwupdatePluginConfigTest, ReadyCommandIsKilledAfterItsTimeoutAndExitThreeIsRetryLater) {
+  auto slow = work_->write_file("slow.sh", "#!/bin/sh\nexec sleep 30\n");
+  auto later = work_->write_file("later.sh", "#!/bin/sh\necho not yet >&2\nexit 3\n");
+  ASSERT_TRUE(slow && later);
+  fs::permissions(*slow, fs::perms::owner_all);
+  fs::permissions(*later, fs::perms::owner_all);
+  ASSERT_EQ(plugin_.create({{"ready_command", slow->string()}, {"ready_timeout_seconds", "0.5"}}),
+            "");
+  StepData data;
+  const auto start = Clock::now();
+  const Outcome timed_out = plugin_.run(Step::Ready, std::nullopt, data);
+  EXPECT_EQ(timed_out.code, UPPARAT_FAILED);
+  EXPECT_NE(timed_out.text.find("ready_command did not end within 1 s"), std::string::npos)
+      << timed_out.text;
+  EXPECT_LT(Clock::now() - start, seconds(12));
+
+  LoadedPlugin other;
+  ASSERT_EQ(other.create({{"ready_command", later->string()}}), "");
+  const Outcome retry = other.run(Step::Ready, std::nullopt, data);
+  EXPECT_EQ(retry.code, UPPARAT_RETRY_LATER);
+  EXPECT_EQ(retry.text, "not yet");
+}
+
+// restart = "swupdate": SWUpdate runs its post-update command (swupdate -p) on the plugin's
+// POST_UPDATE request.
+TEST_F(SwupdatePluginConfigTest, RestartRunsSwupdatesPostUpdateCommand) {
+  const fs::path marker = target("post-update.ran");
+  auto script =
+      work_->write_file("post-update.sh", "#!/bin/sh\necho ran >> " + marker.string() + "\n");
+  ASSERT_TRUE(script);
+  fs::permissions(*script, fs::perms::owner_all);
+  auto restarted = swupdate_->start({"-p", script->string()});
+  ASSERT_TRUE(restarted) << restarted.error().message();
+
+  // A post-update command that does not reboot: a soft restart that finished.
+  ASSERT_EQ(plugin_.create({{"restart", "swupdate"}, {"post_update_reboots", "false"}}), "");
+  EXPECT_EQ(plugin_.steps(), UPPARAT_STEP_INSTALL | UPPARAT_STEP_RESTART);
+  StepData data;
+  const Outcome soft = plugin_.run(Step::Restart, std::nullopt, data);
+  EXPECT_EQ(soft.code, UPPARAT_OK) << soft.text;
+  EXPECT_EQ(read(marker), "ran\n");
+
+  // One that should reboot: the step waits for the system to go down, and fails when it
+  // still runs after reboot_wait_seconds.
+  LoadedPlugin rebooting;
+  ASSERT_EQ(rebooting.create({{"restart", "swupdate"}, {"reboot_wait_seconds", "0.5"}}), "");
+  StepData again;
+  const Outcome still_up = rebooting.run(Step::Restart, std::nullopt, again);
+  EXPECT_EQ(still_up.code, UPPARAT_FAILED);
+  EXPECT_NE(still_up.text.find("the reboot was requested, but the system still runs after 1 s"),
+            std::string::npos)
+      << still_up.text;
+  EXPECT_EQ(read(marker), "ran\nran\n");
+}
+
+TEST_F(SwupdatePluginConfigTest, RestartFailsWhenThePostUpdateCommandFails) {
+  auto script = work_->write_file("post-update.sh", "#!/bin/sh\nexit 1\n");
+  ASSERT_TRUE(script);
+  fs::permissions(*script, fs::perms::owner_all);
+  auto restarted = swupdate_->start({"-p", script->string()});
+  ASSERT_TRUE(restarted) << restarted.error().message();
+  ASSERT_EQ(plugin_.create({{"restart", "swupdate"}}), "");
+  StepData data;
+  const Outcome failed = plugin_.run(Step::Restart, std::nullopt, data);
+  EXPECT_EQ(failed.code, UPPARAT_FAILED);
+  EXPECT_NE(failed.text.find("SWUpdate's post-update command failed"), std::string::npos)
+      << failed.text;
+
+  swupdate_->stop();
+  const Outcome not_running = plugin_.run(Step::Restart, std::nullopt, data);
+  EXPECT_EQ(not_running.code, UPPARAT_RETRY_LATER);
+  EXPECT_NE(not_running.text.find("SWUpdate is not running"), std::string::npos)
+      << not_running.text;
+}
+
+// restart = "logind" goes through plugin_system's reboot: a bus that is not there fails the
+// step with a clear reason, within its time limit. (A real reboot is tested under systemd in
+// tests/systemd for the RAUC plugin, which shares the code.)
+TEST_F(SwupdatePluginConfigTest, RestartThroughLogindFailsClearlyWithoutTheBus) {
+  ASSERT_EQ(plugin_.create({{"restart", "logind"},
+                            {"logind_bus_address", "unix:path=" + target("no-bus").string()}}),
+            "");
+  StepData data;
+  const auto start = Clock::now();
+  const Outcome failed = plugin_.run(Step::Restart, std::nullopt, data);
+  EXPECT_EQ(failed.code, UPPARAT_FAILED);
+  EXPECT_NE(failed.text.find("cannot ask systemd-logind"), std::string::npos) << failed.text;
+  EXPECT_LT(Clock::now() - start, seconds(30));
+}
+
 }  // namespace
 }  // namespace upparat::swupdate
