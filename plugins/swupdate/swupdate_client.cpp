@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -243,11 +244,20 @@ std::string failure_reason(const std::deque<std::string>& errors, const std::str
   return joined;
 }
 
+/// Why send_archive stopped before SWUpdate had the whole archive.
+struct SendFailure {
+  InstallResult result;
+  /// The source said it is not whole (InstallIo::source_end): SWUpdate is to be given time to
+  /// fail the install it can no longer finish.
+  bool source_failed = false;
+};
+
 /// Writes the archive to the install socket. Returns nullopt when every byte was written or
-/// SWUpdate closed its side (its final status then tells the result).
-std::optional<InstallResult> send_archive(int socket, const InstallOptions& options,
-                                          const InstallIo& io, ProgressReader& progress,
-                                          bool& closed_early) {
+/// SWUpdate closed its side (its final status then tells the result); a source with
+/// io.source_end was then read to its end and is complete.
+std::optional<SendFailure> send_archive(int socket, const InstallOptions& options,
+                                        const InstallIo& io, ProgressReader& progress,
+                                        bool& closed_early) {
   std::vector<char> buffer(kChunkBytes);
   std::size_t have = 0;
   std::size_t offset = 0;
@@ -263,12 +273,12 @@ std::optional<InstallResult> send_archive(int socket, const InstallOptions& opti
         std::chrono::duration_cast<milliseconds>(last_write + options.stall_timeout - Clock::now());
     const int wait_ms = static_cast<int>(std::clamp<long long>(stall_left.count(), 0, 1000));
     if (::poll(fds.data(), fds.size(), wait_ms) < 0 && errno != EINTR) {
-      return InstallResult{Outcome::Failed, std::string("poll: ") + std::strerror(errno)};
+      return SendFailure{{Outcome::Failed, std::string("poll: ") + std::strerror(errno)}};
     }
     if (fds[0].revents != 0) {
-      return InstallResult{Outcome::Stopped,
-                           "stopped before the whole archive reached SWUpdate (it aborts the "
-                           "install)"};
+      return SendFailure{{Outcome::Stopped,
+                          "stopped before the whole archive reached SWUpdate (it aborts the "
+                          "install)"}};
     }
     if (fds[1].revents != 0) {
       progress.drain();
@@ -280,35 +290,45 @@ std::optional<InstallResult> send_archive(int socket, const InstallOptions& opti
         if (n > 0) {
           offset += static_cast<std::size_t>(n);
           last_write = Clock::now();
-        } else if (n < 0 && errno == EPIPE) {
+        } else if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) {
           closed_early = true;
-          return std::nullopt;
-        } else if (n < 0 && errno == ECONNRESET) {
-          closed_early = true;
-          return std::nullopt;
+          if (!io.source_end) {
+            return std::nullopt;
+          }
+          // The rest of the source is read and dropped: only its end tells whether it was
+          // whole.
+          have = 0;
+          offset = 0;
         } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-          return InstallResult{Outcome::Failed,
-                               std::string("writing to SWUpdate: ") + std::strerror(errno)};
+          return SendFailure{
+              {Outcome::Failed, std::string("writing to SWUpdate: ") + std::strerror(errno)}};
         }
       } else {
         const ssize_t n = ::read(io.source_fd, buffer.data(), buffer.size());
         if (n > 0) {
-          have = static_cast<std::size_t>(n);
+          have = closed_early ? 0 : static_cast<std::size_t>(n);
           offset = 0;
         } else if (n == 0) {
           eof = true;
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-          return InstallResult{Outcome::Failed,
-                               std::string("reading the archive: ") + std::strerror(errno)};
+          return SendFailure{
+              {Outcome::Failed, std::string("reading the archive: ") + std::strerror(errno)}};
         }
         // Waiting for the source is not SWUpdate stalling.
         last_write = Clock::now();
       }
     }
     if (writing && Clock::now() - last_write >= options.stall_timeout) {
-      return InstallResult{Outcome::Failed, "SWUpdate took no data for " +
-                                                seconds_text(options.stall_timeout) +
-                                                " (stopped or hung? check the swupdate service)"};
+      return SendFailure{{Outcome::Failed, "SWUpdate took no data for " +
+                                               seconds_text(options.stall_timeout) +
+                                               " (stopped or hung? check the swupdate service)"}};
+    }
+  }
+  if (io.source_end) {
+    std::string reason;
+    if (!io.source_end(reason)) {
+      return SendFailure{{Outcome::Failed, reason.empty() ? "the archive's source failed" : reason},
+                         true};
     }
   }
   return std::nullopt;
@@ -387,7 +407,102 @@ InstallResult wait_result(const InstallOptions& options, const InstallIo& io,
   }
 }
 
+/// After the install socket was closed because the source was not whole: waits a bounded
+/// while for SWUpdate to fail the install and be idle again (ready for the next one), and notes
+/// in `result` when it did not.
+void settle_after_abort(const InstallOptions& options, const InstallIo& io,
+                        ProgressReader& progress, InstallResult& result) {
+  InstallOptions settle = options;
+  settle.result_timeout = options.answer_timeout;
+  settle.stop_wait = options.answer_timeout;
+  const InstallResult swupdate = wait_result(settle, io, progress, false);
+  if (io.on_message) {
+    io.on_message(
+        "after the source failed, SWUpdate ended the install: " +
+        (swupdate.outcome == Outcome::Succeeded ? std::string("succeeded") : swupdate.reason));
+  }
+  if (swupdate.outcome == Outcome::Succeeded) {
+    result.reason += "; SWUpdate nevertheless reported success (check the device)";
+  }
+}
+
 }  // namespace
+
+InstallResult post_update(std::chrono::milliseconds timeout, int stop_fd) {
+  const auto deadline = Clock::now() + timeout;
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (fd.get() < 0) {
+    return {Outcome::Failed, std::string("socket: ") + std::strerror(errno)};
+  }
+  const std::string path = control_socket_path();
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(address.sun_path)) {
+    return {Outcome::Failed, "SWUpdate's control socket path is too long: " + path};
+  }
+  std::memcpy(address.sun_path, path.c_str(), path.size());
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    const int error = errno;
+    const bool retry = error != EACCES && error != EPERM;
+    return {retry ? Outcome::RetryLater : Outcome::Failed, unreachable_reason(error)};
+  }
+  ipc_message msg{};
+  msg.magic = IPC_MAGIC;
+  msg.type = POST_UPDATE;
+  // Sends the request, then reads the whole answer, each under poll() with the stop descriptor.
+  const auto transfer = [&](bool sending) -> std::optional<InstallResult> {
+    auto* bytes = reinterpret_cast<char*>(&msg);
+    std::size_t done = 0;
+    while (done < sizeof(msg)) {
+      const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) {
+        return InstallResult{Outcome::Failed,
+                             "SWUpdate did not answer the post-update request "
+                             "within " +
+                                 seconds_text(timeout) + " (its post-update command still runs?)"};
+      }
+      std::array<pollfd, 2> fds{};
+      fds[0] = {stop_fd, POLLIN, 0};
+      fds[1] = {fd.get(), static_cast<short>(sending ? POLLOUT : POLLIN), 0};
+      const int wait_ms = static_cast<int>(std::min<long long>(left.count(), 1000));
+      if (::poll(fds.data(), fds.size(), wait_ms) < 0 && errno != EINTR) {
+        return InstallResult{Outcome::Failed, std::string("poll: ") + std::strerror(errno)};
+      }
+      if (fds[0].revents != 0) {
+        return InstallResult{Outcome::Stopped,
+                             "stopped while SWUpdate ran its post-update command"};
+      }
+      if (fds[1].revents == 0) {
+        continue;
+      }
+      const ssize_t n = sending ? ::send(fd.get(), bytes + done, sizeof(msg) - done, MSG_NOSIGNAL)
+                                : ::read(fd.get(), bytes + done, sizeof(msg) - done);
+      if (n > 0) {
+        done += static_cast<std::size_t>(n);
+      } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        return InstallResult{Outcome::Failed,
+                             std::string("SWUpdate closed the connection before it answered the "
+                                         "post-update request") +
+                                 (n < 0 ? std::string(": ") + std::strerror(errno) : "")};
+      }
+    }
+    return std::nullopt;
+  };
+  if (auto failed = transfer(true)) {
+    return *failed;
+  }
+  msg = ipc_message{};
+  if (auto failed = transfer(false)) {
+    return *failed;
+  }
+  const std::string text(msg.data.msg, ::strnlen(msg.data.msg, sizeof(msg.data.msg)));
+  if (msg.magic == IPC_MAGIC && msg.type == ACK) {
+    return {Outcome::Succeeded, text};
+  }
+  return {Outcome::Failed, "SWUpdate's post-update command failed" +
+                               (text.empty() ? std::string() : " (" + text + ")") +
+                               "; see SWUpdate's log"};
+}
 
 std::string control_socket_path() {
   return ::get_ctrl_socket();
@@ -435,7 +550,10 @@ InstallResult install(const InstallOptions& options, const InstallIo& io) {
   if (auto failed = send_archive(socket.get(), options, io, progress, closed_early)) {
     // Closing before the last byte makes SWUpdate abort the install.
     socket.reset();
-    return *failed;
+    if (failed->source_failed) {
+      settle_after_abort(options, io, progress, failed->result);
+    }
+    return failed->result;
   }
   if (closed_early && io.on_message) {
     io.on_message(

@@ -60,6 +60,14 @@ struct InstallIo {
   std::function<void(const Progress&)> on_progress;
   /// Called with every status text SWUpdate reports (on the calling thread).
   std::function<void(const std::string&)> on_message;
+  /// For a source whose end of file alone does not say that it is whole (a streamed
+  /// download): called once the source reached its end of file; true when it is complete,
+  /// false with the reason in its argument when not. When not set, the end of file is the
+  /// archive's end. When it says false, the install socket is closed so that SWUpdate aborts
+  /// the install (it has not seen the archive's end), and the install fails with that reason.
+  /// When SWUpdate closes its socket early, the source is still read to its end (and the
+  /// bytes dropped) before this is asked.
+  std::function<bool(std::string&)> source_end;
 };
 
 /// How an install ended.
@@ -78,6 +86,13 @@ struct InstallResult {
 /// Installs the archive read from io.source_fd through the SWUpdate daemon that listens on
 /// libswupdate's control socket. Never blocks longer than the timeouts of `options`.
 [[nodiscard]] InstallResult install(const InstallOptions& options, const InstallIo& io);
+
+/// Asks SWUpdate to run its post-update command (`swupdate -p <command>`; often a reboot) with
+/// the POST_UPDATE request of its IPC, as ipc_postupdate() does, but bounded: the answer is
+/// awaited for at most `timeout`, and a readable `stop_fd` gives up at once. Succeeded when
+/// SWUpdate acknowledged (the command exited with 0, or none is configured); Failed with the
+/// reason otherwise; RetryLater when SWUpdate is not running.
+[[nodiscard]] InstallResult post_update(std::chrono::milliseconds timeout, int stop_fd);
 
 /// Where libswupdate connects: its control socket ($TMPDIR/sockinstctrl, read once per
 /// process) and its default progress socket.

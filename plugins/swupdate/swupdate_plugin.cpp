@@ -1,8 +1,11 @@
 // The SWUpdate plugin: installs a .swu through a running SWUpdate daemon over its IPC
-// (libswupdate), reads the installed version from a file or a command, and runs configured
-// commands for ready and restart (see docs/swupdate-plugin.md).
+// (libswupdate), from the downloaded file or streamed from the host's download, reads the
+// installed version from a file or a command, runs a health command for ready, and restarts
+// with a command, through systemd-logind, or with SWUpdate's post-update command (see
+// docs/swupdate-plugin.md).
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -22,6 +26,7 @@
 
 #include "process/process.hpp"
 #include "swupdate/swupdate_client.hpp"
+#include "system/system.hpp"
 
 namespace upparat::swupdate {
 namespace {
@@ -36,11 +41,23 @@ using sdk::StepResult;
 constexpr std::size_t kMaxReasonBytes = 1000;
 constexpr double kMaxTimeoutSeconds = 86400;
 constexpr int kRetryLaterExitCode = 3;
+/// How long systemd-logind may take to answer the reboot request (polkit included).
+constexpr std::chrono::seconds kLogindCallTimeout{25};
+
+/// How the restart step restarts the device.
+enum class RestartMethod {
+  None,      ///< The step is not served.
+  Command,   ///< restart_command.
+  Logind,    ///< Reboot(false) through systemd-logind.
+  Swupdate,  ///< SWUpdate's post-update command (swupdate -p), over its IPC.
+};
 
 const char* const kKnownKeys =
     "dry_run, software_set, running_mode, progress_socket, control_socket_dir, "
     "answer_timeout_seconds, stall_timeout_seconds, result_timeout_seconds, stop_wait_seconds, "
-    "version_file, version_name, version_key, version_command, ready_command, restart_command";
+    "version_file, version_name, version_key, version_command, ready_command, "
+    "ready_timeout_seconds, restart, restart_command, logind_bus_address, reboot_wait_seconds, "
+    "post_update_reboots";
 
 std::string_view trim(std::string_view text) {
   const auto space = [](char c) {
@@ -186,8 +203,18 @@ class SwupdatePlugin : public sdk::Plugin {
         version_command_ = check_command(key, value);
       } else if (key == "ready_command") {
         ready_command_ = check_command(key, value);
+      } else if (key == "ready_timeout_seconds") {
+        ready_timeout_ = parse_seconds(key, value);
+      } else if (key == "restart") {
+        restart_ = parse_restart(value);
       } else if (key == "restart_command") {
         restart_command_ = check_command(key, value);
+      } else if (key == "logind_bus_address") {
+        logind_bus_address_ = value;
+      } else if (key == "reboot_wait_seconds") {
+        reboot_wait_ = parse_seconds(key, value);
+      } else if (key == "post_update_reboots") {
+        post_update_reboots_ = parse_bool(key, value);
       } else {
         throw std::invalid_argument("unknown key '" + key + "' (the swupdate plugin knows " +
                                     kKnownKeys + ")");
@@ -199,7 +226,7 @@ class SwupdatePlugin : public sdk::Plugin {
   std::uint32_t steps() const {
     return UPPARAT_STEP_INSTALL | (version_file_ || version_command_ ? UPPARAT_STEP_VERSION : 0U) |
            (ready_command_ ? UPPARAT_STEP_READY : 0U) |
-           (restart_command_ ? UPPARAT_STEP_RESTART : 0U);
+           (restart_ != RestartMethod::None ? UPPARAT_STEP_RESTART : 0U);
   }
 
   StepResult version(const Job& job, StepContext& ctx) override {
@@ -225,8 +252,25 @@ class SwupdatePlugin : public sdk::Plugin {
   }
 
   StepResult install(const Job& job, StepContext& ctx) override {
+    if (ctx.stream_fd() >= 0) {
+      // A streamed install (`stream = true`): the bytes come while the host downloads them,
+      // and only the host knows at their end whether the file is whole.
+      return install_from(ctx.stream_fd(), job, ctx, [&ctx](std::string& reason) {
+        std::string why;
+        if (ctx.stream_end(&why) == UPPARAT_STREAM_COMPLETE) {
+          return true;
+        }
+        reason =
+            "the stream failed, so SWUpdate was not given the archive's end and aborted "
+            "the install: " +
+            why;
+        return false;
+      });
+    }
     if (!job.file) {
-      return StepResult::failed("the swupdate plugin installs a downloaded file (none given)");
+      return StepResult::failed(
+          "the swupdate plugin installs a downloaded file or a stream (`stream = true`); the host "
+          "gave neither");
     }
     // The daemon owns the downloaded file; never follow a link put in its place.
     const int fd = ::open(job.file->c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -243,10 +287,67 @@ class SwupdatePlugin : public sdk::Plugin {
   }
 
   StepResult restart(const Job& job, StepContext& ctx) override {
-    return run_command("restart_command", *restart_command_, job, ctx);
+    switch (restart_) {
+      case RestartMethod::None:
+        break;
+      case RestartMethod::Command:
+        return run_command("restart_command", *restart_command_, job, ctx);
+      case RestartMethod::Logind:
+        if (auto rebooted =
+                plugin_system::reboot_via_logind(logind_bus_address_, kLogindCallTimeout);
+            !rebooted) {
+          return StepResult::failed(keep_end(rebooted.error().message(), kMaxReasonBytes));
+        }
+        return wait_for_reboot(ctx);
+      case RestartMethod::Swupdate: {
+        logger_.info("asking SWUpdate to run its post-update command");
+        const InstallResult ran = post_update(reboot_wait_, ctx.stop_fd());
+        if (ran.outcome == Outcome::RetryLater) {
+          return StepResult::retry_later(keep_end(ran.reason, kMaxReasonBytes));
+        }
+        if (ran.outcome != Outcome::Succeeded) {
+          return StepResult::failed(keep_end(ran.reason, kMaxReasonBytes));
+        }
+        logger_.info("SWUpdate: " +
+                     (ran.reason.empty() ? std::string("post-update done") : ran.reason));
+        if (!post_update_reboots_) {
+          return StepResult::ok();
+        }
+        return wait_for_reboot(ctx);
+      }
+    }
+    return StepResult::not_supported();
   }
 
  private:
+  static RestartMethod parse_restart(const std::string& value) {
+    if (value == "command") {
+      return RestartMethod::Command;
+    }
+    if (value == "logind") {
+      return RestartMethod::Logind;
+    }
+    if (value == "swupdate") {
+      return RestartMethod::Swupdate;
+    }
+    throw std::invalid_argument("restart = '" + value +
+                                "': expected command (restart_command), logind (reboot through "
+                                "systemd-logind) or swupdate (SWUpdate's post-update command)");
+  }
+
+  /// After a reboot was requested: the system goes down and the step never returns. Returning
+  /// means that it still runs after reboot_wait_seconds, or that the step was stopped.
+  StepResult wait_for_reboot(StepContext& ctx) {
+    logger_.info("reboot requested; waiting for the system to go down");
+    pollfd fd{ctx.stop_fd(), POLLIN, 0};
+    const int ready = ::poll(&fd, 1, static_cast<int>(reboot_wait_.count()));
+    if (ready > 0 || ctx.should_stop()) {
+      return StepResult::failed("stopped while waiting for the reboot");
+    }
+    return StepResult::failed("the reboot was requested, but the system still runs after " +
+                              std::to_string((reboot_wait_.count() + 999) / 1000) + " s");
+  }
+
   void check_combinations() {
     if (options_.software_set.empty() != options_.running_mode.empty()) {
       throw std::invalid_argument(
@@ -269,6 +370,16 @@ class SwupdatePlugin : public sdk::Plugin {
     if (!version_file_ && (version_name_ || version_key_)) {
       throw std::invalid_argument("version_name and version_key need version_file");
     }
+    if (restart_ == RestartMethod::None && restart_command_) {
+      restart_ = RestartMethod::Command;
+    }
+    if (restart_ == RestartMethod::Command && !restart_command_) {
+      throw std::invalid_argument("restart = 'command' needs restart_command");
+    }
+    if (restart_ != RestartMethod::Command && restart_command_) {
+      throw std::invalid_argument(
+          "restart_command is used only with restart = 'command' (remove one of them)");
+    }
     if (control_socket_dir_) {
       // libswupdate builds its control socket's path from $TMPDIR once per process and offers
       // no way to set it: the setting can only be checked.
@@ -283,8 +394,10 @@ class SwupdatePlugin : public sdk::Plugin {
     }
   }
 
-  /// Installs the archive read from `fd` (the downloaded file; a stream works the same).
-  StepResult install_from(int fd, const Job& job, StepContext& ctx) {
+  /// Installs the archive read from `fd`: the downloaded file, or the host's stream with
+  /// `source_end` telling whether it ended whole.
+  StepResult install_from(int fd, const Job& job, StepContext& ctx,
+                          std::function<bool(std::string&)> source_end = {}) {
     InstallOptions options = options_;
     options.info = "upparat " + job.id;
     InstallIo io;
@@ -292,8 +405,9 @@ class SwupdatePlugin : public sdk::Plugin {
     io.stop_fd = ctx.stop_fd();
     io.on_progress = [&ctx](const Progress& p) { ctx.progress(p.line, p.percent); };
     io.on_message = [this](const std::string& message) { logger_.debug("swupdate: " + message); };
+    io.source_end = std::move(source_end);
     logger_.info("installing " + job.id + " through SWUpdate on " + control_socket_path() +
-                 (options.dry_run ? " (dry run)" : ""));
+                 (io.source_end ? " (streamed)" : "") + (options.dry_run ? " (dry run)" : ""));
     const InstallResult result = swupdate::install(options, io);
     switch (result.outcome) {
       case Outcome::Succeeded:
@@ -320,12 +434,20 @@ class SwupdatePlugin : public sdk::Plugin {
     process::RunOptions run;
     run.argv = {path};
     run.stop_fd = ctx.stop_fd();
+    if (what == "ready_command") {
+      run.deadline = std::chrono::steady_clock::now() + ready_timeout_;
+    }
     run.should_stop = [&ctx] { return ctx.should_stop(); };
     const auto ran = process::run(run);
     if (!ran) {
       return StepResult::failed(what + ": " + ran.error().message());
     }
     const process::RunResult& r = *ran;
+    if (r.timed_out) {
+      return StepResult::failed(what + " did not end within " +
+                                std::to_string((ready_timeout_.count() + 999) / 1000) +
+                                " s and was killed");
+    }
     if (r.stopped) {
       return StepResult::failed(what + " stopped");
     }
@@ -351,10 +473,16 @@ class SwupdatePlugin : public sdk::Plugin {
   std::optional<std::string> version_command_;
   std::optional<std::string> ready_command_;
   std::optional<std::string> restart_command_;
+  std::chrono::milliseconds ready_timeout_{60000};
+  RestartMethod restart_ = RestartMethod::None;
+  std::string logind_bus_address_;
+  std::chrono::milliseconds reboot_wait_{300000};
+  bool post_update_reboots_ = true;
 };
 
 }  // namespace
 }  // namespace upparat::swupdate
 
 UPPARAT_PLUGIN(upparat::swupdate::SwupdatePlugin, "swupdate", UPPARAT_SWUPDATE_PLUGIN_VERSION,
-               "Apache-2.0", "Installs .swu archives through a running SWUpdate daemon", 0)
+               "Apache-2.0", "Installs .swu archives through a running SWUpdate daemon",
+               UPPARAT_CAP_INSTALL_STREAM)

@@ -4,9 +4,12 @@
 
 #include <dlfcn.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -14,6 +17,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -50,6 +54,10 @@ struct StepData {
   std::vector<std::pair<std::string, int>> progress;
   /// Request the stop when the first progress line arrives (the transfer is under way).
   bool stop_on_progress = false;
+  /// A streamed install: the read end of the stream and how it ended (stream_end_service).
+  int stream_fd = -1;
+  std::atomic<std::int32_t> stream_state{UPPARAT_STREAM_RUNNING};
+  std::string stream_reason;  // Written before stream_state turns FAILED.
 };
 
 void progress_service(void* data, const char* line, std::int32_t percent) {
@@ -70,6 +78,14 @@ std::int32_t store_set_service(void*, const char*, const char*) {
   return 0;
 }
 void log_service(void*, std::int32_t, const char*) {}
+std::int32_t stream_end_service(void* data, char* reason, std::uint32_t capacity) {
+  auto* step = static_cast<StepData*>(data);
+  const std::int32_t state = step->stream_state.load();
+  if (state == UPPARAT_STREAM_FAILED && reason != nullptr && capacity > 0) {
+    std::snprintf(reason, capacity, "%s", step->stream_reason.c_str());
+  }
+  return state;
+}
 
 /// The plugin .so, loaded for real, with at most one instance.
 class LoadedPlugin {
@@ -142,9 +158,9 @@ class LoadedPlugin {
                                          0,
                                          &store_get_service,
                                          &store_set_service,
-                                         -1,  // no stream (an install from the file)
+                                         data.stream_fd,  // -1: an install from the file
                                          0,
-                                         nullptr};
+                                         data.stream_fd >= 0 ? &stream_end_service : nullptr};
     char text[4096] = "";
     upparat_result result{sizeof(upparat_result), UPPARAT_FAILED, -1, text, sizeof text, 0};
     fn(instance_, &context, &services, &result);
@@ -207,6 +223,58 @@ bool stopped(pid_t pid) {
   return false;
 }
 
+/// The host's side of a streamed install, as StreamPipe does it: the archive goes through a
+/// socket pair, its last 4096 bytes held back until the end is decided. Complete sends them
+/// and ends the stream COMPLETE; otherwise the stream ends FAILED without them.
+class StreamFeeder {
+ public:
+  StreamFeeder(std::string archive, bool complete, StepData& data) {
+    int fds[2] = {-1, -1};
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+      throw std::runtime_error("socketpair failed");
+    }
+    data.stream_fd = reader_ = fds[0];
+    writer_ = fds[1];
+    thread_ = std::thread([this, archive = std::move(archive), complete, &data] {
+      const std::size_t tail = std::min<std::size_t>(archive.size(), 4096);
+      const bool sent = send_all(archive.data(), archive.size() - tail);
+      if (sent && complete && send_all(archive.data() + archive.size() - tail, tail)) {
+        data.stream_state = UPPARAT_STREAM_COMPLETE;
+      } else {
+        data.stream_reason = "sha256: expected 0000, got something else";
+        data.stream_state = UPPARAT_STREAM_FAILED;
+      }
+      ::shutdown(writer_, SHUT_WR);
+    });
+  }
+  StreamFeeder(const StreamFeeder&) = delete;
+  StreamFeeder& operator=(const StreamFeeder&) = delete;
+  /// After the step returned: a writer still blocked fails once the reader is closed.
+  ~StreamFeeder() {
+    ::shutdown(reader_, SHUT_RDWR);
+    thread_.join();
+    ::close(reader_);
+    ::close(writer_);
+  }
+
+ private:
+  bool send_all(const char* data, std::size_t size) const {
+    while (size > 0) {
+      const ssize_t n = ::send(writer_, data, size, MSG_NOSIGNAL);
+      if (n <= 0) {
+        return false;
+      }
+      data += n;
+      size -= static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  int reader_ = -1;
+  int writer_ = -1;
+  std::thread thread_;
+};
+
 class SwupdatePluginTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -252,6 +320,7 @@ class SwupdatePluginTest : public ::testing::Test {
 
 TEST_F(SwupdatePluginTest, DescriptorNamesTheSwupdatePlugin) {
   EXPECT_STREQ(plugin_.descriptor().name, "swupdate");
+  EXPECT_EQ(plugin_.descriptor().capabilities, UPPARAT_CAP_INSTALL_STREAM);
   ASSERT_EQ(plugin_.create({}), "");
   EXPECT_EQ(plugin_.steps(), UPPARAT_STEP_INSTALL);
 }
@@ -490,6 +559,69 @@ TEST_F(SwupdatePluginTest, BackToBackInstallsNeverHang) {
   EXPECT_GT(succeeded, 0);
 }
 
+TEST_F(SwupdatePluginTest, StreamedArchiveIsInstalledOnceTheStreamEndsComplete) {
+  const std::string content = random_bytes(300 * 1024, 15);
+  auto bytes = test::read_file(archive("stream.swu", content));
+  ASSERT_TRUE(bytes) << bytes.error().message();
+  ASSERT_EQ(plugin_.create({}), "");
+  StepData data;
+  Outcome outcome;
+  {
+    StreamFeeder feeder(*bytes, true, data);
+    outcome = plugin_.run(Step::Install, std::nullopt, data);
+  }
+  EXPECT_EQ(outcome.code, UPPARAT_OK) << outcome.text;
+  EXPECT_TRUE(read(target("out.bin")) == content) << "the image was not written as it is";
+}
+
+TEST_F(SwupdatePluginTest, FailedStreamAbortsSwupdateWithTheHostsReason) {
+  // The image is the archive's last member: SWUpdate writes most of it while it streams, but
+  // without the held-back tail it never completes it nor reads the archive's end.
+  const std::string content = random_bytes(300 * 1024, 16);
+  auto bytes = test::read_file(archive("stream.swu", content));
+  ASSERT_TRUE(bytes) << bytes.error().message();
+  ASSERT_EQ(plugin_.create({}), "");
+  StepData data;
+  Outcome outcome;
+  {
+    StreamFeeder feeder(*bytes, false, data);
+    outcome = plugin_.run(Step::Install, std::nullopt, data);
+  }
+  EXPECT_EQ(outcome.code, UPPARAT_FAILED);
+  EXPECT_NE(outcome.text.find("the stream failed"), std::string::npos) << outcome.text;
+  EXPECT_NE(outcome.text.find("sha256: expected 0000"), std::string::npos) << outcome.text;
+  EXPECT_FALSE(read(target("out.bin")) == content) << "SWUpdate installed a failed stream";
+  EXPECT_EQ(outcome.text.find("nevertheless"), std::string::npos) << outcome.text;
+
+  // SWUpdate failed that install and is idle again: the next one succeeds at once.
+  const std::string next_content = random_bytes(32 * 1024, 17);
+  StepData again;
+  const Outcome next =
+      plugin_.run(Step::Install, archive("next.swu", next_content).string(), again);
+  EXPECT_EQ(next.code, UPPARAT_OK) << next.text;
+  EXPECT_TRUE(read(target("out.bin")) == next_content);
+}
+
+TEST_F(SwupdatePluginTest, StreamOfAPaddedArchiveSucceedsAfterSwupdateClosedEarly) {
+  // SWUpdate closes its socket after the archive's end and before the padding: the plugin
+  // reads the rest of the stream, learns that it is complete, and takes SWUpdate's result.
+  const std::string content = random_bytes(128 * 1024, 18);
+  SwuOptions options;
+  options.trailing_padding = 1024 * 1024;
+  auto bytes = test::read_file(archive("padded.swu", content, options));
+  ASSERT_TRUE(bytes) << bytes.error().message();
+  ASSERT_EQ(plugin_.create({}), "");
+  StepData data;
+  Outcome outcome;
+  {
+    StreamFeeder feeder(*bytes, true, data);
+    outcome = plugin_.run(Step::Install, std::nullopt, data);
+    EXPECT_EQ(data.stream_state.load(), UPPARAT_STREAM_COMPLETE);
+  }
+  EXPECT_EQ(outcome.code, UPPARAT_OK) << outcome.text;
+  EXPECT_TRUE(read(target("out.bin")) == content);
+}
+
 TEST_F(SwupdatePluginTest, MissingFileFailsClearly) {
   ASSERT_EQ(plugin_.create({}), "");
   StepData data;
@@ -592,6 +724,112 @@ TEST_F(SwupdatePluginConfigTest, TheExampleConfigurationIsAccepted) {
   }
   EXPECT_GE(config.size(), 8U);
   EXPECT_EQ(plugin_.create(config), "");
+}
+
+TEST_F(SwupdatePluginConfigTest, RefusesBadRestartSettings) {
+  auto command = work_->write_file("restart.sh", "#!/bin/sh\nexit 0\n");
+  ASSERT_TRUE(command);
+  fs::permissions(*command, fs::perms::owner_all);
+  EXPECT_NE(plugin_.create({{"restart", "reboot"}}).find("expected command"), std::string::npos);
+  EXPECT_NE(plugin_.create({{"restart", "command"}}).find("needs restart_command"),
+            std::string::npos);
+  EXPECT_NE(plugin_.create({{"restart", "logind"}, {"restart_command", command->string()}})
+                .find("only with restart = 'command'"),
+            std::string::npos);
+  EXPECT_NE(plugin_.create({{"post_update_reboots", "maybe"}}).find("expected true or false"),
+            std::string::npos);
+  EXPECT_EQ(plugin_.create({{"restart", "logind"}}), "");
+  EXPECT_EQ(plugin_.steps(), UPPARAT_STEP_INSTALL | UPPARAT_STEP_RESTART);
+}
+
+TEST_F(SwupdatePluginConfigTest, ReadyCommandIsKilledAfterItsTimeoutAndExitThreeIsRetryLater) {
+  auto slow = work_->write_file("slow.sh", "#!/bin/sh\nexec sleep 30\n");
+  auto later = work_->write_file("later.sh", "#!/bin/sh\necho not yet >&2\nexit 3\n");
+  ASSERT_TRUE(slow && later);
+  fs::permissions(*slow, fs::perms::owner_all);
+  fs::permissions(*later, fs::perms::owner_all);
+  ASSERT_EQ(plugin_.create({{"ready_command", slow->string()}, {"ready_timeout_seconds", "0.5"}}),
+            "");
+  StepData data;
+  const auto start = Clock::now();
+  const Outcome timed_out = plugin_.run(Step::Ready, std::nullopt, data);
+  EXPECT_EQ(timed_out.code, UPPARAT_FAILED);
+  EXPECT_NE(timed_out.text.find("ready_command did not end within 1 s"), std::string::npos)
+      << timed_out.text;
+  EXPECT_LT(Clock::now() - start, seconds(12));
+
+  LoadedPlugin other;
+  ASSERT_EQ(other.create({{"ready_command", later->string()}}), "");
+  const Outcome retry = other.run(Step::Ready, std::nullopt, data);
+  EXPECT_EQ(retry.code, UPPARAT_RETRY_LATER);
+  EXPECT_EQ(retry.text, "not yet");
+}
+
+// restart = "swupdate": SWUpdate runs its post-update command (swupdate -p) on the plugin's
+// POST_UPDATE request.
+TEST_F(SwupdatePluginConfigTest, RestartRunsSwupdatesPostUpdateCommand) {
+  const fs::path marker = target("post-update.ran");
+  auto script =
+      work_->write_file("post-update.sh", "#!/bin/sh\necho ran >> " + marker.string() + "\n");
+  ASSERT_TRUE(script);
+  fs::permissions(*script, fs::perms::owner_all);
+  auto restarted = swupdate_->start({"-p", script->string()});
+  ASSERT_TRUE(restarted) << restarted.error().message();
+
+  // A post-update command that does not reboot: a soft restart that finished.
+  ASSERT_EQ(plugin_.create({{"restart", "swupdate"}, {"post_update_reboots", "false"}}), "");
+  EXPECT_EQ(plugin_.steps(), UPPARAT_STEP_INSTALL | UPPARAT_STEP_RESTART);
+  StepData data;
+  const Outcome soft = plugin_.run(Step::Restart, std::nullopt, data);
+  EXPECT_EQ(soft.code, UPPARAT_OK) << soft.text;
+  EXPECT_EQ(read(marker), "ran\n");
+
+  // One that should reboot: the step waits for the system to go down, and fails when it
+  // still runs after reboot_wait_seconds.
+  LoadedPlugin rebooting;
+  ASSERT_EQ(rebooting.create({{"restart", "swupdate"}, {"reboot_wait_seconds", "0.5"}}), "");
+  StepData again;
+  const Outcome still_up = rebooting.run(Step::Restart, std::nullopt, again);
+  EXPECT_EQ(still_up.code, UPPARAT_FAILED);
+  EXPECT_NE(still_up.text.find("the reboot was requested, but the system still runs after 1 s"),
+            std::string::npos)
+      << still_up.text;
+  EXPECT_EQ(read(marker), "ran\nran\n");
+}
+
+TEST_F(SwupdatePluginConfigTest, RestartFailsWhenThePostUpdateCommandFails) {
+  auto script = work_->write_file("post-update.sh", "#!/bin/sh\nexit 1\n");
+  ASSERT_TRUE(script);
+  fs::permissions(*script, fs::perms::owner_all);
+  auto restarted = swupdate_->start({"-p", script->string()});
+  ASSERT_TRUE(restarted) << restarted.error().message();
+  ASSERT_EQ(plugin_.create({{"restart", "swupdate"}}), "");
+  StepData data;
+  const Outcome failed = plugin_.run(Step::Restart, std::nullopt, data);
+  EXPECT_EQ(failed.code, UPPARAT_FAILED);
+  EXPECT_NE(failed.text.find("SWUpdate's post-update command failed"), std::string::npos)
+      << failed.text;
+
+  swupdate_->stop();
+  const Outcome not_running = plugin_.run(Step::Restart, std::nullopt, data);
+  EXPECT_EQ(not_running.code, UPPARAT_RETRY_LATER);
+  EXPECT_NE(not_running.text.find("SWUpdate is not running"), std::string::npos)
+      << not_running.text;
+}
+
+// restart = "logind" goes through plugin_system's reboot: a bus that is not there fails the
+// step with a clear reason, within its time limit. (A real reboot is tested under systemd in
+// tests/systemd for the RAUC plugin, which shares the code.)
+TEST_F(SwupdatePluginConfigTest, RestartThroughLogindFailsClearlyWithoutTheBus) {
+  ASSERT_EQ(plugin_.create({{"restart", "logind"},
+                            {"logind_bus_address", "unix:path=" + target("no-bus").string()}}),
+            "");
+  StepData data;
+  const auto start = Clock::now();
+  const Outcome failed = plugin_.run(Step::Restart, std::nullopt, data);
+  EXPECT_EQ(failed.code, UPPARAT_FAILED);
+  EXPECT_NE(failed.text.find("cannot ask systemd-logind"), std::string::npos) << failed.text;
+  EXPECT_LT(Clock::now() - start, seconds(30));
 }
 
 }  // namespace
