@@ -10,4 +10,5 @@ set(UPPARAT_FUZZ_TARGETS
   toml_config
   ini_config
   status_detail
-  url)
+  url
+  signature)
