@@ -423,9 +423,12 @@ struct Daemon::Impl {
               std::nullopt};
     }
     if (result.outcome != plugin::Outcome::Ok && download_failed) {
-      // The download's reason first: it is why the install failed.
-      result.text = sanitize_status_detail(stream_pipe.reason() +
-                                           " (the install step said: " + result.text + ")");
+      // The download's reason is why the install failed: first, unless the plugin's text
+      // already quotes it (from stream_end()).
+      if (result.text.find(stream_pipe.reason()) == std::string::npos) {
+        result.text = sanitize_status_detail(stream_pipe.reason() +
+                                             " (the install step said: " + result.text + ")");
+      }
       if (result.outcome == plugin::Outcome::RetryLater ||
           result.outcome == plugin::Outcome::NotSupported) {
         result.outcome = plugin::Outcome::Failed;

@@ -205,7 +205,10 @@ TEST_F(E2eSwupdateTest, AWrongSha256FailsTheStreamedInstallAndNothingIsInstalled
   create_job("upparat_swu_badsum", stream_document(std::string(64, '0')));
   auto v = wait_status("upparat_swu_badsum", "FAILED", 60s);
   EXPECT_EQ(v.state, "installation_hook_failed") << join(v.states);
-  EXPECT_NE(v.message.find("sha256: expected 0000"), std::string::npos) << v.message;
+  const auto reason = v.message.find("sha256: expected 0000");
+  EXPECT_NE(reason, std::string::npos) << v.message;
+  EXPECT_EQ(v.message.find("sha256: expected 0000", reason + 1), std::string::npos)
+      << "the reason twice: " << v.message;
   EXPECT_NE(v.message.find("SWUpdate was not given the archive's end"), std::string::npos)
       << v.message;
   EXPECT_FALSE(installed_identical()) << "SWUpdate installed the image of a failed stream";
