@@ -375,6 +375,7 @@ Result<std::optional<std::string>> FileStateStore::read_file(const std::string& 
 }
 
 Result<std::optional<JobState>> FileStateStore::load() {
+  remove_leftover("state.json.tmp");
   auto text = read_file("state.json");
   if (!text) {
     return fail(text.error().context("cannot read the job state"));
@@ -396,6 +397,7 @@ Result<std::optional<JobState>> FileStateStore::load() {
 }
 
 Result<std::vector<EndedExecution>> FileStateStore::load_ended() {
+  remove_leftover("ended.json.tmp");
   auto text = read_file("ended.json");
   if (!text) {
     return fail(text.error());
@@ -472,6 +474,19 @@ Status FileStateStore::write_file(const std::string& name, const std::string& da
 
 Status FileStateStore::clear() {
   return remove_file("state.json");
+}
+
+void FileStateStore::remove_leftover(const std::string& name) {
+  auto dir = open_state_directory(directory_, Missing::Ignore);
+  if (!dir || !dir->valid()) {
+    return;  // the load that follows reports the folder
+  }
+  if (::unlinkat(dir->get(), name.c_str(), 0) == 0) {
+    spdlog::info("removed {}: a save a stopped daemon did not finish",
+                 (directory_ / name).string());
+  } else if (errno != ENOENT) {
+    spdlog::warn("cannot remove {}: {}", (directory_ / name).string(), errno_text());
+  }
 }
 
 Status FileStateStore::remove_file(const std::string& name) {

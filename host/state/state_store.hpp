@@ -140,6 +140,9 @@ class FileStateStore final : public StateStore {
   [[nodiscard]] Status write_file(const std::string& name, const std::string& data,
                                   Durability durability = Durability::Synced);
   [[nodiscard]] Status remove_file(const std::string& name);
+  /// Removes `<directory>/<name>`, the temporary file of a save a daemon that died did not
+  /// finish (no fsync: the file only takes space).
+  void remove_leftover(const std::string& name);
   std::filesystem::path directory_;
   int fsyncs_ = 0;
 };

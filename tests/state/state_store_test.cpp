@@ -155,6 +155,27 @@ TEST(FileStateStore, SaveLoadClear) {
   EXPECT_FALSE(*loaded);
 }
 
+// A daemon killed between writing a save's temporary file and renaming it leaves the file
+// behind; the next daemon's load removes it, with or without a state.json beside it (found by
+// the chaos runs: a stray state.json.tmp after a SIGKILL).
+TEST(FileStateStore, LoadRemovesATemporaryFileADeadDaemonLeft) {
+  for (const bool with_state : {false, true}) {
+    Dir dir;
+    FileStateStore store(dir.path());
+    if (with_state) {
+      ASSERT_TRUE(store.save(sample()));
+    }
+    std::ofstream(dir.path() / "state.json.tmp") << "{\"format\":1,\"job";
+    std::ofstream(dir.path() / "ended.json.tmp") << "[";
+    auto loaded = store.load();
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    EXPECT_EQ(loaded->has_value(), with_state);
+    ASSERT_TRUE(store.load_ended());
+    EXPECT_FALSE(std::filesystem::exists(dir.path() / "state.json.tmp")) << with_state;
+    EXPECT_FALSE(std::filesystem::exists(dir.path() / "ended.json.tmp")) << with_state;
+  }
+}
+
 TEST(FileStateStore, CorruptFileIsAnError) {
   Dir dir;
   std::ofstream(dir.path() / "state.json") << "{\"format\":1,";
