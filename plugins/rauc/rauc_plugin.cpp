@@ -273,16 +273,6 @@ std::int64_t now_epoch() {
       .count();
 }
 
-bool parse_bool(const std::string& key, const std::string& value) {
-  if (value == "true") {
-    return true;
-  }
-  if (value == "false") {
-    return false;
-  }
-  throw std::invalid_argument(key + " = '" + value + "': expected true or false");
-}
-
 std::chrono::milliseconds key_seconds(const std::string& key, const std::string& value,
                                       std::int64_t min, std::int64_t max) {
   const std::string what = key + " = '" + value + "'";
@@ -334,7 +324,7 @@ class RaucPlugin : public sdk::Plugin {
         }
         version_key_ = value;
       } else if (key == "mark_good") {
-        mark_good_ = parse_bool(key, value);
+        mark_good_ = plugin_system::parse_bool(key, value);
       } else if (key == "health_command") {
         if (!value.empty()) {
           health_command_ = check_absolute(key, value);
@@ -436,13 +426,8 @@ class RaucPlugin : public sdk::Plugin {
         break;
     }
     logger_.info("reboot requested; waiting for the system to go down");
-    pollfd fd{ctx.stop_fd(), POLLIN, 0};
-    const int ready = ::poll(&fd, 1, static_cast<int>(reboot_wait_.count()));
-    if (ready > 0 || ctx.should_stop()) {
-      return StepResult::failed("stopped while waiting for the reboot");
-    }
-    return StepResult::failed("the reboot was requested, but the system still runs after " +
-                              std::to_string(reboot_wait_.count() / 1000) + " s");
+    return StepResult::failed(plugin_system::wait_for_reboot(
+        ctx.stop_fd(), [&ctx] { return ctx.should_stop(); }, reboot_wait_));
   }
 
   StepResult ready(const Job& job, StepContext& ctx) override {

@@ -85,16 +85,6 @@ std::string keep_end(const std::string& text, std::size_t max) {
   return "..." + text.substr(start);
 }
 
-bool parse_bool(const std::string& key, const std::string& value) {
-  if (value == "true") {
-    return true;
-  }
-  if (value == "false") {
-    return false;
-  }
-  throw std::invalid_argument(key + " = '" + value + "': expected true or false");
-}
-
 std::chrono::milliseconds parse_seconds(const std::string& key, const std::string& text) {
   const std::string what = key + " = '" + text + "'";
   // Plain decimal only: strtod alone would also take " 5", "0x10" or "inf".
@@ -176,7 +166,7 @@ class SwupdatePlugin : public sdk::Plugin {
   SwupdatePlugin(const Config& config, const Logger& logger) : logger_(logger) {
     for (const auto& [key, value] : config) {
       if (key == "dry_run") {
-        options_.dry_run = parse_bool(key, value);
+        options_.dry_run = plugin_system::parse_bool(key, value);
       } else if (key == "software_set") {
         options_.software_set = value;
       } else if (key == "running_mode") {
@@ -214,7 +204,7 @@ class SwupdatePlugin : public sdk::Plugin {
       } else if (key == "reboot_wait_seconds") {
         reboot_wait_ = parse_seconds(key, value);
       } else if (key == "post_update_reboots") {
-        post_update_reboots_ = parse_bool(key, value);
+        post_update_reboots_ = plugin_system::parse_bool(key, value);
       } else {
         throw std::invalid_argument("unknown key '" + key + "' (the swupdate plugin knows " +
                                     kKnownKeys + ")");
@@ -339,13 +329,8 @@ class SwupdatePlugin : public sdk::Plugin {
   /// means that it still runs after reboot_wait_seconds, or that the step was stopped.
   StepResult wait_for_reboot(StepContext& ctx) {
     logger_.info("reboot requested; waiting for the system to go down");
-    pollfd fd{ctx.stop_fd(), POLLIN, 0};
-    const int ready = ::poll(&fd, 1, static_cast<int>(reboot_wait_.count()));
-    if (ready > 0 || ctx.should_stop()) {
-      return StepResult::failed("stopped while waiting for the reboot");
-    }
-    return StepResult::failed("the reboot was requested, but the system still runs after " +
-                              std::to_string((reboot_wait_.count() + 999) / 1000) + " s");
+    return StepResult::failed(plugin_system::wait_for_reboot(
+        ctx.stop_fd(), [&ctx] { return ctx.should_stop(); }, reboot_wait_));
   }
 
   void check_combinations() {

@@ -1,13 +1,14 @@
 #include "system/system.hpp"
 
+#include <poll.h>
 #include <sdbus-c++/sdbus-c++.h>
-
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <stdexcept>
 #include <string_view>
 
 #include "process/process.hpp"
@@ -67,6 +68,27 @@ Status check_bus_socket(const std::string& bus_address) {
     return fail("no D-Bus socket at " + socket + ": " + std::strerror(errno));
   }
   return {};
+}
+
+std::string wait_for_reboot(int stop_fd, const std::function<bool()>& should_stop,
+                            std::chrono::milliseconds wait) {
+  pollfd fd{stop_fd, POLLIN, 0};
+  const int ready = ::poll(&fd, 1, static_cast<int>(wait.count()));
+  if (ready > 0 || (should_stop && should_stop())) {
+    return "stopped while waiting for the reboot";
+  }
+  return "the reboot was requested, but the system still runs after " +
+         std::to_string((wait.count() + 999) / 1000) + " s";
+}
+
+bool parse_bool(const std::string& key, const std::string& value) {
+  if (value == "true") {
+    return true;
+  }
+  if (value == "false") {
+    return false;
+  }
+  throw std::invalid_argument(key + " = '" + value + "': expected true or false");
 }
 
 Status reboot_via_logind(const std::string& bus_address, std::chrono::milliseconds timeout) {

@@ -30,6 +30,17 @@ namespace upparat::plugin_system {
 [[nodiscard]] Status reboot_via_logind(const std::string& bus_address,
                                        std::chrono::milliseconds timeout);
 
+/// After a reboot was requested: waits up to `wait` for the system to go down (which ends the
+/// caller's process). Returns only when it did not: the failure text, "stopped while waiting
+/// for the reboot" when `stop_fd` became readable or `should_stop` returned true first, else
+/// "the reboot was requested, but the system still runs after N s".
+[[nodiscard]] std::string wait_for_reboot(int stop_fd, const std::function<bool()>& should_stop,
+                                          std::chrono::milliseconds wait);
+
+/// A boolean value of a plugin's configuration: "true" or "false". Anything else throws
+/// std::invalid_argument naming the key (plugins turn it into their create error).
+[[nodiscard]] bool parse_bool(const std::string& key, const std::string& value);
+
 /// A health command: run without a shell, with a deadline, stopped early on request.
 struct HealthCommand {
   /// argv[0] is an absolute path; the rest are its arguments.
