@@ -13,7 +13,11 @@
 //      restart, beside an uninterrupted download's;
 //   6. --daemons daemons, each with one 1 MiB job created at once: median job time and time
 //      to all SUCCEEDED (beside the single daemon's job time of 1.), summed PSS of the idle
-//      daemons (beside N bare OpenSSL clients, computed from 3.).
+//      daemons (beside N bare OpenSSL clients, computed from 3.), the CPU time the daemons
+//      (with their hooks), the emulator and the broker used until all were SUCCEEDED, and where
+//      the job time went: each phase's median from the daemons' debug logs, each update's
+//      round trip split with the emulator's --verbose log into the way there, the emulator's
+//      own work and the way back.
 //
 //   upparat-daemon-bench [--smoke] [--daemons N] [--jobs J] [--idle-seconds S] [--big-mib M]
 //                        [--daemon PATH] [--keep-logs DIR]
@@ -71,7 +75,7 @@ struct Options {
   int jobs = 20;
   int idle_seconds = 60;
   std::uint64_t big_mib = 1024;
-  /// Copy daemons' logs here at the end (for a look at the timeline).
+  /// Copy every daemon's log and the emulator's here at the end (for a look at the timeline).
   std::string keep_logs;
 };
 
@@ -156,6 +160,69 @@ std::vector<LogLine> parse_log(const fs::path& file) {
 }
 
 /// Memory of a process from /proc/PID/smaps_rollup, in KiB.
+/// CPU seconds (user + system) a process used so far, with its waited-for children (the
+/// daemon's hooks) when `children`; 0 once it is gone.
+double cpu_seconds(pid_t pid, bool children) {
+  const std::string stat = read_text("/proc/" + std::to_string(pid) + "/stat");
+  // Field 2 (comm) may hold spaces: count from after its closing parenthesis, where field 3
+  // begins; utime, stime, cutime and cstime are fields 14 to 17.
+  const auto close = stat.rfind(')');
+  if (close == std::string::npos) {
+    return 0;
+  }
+  std::istringstream rest(stat.substr(close + 1));
+  std::vector<double> fields;
+  for (std::string field; rest >> field;) {
+    fields.push_back(std::atof(field.c_str()));
+  }
+  if (fields.size() < 15) {
+    return 0;
+  }
+  double ticks = fields[11] + fields[12] + (children ? fields[13] + fields[14] : 0);
+  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+/// The emulator's --verbose log: when each request came in ("<-") and each answer went out
+/// ("->"), by thing and clientToken.
+struct EmulatorTimes {
+  std::map<std::pair<std::string, std::string>, double> in, out;
+};
+
+EmulatorTimes parse_emulator_log(const fs::path& file) {
+  EmulatorTimes times;
+  std::istringstream in(read_text(file));
+  const std::string things = "$aws/things/";
+  for (std::string line; std::getline(in, line);) {
+    std::tm tm{};
+    int millis = 0;
+    if (std::sscanf(line.c_str(), "[%d-%d-%d %d:%d:%d.%d]", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                    &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &millis) != 7) {
+      continue;
+    }
+    const auto arrow = line.find("] <- $aws/");
+    const auto back = line.find("] -> $aws/");
+    const auto at = arrow != std::string::npos ? arrow : back;
+    const auto token_at = line.find("\"clientToken\":\"");
+    if (at == std::string::npos || token_at == std::string::npos) {
+      continue;
+    }
+    const auto thing_at = at + 5 + things.size();
+    const auto thing_end = line.find('/', thing_at);
+    const auto token_end = line.find('"', token_at + 15);
+    if (thing_end == std::string::npos || token_end == std::string::npos) {
+      continue;
+    }
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    tm.tm_isdst = -1;
+    const double ms = static_cast<double>(std::mktime(&tm)) * 1000.0 + millis;
+    auto key = std::make_pair(line.substr(thing_at, thing_end - thing_at),
+                              line.substr(token_at + 15, token_end - token_at - 15));
+    (arrow != std::string::npos ? times.in : times.out).emplace(key, ms);
+  }
+  return times;
+}
+
 struct Memory {
   long rss = 0, pss = 0, private_kib = 0, anonymous = 0;
 };
@@ -284,17 +351,21 @@ class Bench {
     }
     std::error_code ec;
     fs::create_directories(options_.keep_logs, ec);
-    // The main daemon's, and the first, middle and last of the N daemons'.
-    const std::string middle = "bench-many-" + std::to_string(options_.daemons / 2);
-    const std::string last = "bench-many-" + std::to_string(options_.daemons - 1);
-    for (const std::string& device :
-         {std::string("bench-main"), std::string("bench-many-0"), middle, last}) {
-      for (const auto& e : fs::directory_iterator(dir_->path() / device, ec)) {
+    if (emulator_) {
+      fs::copy_file(emulator_->process().log_path(), fs::path(options_.keep_logs) / "emulator.log",
+                    fs::copy_options::overwrite_existing, ec);
+    }
+    // Every daemon's log, as <device>-<log name>.
+    for (const auto& device : fs::directory_iterator(dir_->path(), ec)) {
+      if (!device.is_directory(ec)) {
+        continue;
+      }
+      for (const auto& e : fs::directory_iterator(device.path(), ec)) {
         if (e.path().extension() == ".log") {
-          fs::copy_file(
-              e.path(),
-              fs::path(options_.keep_logs) / (device + "-" + e.path().filename().string()),
-              fs::copy_options::overwrite_existing, ec);
+          fs::copy_file(e.path(),
+                        fs::path(options_.keep_logs) / (device.path().filename().string() + "-" +
+                                                        e.path().filename().string()),
+                        fs::copy_options::overwrite_existing, ec);
         }
       }
     }
@@ -640,6 +711,72 @@ void Bench::crash_resume() {
   }
 }
 
+// One daemon's job of many(), phase by phase, from its debug log: each phase's duration goes
+// to `phases` under a name whose first three characters order the table. A request's round trip
+// is split with the emulator's times into the way there, the emulator's own work and the way
+// back (broker, scheduling, the daemon's receiving thread).
+void breakdown(const std::string& thing, const std::vector<LogLine>& lines,
+               const EmulatorTimes& emulator, std::map<std::string, std::vector<double>>& phases) {
+  auto find = [&](std::size_t from, const std::string& a, const std::string& b = "") {
+    for (std::size_t i = from; i < lines.size(); ++i) {
+      if (lines[i].text.find(a) != std::string::npos &&
+          (b.empty() || lines[i].text.find(b) != std::string::npos)) {
+        return i;
+      }
+    }
+    return lines.size();
+  };
+  auto span = [&](const std::string& name, std::size_t from, std::size_t to) {
+    if (from < lines.size() && to < lines.size()) {
+      phases[name].push_back(lines[to].ms - lines[from].ms);
+    }
+  };
+  const std::size_t selected = find(0, "selected job upparat_many");
+  std::size_t notify = lines.size();
+  for (std::size_t i = 0; i < selected && i < lines.size(); ++i) {
+    if (lines[i].text.find("/jobs/notify (") != std::string::npos) {
+      notify = i;
+    }
+  }
+  span("1  notify -> job picked (a get round trip)", notify, selected);
+  const std::size_t describe = find(selected, "publish $aws/", "/upparat_many/get:");
+  span("2  describe round trip", describe, find(describe, "/upparat_many/get/accepted"));
+  const std::size_t version = find(selected, "upparat_many: version step");
+  span("3  version step (the hook)", version, find(version, "state machine: verify_job ->"));
+  const std::size_t download = find(selected, "download upparat_many: https");
+  span("4  download (1 MiB over HTTPS)", download,
+       find(download, "download upparat_many: complete"));
+  int order = 5;
+  for (const std::string state : {"download_start", "installation_start"}) {
+    const std::size_t sent = find(selected, "/upparat_many/update:", "\"" + state + "\"");
+    const std::size_t answered = find(sent, "/upparat_many/update/accepted");
+    const std::string number = std::to_string(order++);
+    const std::string name = number + "  " + state + " update round trip";
+    span(name, sent, answered);
+    if (sent >= lines.size() || answered >= lines.size()) {
+      continue;
+    }
+    const auto& text = lines[sent].text;
+    const auto at = text.find("\"clientToken\":\"");
+    const auto end = at == std::string::npos ? at : text.find('"', at + 15);
+    if (end == std::string::npos) {
+      continue;
+    }
+    const auto key = std::make_pair(thing, text.substr(at + 15, end - at - 15));
+    const auto in = emulator.in.find(key);
+    const auto out = emulator.out.find(key);
+    if (in != emulator.in.end() && out != emulator.out.end()) {
+      phases[number + "a   of which to the emulator"].push_back(in->second - lines[sent].ms);
+      phases[number + "b   in the emulator"].push_back(out->second - in->second);
+      phases[number + "c   back to the daemon"].push_back(lines[answered].ms - out->second);
+    }
+  }
+  const std::size_t install = find(selected, "upparat_many: install step");
+  span("7  install step (the hook)", install, find(install, "upparat_many: SUCCEEDED"));
+  span("8  notify -> SUCCEEDED published", notify,
+       find(selected, "publish $aws/", "\"SUCCEEDED\""));
+}
+
 void Bench::many() {
   const int n = options_.daemons;
   std::vector<Device> devices;
@@ -665,15 +802,30 @@ void Bench::many() {
     pss += m.pss;
     private_kib += m.private_kib;
   }
+  auto cpu_now = [&] {
+    std::vector<double> cpu;
+    for (auto& d : devices) {
+      cpu.push_back(cpu_seconds(d.process->pid(), true));
+    }
+    cpu.push_back(cpu_seconds(emulator_->process().pid(), false));
+    cpu.push_back(cpu_seconds(broker_->process().pid(), false));
+    return cpu;
+  };
+  const std::vector<double> cpu_before = cpu_now();
   double created = now_ms();
   must(emulator_->create_job("upparat_many", document("3.0.0", "one-mib.bin"), things),
        "create many");
   wait_succeeded("upparat_many", things.size(), std::chrono::seconds(120 + n));
   double all_seen = now_ms() - created;
+  const std::vector<double> cpu_after = cpu_now();
   std::vector<double> times;
+  // Where each daemon's job time went, from its log and the emulator's (see breakdown()).
+  std::map<std::string, std::vector<double>> phases;
+  const EmulatorTimes emulator_times = parse_emulator_log(emulator_->process().log_path());
   for (auto& d : devices) {
+    const auto lines = parse_log(d.log());
     double done = 0;
-    for (const auto& l : parse_log(d.log())) {
+    for (const auto& l : lines) {
       if (l.text.find("/jobs/upparat_many/update") != std::string::npos &&
           l.text.find("SUCCEEDED") != std::string::npos &&
           l.text.find(" publish $aws/") != std::string::npos) {
@@ -684,16 +836,31 @@ void Bench::many() {
       die("no SUCCEEDED publish in " + d.log().string());
     }
     times.push_back(done - created);
+    breakdown(d.thing, lines, emulator_times, phases);
   }
+  double cpu_daemons = 0;
+  for (std::size_t i = 0; i < devices.size(); ++i) {
+    cpu_daemons += cpu_after[i] - cpu_before[i];
+  }
+  const double cpu_emulator = cpu_after[devices.size()] - cpu_before[devices.size()];
+  const double cpu_broker = cpu_after[devices.size() + 1] - cpu_before[devices.size() + 1];
   std::printf(
       "%d daemons (all connected in %.1f s), one 1 MiB job each, created at once:\n"
       "  job time: median %.0f ms, p95 %.0f ms, all SUCCEEDED after %.0f ms (seen by the "
       "emulator's poll: %.0f ms); one daemon alone: %.0f ms\n"
-      "  summed idle PSS %.1f MiB (private %.1f MiB) beside %d bare OpenSSL clients' %.1f MiB\n",
+      "  summed idle PSS %.1f MiB (private %.1f MiB) beside %d bare OpenSSL clients' %.1f MiB\n"
+      "  CPU used until all SUCCEEDED (%.1f s on %ld cores): daemons with their hooks %.1f s, "
+      "emulator %.1f s, broker %.1f s\n"
+      "  where the time went (median over the daemons, ms):\n",
       n, connected_s, percentile(times, 0.5), percentile(times, 0.95),
       *std::max_element(times.begin(), times.end()), all_seen, single_job_ms_,
       static_cast<double>(pss) / 1024.0, static_cast<double>(private_kib) / 1024.0, n,
-      static_cast<double>(bare_client_.pss) * n / 1024.0);
+      static_cast<double>(bare_client_.pss) * n / 1024.0, all_seen / 1000.0,
+      ::sysconf(_SC_NPROCESSORS_ONLN), cpu_daemons, cpu_emulator, cpu_broker);
+  for (const auto& [name, values] : phases) {
+    std::printf("    %-58s %6.0f  (p95 %.0f, %zu daemons)\n", name.c_str() + 3,
+                percentile(values, 0.5), percentile(values, 0.95), values.size());
+  }
   for (auto& d : devices) {
     auto stopped = d.process->stop();
     if (!stopped || !stopped->success()) {
@@ -717,6 +884,7 @@ void Bench::run() {
   upparat::test::EmulatorOptions eo;
   eo.broker_uri = broker_->plain_uri();
   eo.ca = &*ca_;
+  eo.extra_args = {"--verbose"};  // each request and answer with its time, for the breakdown
   emulator_.emplace(must(EmulatorFixture::start(eo), "emulator"));
 
   std::printf("daemon benchmark: %s, %d daemons, %d jobs, idle window %d s\n",
