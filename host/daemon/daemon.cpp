@@ -7,7 +7,6 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +22,7 @@
 
 #include "common/sanitize.hpp"
 #include "daemon/folders.hpp"
+#include "daemon/sd_notify.hpp"
 #include "daemon/settings.hpp"
 #include "download/downloader.hpp"
 #include "download/stream.hpp"
@@ -548,7 +548,7 @@ struct Daemon::Impl {
 
   void do_action(const state::SystemdStatus& a) {
     spdlog::debug("status: {}", a.text);
-    sd_notifyf(0, "STATUS=%s", a.text.c_str());
+    sd_notify_state("STATUS=" + a.text);
   }
 
   void do_action(const state::Exit& a) {
@@ -566,14 +566,14 @@ struct Daemon::Impl {
 #endif
     if (std::holds_alternative<state::Connected>(event) && !ready_sent) {
       ready_sent = true;
-      sd_notify(0, "READY=1");
+      sd_notify_state("READY=1");
       spdlog::info("ready: subscribed as thing {}", config.broker.thing_name);
     }
     if (std::holds_alternative<state::ShutdownRequested>(event)) {
       if (shutdown_started) {
         return;
       }
-      sd_notify(0, "STOPPING=1");
+      sd_notify_state("STOPPING=1");
       spdlog::info("stopping (signal received)");
       shutdown_started = Clock::now();
     }
@@ -636,9 +636,8 @@ struct Daemon::Impl {
   }
 
   int loop() {
-    uint64_t usec = 0;
-    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
-      watchdog_interval = milliseconds(usec / 2000);
+    if (const auto period = sd_watchdog_period()) {
+      watchdog_interval = std::chrono::duration_cast<milliseconds>(*period / 2);
       next_watchdog = Clock::now();
     }
     handle(state::Started{});
@@ -683,7 +682,7 @@ struct Daemon::Impl {
         handle(state::TimerFired{id});
       }
       if (watchdog_interval.count() > 0 && now >= next_watchdog) {
-        sd_notify(0, "WATCHDOG=1");
+        sd_notify_state("WATCHDOG=1");
         next_watchdog = now + watchdog_interval;
       }
       if (shutdown_started && !exit_requested && now >= shutdown_deadline()) {
