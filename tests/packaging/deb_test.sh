@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Tests the Debian packages (cmake/Packaging.cmake): builds them with CPack from the build,
-# checks each package's name, dependencies and files, installs upparat into a fresh Debian 12
-# root (the cached debootstrap root of tests/systemd, under an overlay), where its postinst
-# creates the user upparat; then, in that root, `upparat --check-config` accepts the example
-# configuration, and the installed daemon, as the user upparat with the installed script
-# plugin and hooks, takes one job of the emulator (mosquitto and the emulator on the host's
-# 127.0.0.1; chroot shares the network) to SUCCEEDED. A purge removes the daemon's state.
+# checks each package's name, dependencies and files, and installs all four into a fresh
+# Debian 12 root (the cached debootstrap root of tests/systemd, under an overlay).
+# - upparat: its postinst creates the user upparat; `upparat --check-config` accepts the
+#   example configuration, and the installed daemon, as the user upparat with the installed
+#   script plugin and hooks, takes one job of the emulator (mosquitto and the emulator on the
+#   host's 127.0.0.1; chroot shares the network) to SUCCEEDED.
+# - upparat-plugin-rauc, upparat-plugin-swupdate, upparat-dev, with the Debian packages they
+#   need that the root lacks (resolved by this machine's apt against the root's dpkg status,
+#   downloaded from Debian's archive once into a cache beside the root's): dpkg configures
+#   every package; the installed upparat-plugin-check loads both plugins; the polkit rule and
+#   the SWUpdate drop-in are in place and the group the drop-in names exists; both SDK
+#   templates build on this machine against the root's installed SDK (CMake package and
+#   pkg-config file, found only there) and their plugins load in the root.
+# - A purge of the four packages leaves none of their files and removes the daemon's state.
 #
 #   tests/packaging/deb_test.sh <build-dir> [<source-dir>]      (as root)
 #
-# Exit 0 = passed, 77 = skipped (the reason is printed; under CI=true that is a failure),
-# anything else = failed. Everything started or mounted is undone, also on failure.
+# Exit 0 = passed, 77 = skipped (the reason is printed; under CI=true that is a failure; a
+# failed download skips after upparat has passed), anything else = failed. Everything started
+# or mounted is undone, also on failure.
 set -euo pipefail
 
 build="$(cd "${1:?usage: deb_test.sh <build-dir> [<source-dir>]}" && pwd)"
@@ -106,10 +115,38 @@ has_file upparat-dev /usr/lib/cmake/UpparatPluginSdk/UpparatPluginSdkConfig.cmak
 has_file upparat-dev /usr/lib/pkgconfig/upparat-plugin.pc
 has_file upparat-dev /usr/bin/upparat-jobs-emulator
 depends_on upparat-dev "upparat (= $version)"
-# Every dependency of every package exists in Debian 12 (resolved against this machine's
-# package lists; nothing is installed here).
-apt-get install -s -q "$work"/debs/*.deb >"$work/apt-simulate.log" 2>&1 ||
+# Every dependency of every package exists in Debian 12: this machine's apt (Debian 12's
+# package lists) resolves the four packages against the root's dpkg status, installing nothing.
+# What it would install besides them is what the root lacks, each as "name version arch".
+apt-get install -s -q -o APT::Install-Recommends=false \
+  -o Dir::State::status="$cache/var/lib/dpkg/status" "$work"/debs/*.deb >"$work/apt-simulate.log" 2>&1 ||
   die "the packages' dependencies cannot be resolved in Debian 12 (see apt-simulate.log)"
+! grep -q '^Remv ' "$work/apt-simulate.log" || die "installing the packages would remove packages of the root"
+sed -n 's/^Inst \([^ ]*\) \(\[[^]]*\] \)\{0,1\}(\([^ ]*\) .*\[\([^]]*\)\])$/\1 \3 \4/p' \
+  "$work/apt-simulate.log" | grep -Ev '^upparat(-plugin-rauc|-plugin-swupdate|-dev)? ' >"$work/root-lacks" || true
+
+# ---- the Debian packages the root lacks: downloaded once, then from the cache ------------------
+# Kept in a folder beside the root's cache, under their archive names (name_version_arch.deb),
+# so that a later run with the same package lists needs no network. A failed download skips
+# the part of the test that needs them, after upparat itself has passed.
+debs="$cache.deb-debs"
+deps=()
+fetch=()
+while read -r name version arch; do
+  deps+=("${name}_${version//:/%3a}_${arch}.deb")
+  [ -f "$debs/${deps[-1]}" ] || fetch+=("$name=$version")
+done <"$work/root-lacks"
+deps_unavailable=""
+if [ ${#fetch[@]} -gt 0 ]; then
+  say "downloading ${#fetch[@]} Debian packages the root lacks (once, into $debs)"
+  mkdir -p "$debs" "$work/download"
+  # apt renames a file into place once it is complete: keep what came, also after a failure.
+  if ! (cd "$work/download" && apt-get download -q "${fetch[@]}") >"$work/download.log" 2>&1; then
+    tail -n 3 "$work/download.log" >&2
+    deps_unavailable="apt-get download of ${#fetch[@]} Debian packages the root lacks (${fetch[*]}) failed"
+  fi
+  find "$work/download" -maxdepth 1 -name '*.deb' -exec mv -t "$debs/" {} +
+fi
 
 # ---- install into a fresh root -----------------------------------------------------------------
 mkdir -p "$root" "$work/upper" "$work/ovl"
@@ -121,9 +158,17 @@ for m in proc dev; do
   mount --make-rslave "$root/$m"
   mounts+=("$root/$m")
 done
-cp "$(deb upparat)" "$root/tmp/"
+cp "$work"/debs/*.deb "$root/tmp/"
+# The Debian packages the root lacks first, then upparat, then the packages that depend on it.
+if [ -z "$deps_unavailable" ] && [ ${#deps[@]} -gt 0 ]; then
+  say "installing ${#deps[@]} Debian packages the root lacks"
+  mkdir -p "$root/tmp/deps"
+  for d in "${deps[@]}"; do cp "$debs/$d" "$root/tmp/deps/"; done
+  chroot "$root" dpkg -i "${deps[@]/#//tmp/deps/}" >"$work/dpkg.log" 2>&1 ||
+    die "dpkg -i of the Debian packages the root lacks failed (see dpkg.log)"
+fi
 say "installing $(basename "$(deb upparat)") into a fresh Debian 12 root"
-chroot "$root" dpkg -i "/tmp/$(basename "$(deb upparat)")" >"$work/dpkg.log" 2>&1 ||
+chroot "$root" dpkg -i "/tmp/$(basename "$(deb upparat)")" >>"$work/dpkg.log" 2>&1 ||
   die "dpkg -i upparat failed in the fresh root"
 chroot "$root" id upparat >/dev/null || die "the postinst did not create the user upparat"
 # The example configuration names the device's certificates and hooks, which an integrator
@@ -181,8 +226,86 @@ cmp -s "$work/firmware.bin" "$root/var/lib/upparat/device/installed.bin" ||
 kill -TERM "$daemon_pid"
 wait "$daemon_pid" || die "the installed daemon did not exit cleanly on SIGTERM"
 
+[ -z "$deps_unavailable" ] || skip "$deps_unavailable (upparat itself passed: installed, checked and ran job $job)"
+
+# ---- the plugins and the SDK -------------------------------------------------------------------
+say "installing the plugins and the SDK"
+chroot "$root" dpkg -i "/tmp/$(basename "$(deb upparat-plugin-rauc)")" \
+  "/tmp/$(basename "$(deb upparat-plugin-swupdate)")" "/tmp/$(basename "$(deb upparat-dev)")" \
+  >>"$work/dpkg.log" 2>&1 || die "dpkg -i of the plugins and the SDK failed"
+# dpkg ended with every package of the root configured, and nothing half-installed.
+chroot "$root" dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' >"$work/status.log"
+! grep -v '^ii ' "$work/status.log" || die "packages not configured in the root (above)"
+chroot "$root" dpkg --audit >"$work/audit.log" 2>&1 && [ ! -s "$work/audit.log" ] ||
+  die "dpkg --audit: $(cat "$work/audit.log")"
+
+plugins=/usr/lib/upparat/plugins
+plugin_loads() { # <path in the root> <name>: the installed upparat-plugin-check loads it
+  chroot "$root" /usr/bin/upparat-plugin-check "$1" >"$work/plugin-check.log" 2>&1 ||
+    die "upparat-plugin-check cannot load $1 in the root: $(cat "$work/plugin-check.log")"
+  grep -Eq "^name: +$2\$" "$work/plugin-check.log" || die "$1 is not the plugin $2: $(cat "$work/plugin-check.log")"
+}
+plugin_loads $plugins/upparat-rauc.so rauc
+plugin_loads $plugins/upparat-swupdate.so swupdate
+# Where they take effect, each from its package; the drop-in's socket group exists (swupdate,
+# a dependency, creates it).
+rule=/usr/share/polkit-1/rules.d/50-upparat-reboot.rules
+dropin=/usr/lib/systemd/system/upparat.service.d/swupdate.conf
+[ "$(chroot "$root" dpkg-query -S $rule)" = "upparat-plugin-rauc: $rule" ] || die "$rule is not from upparat-plugin-rauc"
+[ "$(stat -c '%U %a' "$root$rule")" = "root 644" ] || die "$rule is not root's with mode 0644"
+[ "$(chroot "$root" dpkg-query -S $dropin)" = "upparat-plugin-swupdate: $dropin" ] || die "$dropin is not from upparat-plugin-swupdate"
+group="$(sed -n 's/^SupplementaryGroups=//p' "$root$dropin")"
+[ -n "$group" ] && chroot "$root" getent group "$group" >/dev/null ||
+  die "the group '$group' of the SWUpdate drop-in does not exist in the root"
+chroot "$root" /usr/bin/upparat-jobs-emulator --help >"$work/emulator-help.log" 2>&1 ||
+  die "the installed upparat-jobs-emulator does not run in the root"
+
+# A vendor's plugins against the installed SDK: both templates, copied out of the root and
+# built with this machine's compiler against the root's /usr (the CMake package and the
+# pkg-config file are relocatable), then loaded by upparat-plugin-check in the root.
+vendor="$work/vendor"
+mkdir -p "$vendor"
+cp -a "$root/usr/share/upparat/sdk-template" "$vendor/cmake"
+cp -a "$root/usr/share/upparat/sdk-template-c" "$vendor/c"
+say "building the SDK templates against the root's upparat-dev"
+cmake -S "$vendor/cmake" -B "$vendor/cmake/build" -DCMAKE_PREFIX_PATH="$root/usr" \
+  -DEXAMPLE_BUILD_TESTS=OFF >"$work/vendor.log" 2>&1 || die "the template does not configure against the root's SDK"
+grep -qx "UpparatPluginSdk_DIR:PATH=$root/usr/lib/cmake/UpparatPluginSdk" "$vendor/cmake/build/CMakeCache.txt" ||
+  die "the template found the SDK elsewhere than in the root: $(grep UpparatPluginSdk_DIR "$vendor/cmake/build/CMakeCache.txt")"
+cmake --build "$vendor/cmake/build" >>"$work/vendor.log" 2>&1 || die "the template does not build against the root's SDK"
+# pkg-config sees only the root's .pc file.
+PKG_CONFIG_LIBDIR="$root/usr/lib/pkgconfig" PKG_CONFIG_PATH="" make -C "$vendor/c" >>"$work/vendor.log" 2>&1 ||
+  die "the C template does not build against the root's SDK"
+# In a folder only root may write (the loader refuses plugins in /tmp).
+install -d -m 0755 "$root/root/vendor-plugins"
+cp "$vendor/cmake/build/upparat-example.so" "$vendor/c/upparat-example-c.so" "$root/root/vendor-plugins/"
+plugin_loads /root/vendor-plugins/upparat-example.so example
+plugin_loads /root/vendor-plugins/upparat-example-c.so example-c
+rm -r "$root/root/vendor-plugins"
+
 # ---- purge -------------------------------------------------------------------------------------
-chroot "$root" dpkg --purge upparat >>"$work/dpkg.log" 2>&1 || die "dpkg --purge upparat failed"
+# What the integrator added to /etc/upparat goes first (dpkg keeps a folder with files of
+# nobody's); then nothing a package listed may remain but folders other packages own too, and
+# the daemon's state is gone. The user upparat stays, as Debian leaves system users.
+ours=(upparat-dev upparat-plugin-rauc upparat-plugin-swupdate upparat)
+chroot "$root" dpkg -L "${ours[@]}" | grep -vx -e '' -e '/\.' | sort -u >"$work/listed"
+rm -rf "$root/etc/upparat/hooks" "$root/etc/upparat/local.toml" "$root/etc/upparat/private.pem.key" \
+  "$root/etc/upparat/device.pem.crt" "$root/etc/upparat/AmazonRootCA1.pem"
+chroot "$root" dpkg --purge "${ours[@]}" >>"$work/dpkg.log" 2>&1 || die "dpkg --purge of the packages failed"
+for p in "${ours[@]}"; do
+  state="$(chroot "$root" dpkg-query -W -f '${db:Status-Abbrev}' "$p" 2>/dev/null || true)"
+  case "$state" in "" | pn*) ;; *) die "$p is '$state' after the purge, not gone" ;; esac
+done
+left=()
+while read -r path; do
+  [ -e "$root$path" ] || [ -L "$root$path" ] || continue
+  [ -d "$root$path" ] && [ ! -L "$root$path" ] || die "a purge left $path"
+  left+=("$path")
+done <"$work/listed"
+if [ ${#left[@]} -gt 0 ] && ! chroot "$root" dpkg-query -S "${left[@]}" >"$work/left.log" 2>&1; then
+  die "a purge left folders no other package owns: $(grep -o 'matching pattern .*' "$work/left.log" | tr '\n' ' ')"
+fi
 [ ! -e "$root/var/lib/upparat" ] || die "a purge left /var/lib/upparat"
-[ ! -e "$root/usr/sbin/upparat" ] || die "a purge left /usr/sbin/upparat"
-say "PASSED: 4 packages built; upparat installed into a fresh root, ran job $job to SUCCEEDED as the user upparat, and was purged"
+chroot "$root" dpkg --audit >"$work/audit.log" 2>&1 && [ ! -s "$work/audit.log" ] ||
+  die "dpkg --audit after the purge: $(cat "$work/audit.log")"
+say "PASSED: 4 packages built and installed with ${#deps[@]} Debian packages into a fresh root; job $job SUCCEEDED with the installed daemon as the user upparat; the plugins and both SDK templates built against upparat-dev load there; the purge left none of their files"
