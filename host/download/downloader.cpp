@@ -21,10 +21,10 @@
 #include <utility>
 #include <vector>
 
+#include "common/file_system.hpp"
 #include "common/safe_fs.hpp"
 #include "common/text.hpp"
 #include "common/url.hpp"
-#include "download/file_system.hpp"
 #include "download/stream.hpp"
 
 namespace upparat::download {
