@@ -228,8 +228,11 @@ std::string to_checked_json(const JobState& state) {
 }
 
 Result<std::optional<JobState>> job_state_from_checked_json(const std::string& text) {
-  if (text.empty()) {
-    return std::optional<JobState>{};  // renamed into place, its data never written
+  if (text.empty() || text.front() == '\0') {
+    // Renamed into place, its data never written: nothing, or zeros where the file's size
+    // reached the disk and its data did not (XFS, ext4 with data=writeback). No JSON text
+    // starts with a NUL byte.
+    return std::optional<JobState>{};
   }
   if (text.compare(0, kCheckStart.size(), kCheckStart) != 0) {
     // An older daemon's file (always fsynced before it was renamed into place).

@@ -157,8 +157,9 @@ class FileStateStore final : public StateStore {
 
 /// state.json's text of a JobState: to_json() with its check member first.
 [[nodiscard]] std::string to_checked_json(const JobState& state);
-/// The state in a state.json text: nullopt when the text carries a check member it fails, or
-/// is empty (a state torn by a power cut); an Error when it is otherwise malformed.
+/// The state in a state.json text: nullopt when the text carries a check member it fails, is
+/// empty, or starts with a NUL byte (a state torn by a power cut); an Error when it is
+/// otherwise malformed.
 [[nodiscard]] Result<std::optional<JobState>> job_state_from_checked_json(const std::string& text);
 
 /// For tests and dry runs: keeps the state in memory, counts saves.
