@@ -16,9 +16,13 @@
 #include "download/signing.hpp"
 #include "download/types.hpp"
 
+namespace upparat {
+class FileSystem;  // common/file_system.hpp: the seam for disk writes (tests inject ENOSPC)
+}  // namespace upparat
+
 namespace upparat::download {
 
-class FileSystem;  // download/file_system.hpp: the seam for disk writes (tests inject ENOSPC)
+using upparat::FileSystem;
 class StreamSink;  // download/stream.hpp: where a streamed download's bytes go
 
 /// How downloads are made. The defaults suit a device in the field.

@@ -15,6 +15,7 @@
 #include <rapidjson/writer.h>
 #include <spdlog/spdlog.h>
 
+#include "common/file_system.hpp"
 #include "common/safe_fs.hpp"
 
 namespace upparat::state {
@@ -227,8 +228,11 @@ std::string to_checked_json(const JobState& state) {
 }
 
 Result<std::optional<JobState>> job_state_from_checked_json(const std::string& text) {
-  if (text.empty()) {
-    return std::optional<JobState>{};  // renamed into place, its data never written
+  if (text.empty() || text.front() == '\0') {
+    // Renamed into place, its data never written: nothing, or zeros where the file's size
+    // reached the disk and its data did not (XFS, ext4 with data=writeback). No JSON text
+    // starts with a NUL byte.
+    return std::optional<JobState>{};
   }
   if (text.compare(0, kCheckStart.size(), kCheckStart) != 0) {
     // An older daemon's file (always fsynced before it was renamed into place).
@@ -331,8 +335,8 @@ Result<JobState> job_state_from_json(const std::string& text) {
   return s;
 }
 
-FileStateStore::FileStateStore(std::filesystem::path directory)
-    : directory_(std::move(directory)) {}
+FileStateStore::FileStateStore(std::filesystem::path directory, std::shared_ptr<FileSystem> fs)
+    : directory_(std::move(directory)), fs_(fs ? std::move(fs) : std::make_shared<FileSystem>()) {}
 
 std::filesystem::path FileStateStore::path() const {
   return directory_ / "state.json";
@@ -434,39 +438,41 @@ Status FileStateStore::write_file(const std::string& name, const std::string& da
   if (!dir) {
     return fail(dir.error());
   }
-  auto fd = open_file_in(dir->get(), temp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  if (!fd) {
-    return fail(fd.error());
+  auto opened = fs_->open(dir->get(), temp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (!opened) {
+    return fail(opened.error());
   }
+  const int fd = *opened;
+  // Closes the temp file and removes it after a failure.
+  auto abandon = [&](const std::string& what, const Error& error) -> Status {
+    fs_->close(fd);
+    (void)fs_->remove(dir->get(), temp);
+    return fail(error.context(what + " " + temp.string()));
+  };
   // A temp file left by an older daemon may have another mode.
-  if (::fchmod(fd->get(), 0600) != 0) {
-    const std::string err = errno_text();
-    (void)remove_in(dir->get(), temp);
-    return fail("cannot chmod " + temp.string() + ": " + err);
+  if (auto chmod = fs_->chmod(fd, 0600); !chmod) {
+    return abandon("cannot chmod", chmod.error());
   }
-  if (auto written = write_all(fd->get(), data.data(), data.size()); !written) {
-    (void)remove_in(dir->get(), temp);
-    return fail(written.error().context("cannot write " + temp.string()));
+  if (auto written = fs_->write_all(fd, data.data(), data.size()); !written) {
+    return abandon("cannot write", written.error());
   }
   const bool synced = durability == Durability::Synced;
   if (synced) {
     ++fsyncs_;
-    if (::fsync(fd->get()) != 0) {
-      const std::string err = errno_text();
-      (void)remove_in(dir->get(), temp);
-      return fail("cannot fsync " + temp.string() + ": " + err);
+    if (auto flushed = fs_->sync(fd); !flushed) {
+      return abandon("cannot fsync", flushed.error());
     }
   }
-  fd->reset();
-  if (auto renamed = rename_in(dir->get(), temp, target); !renamed) {
-    (void)remove_in(dir->get(), temp);
+  fs_->close(fd);
+  if (auto renamed = fs_->rename(dir->get(), temp, target); !renamed) {
+    (void)fs_->remove(dir->get(), temp);
     return fail(renamed.error());
   }
   // The folder's fsync also makes the renames of earlier Deferred saves durable.
   if (synced) {
     ++fsyncs_;
-    if (::fsync(dir->get()) != 0) {
-      return fail("cannot fsync " + directory_.string() + ": " + errno_text());
+    if (auto flushed = fs_->sync_directory(dir->get(), directory_); !flushed) {
+      return fail(flushed.error().context("cannot fsync the state folder"));
     }
   }
   return {};
@@ -481,11 +487,15 @@ void FileStateStore::remove_leftover(const std::string& name) {
   if (!dir || !dir->valid()) {
     return;  // the load that follows reports the folder
   }
-  if (::unlinkat(dir->get(), name.c_str(), 0) == 0) {
+  struct stat st {};
+  if (::fstatat(dir->get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    return;  // none (or unreadable: the load that follows reports it)
+  }
+  if (auto removed = fs_->remove(dir->get(), directory_ / name); !removed) {
+    spdlog::warn("{}", removed.error().message());
+  } else {
     spdlog::info("removed {}: a save a stopped daemon did not finish",
                  (directory_ / name).string());
-  } else if (errno != ENOENT) {
-    spdlog::warn("cannot remove {}: {}", (directory_ / name).string(), errno_text());
   }
 }
 
@@ -497,11 +507,11 @@ Status FileStateStore::remove_file(const std::string& name) {
   if (!dir->valid()) {
     return {};
   }
-  if (auto removed = remove_in(dir->get(), directory_ / name); !removed) {
+  if (auto removed = fs_->remove(dir->get(), directory_ / name); !removed) {
     return removed;
   }
   ++fsyncs_;
-  (void)::fsync(dir->get());
+  (void)fs_->sync_directory(dir->get(), directory_);
   return {};
 }
 

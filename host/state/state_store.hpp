@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -14,6 +15,10 @@
 
 #include "common/error.hpp"
 #include "download/types.hpp"
+
+namespace upparat {
+class FileSystem;  // common/file_system.hpp
+}  // namespace upparat
 
 namespace upparat::state {
 
@@ -120,10 +125,12 @@ class StateStore {
 /// is read as before. Every access opens the folder
 /// with open_owned_directory() (owned by root or the daemon's user from / down) and its files
 /// with openat(O_NOFOLLOW): a symbolic link at a state file or its temp file is refused, never
-/// followed.
+/// followed. Every write, fsync, rename and removal goes through `fs` (plain POSIX when null;
+/// tests cut the power between any two of them), reads go to the files directly.
 class FileStateStore final : public StateStore {
  public:
-  explicit FileStateStore(std::filesystem::path directory);
+  explicit FileStateStore(std::filesystem::path directory,
+                          std::shared_ptr<FileSystem> fs = nullptr);
   using StateStore::save;
   [[nodiscard]] Result<std::optional<JobState>> load() override;
   [[nodiscard]] Status save(const JobState& state, Durability durability) override;
@@ -144,13 +151,15 @@ class FileStateStore final : public StateStore {
   /// finish (no fsync: the file only takes space).
   void remove_leftover(const std::string& name);
   std::filesystem::path directory_;
+  std::shared_ptr<FileSystem> fs_;
   int fsyncs_ = 0;
 };
 
 /// state.json's text of a JobState: to_json() with its check member first.
 [[nodiscard]] std::string to_checked_json(const JobState& state);
-/// The state in a state.json text: nullopt when the text carries a check member it fails, or
-/// is empty (a state torn by a power cut); an Error when it is otherwise malformed.
+/// The state in a state.json text: nullopt when the text carries a check member it fails, is
+/// empty, or starts with a NUL byte (a state torn by a power cut); an Error when it is
+/// otherwise malformed.
 [[nodiscard]] Result<std::optional<JobState>> job_state_from_checked_json(const std::string& text);
 
 /// For tests and dry runs: keeps the state in memory, counts saves.

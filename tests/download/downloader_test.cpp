@@ -23,7 +23,7 @@
 #include <thread>
 #include <vector>
 
-#include "download/file_system.hpp"
+#include "common/file_system.hpp"
 #include "download_test_util.hpp"
 #include "emulator/s3/s3_server.hpp"
 #include "support/binaries.hpp"

@@ -1,4 +1,4 @@
-#include "download/file_system.hpp"
+#include "common/file_system.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 
 #include "common/safe_fs.hpp"
 
-namespace upparat::download {
+namespace upparat {
 namespace {
 
 std::string errno_text() {
@@ -54,6 +54,13 @@ Status FileSystem::truncate(int fd, std::uint64_t length) {
   return {};
 }
 
+Status FileSystem::chmod(int fd, mode_t mode) {
+  if (::fchmod(fd, mode) != 0) {
+    return fail("chmod: " + errno_text());
+  }
+  return {};
+}
+
 Result<std::uint64_t> FileSystem::size(int fd) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -65,6 +72,10 @@ Result<std::uint64_t> FileSystem::size(int fd) {
 Status FileSystem::rename(int directory, const std::filesystem::path& from,
                           const std::filesystem::path& to) {
   return rename_in(directory, from, to);
+}
+
+Status FileSystem::remove(int directory, const std::filesystem::path& path) {
+  return remove_in(directory, path);
 }
 
 Status FileSystem::sync_directory(int directory, const std::filesystem::path& path) {
@@ -82,4 +93,4 @@ Result<std::uint64_t> FileSystem::available_bytes(const std::filesystem::path& d
   return static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
 }
 
-}  // namespace upparat::download
+}  // namespace upparat

@@ -8,11 +8,13 @@
 
 #include "common/error.hpp"
 
-namespace upparat::download {
+namespace upparat {
 
-/// The disk operations of the downloader, behind a narrow seam so unit tests can make any of
-/// them fail (ENOSPC after N bytes, a failing fsync) without a full disk. The default
-/// implementation is plain POSIX; each error message carries strerror(errno).
+/// The disk writes of the downloader and the state store, behind a narrow seam so unit tests
+/// can make any of them fail (ENOSPC after N bytes, a failing fsync) without a full disk, or
+/// cut the power between any two of them (tests/support/power_loss_file_system.hpp). Reads
+/// stay direct. The default implementation is plain POSIX; each error message carries
+/// strerror(errno).
 class FileSystem {
  public:
   virtual ~FileSystem() = default;
@@ -27,10 +29,15 @@ class FileSystem {
   virtual Status write_all(int fd, const char* data, std::size_t size);
   virtual Status sync(int fd);
   virtual Status truncate(int fd, std::uint64_t length);
+  /// fchmod (open() applies the umask and keeps the mode of an existing file).
+  virtual Status chmod(int fd, mode_t mode);
   virtual Result<std::uint64_t> size(int fd);
   /// Renames `from` to `to`, both in the folder `directory` (renameat).
   virtual Status rename(int directory, const std::filesystem::path& from,
                         const std::filesystem::path& to);
+  /// Removes `path.filename()` from the folder `directory` (unlinkat); a missing file is no
+  /// error.
+  virtual Status remove(int directory, const std::filesystem::path& path);
   /// fsyncs the folder `directory` (shown as `path`) so a rename or a new file in it survives
   /// a power cut.
   virtual Status sync_directory(int directory, const std::filesystem::path& path);
@@ -38,4 +45,4 @@ class FileSystem {
   virtual Result<std::uint64_t> available_bytes(const std::filesystem::path& directory);
 };
 
-}  // namespace upparat::download
+}  // namespace upparat
