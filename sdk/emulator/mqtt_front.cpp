@@ -19,7 +19,6 @@ namespace upparat::emulator {
 namespace {
 constexpr const char* kFilter = "$aws/things/+/jobs/#";
 constexpr int kMaxQueuedMessages = 100000;
-const ::mqtt::subscribe_options kNoLocal(::mqtt::subscribe_options::SUBSCRIBE_NO_LOCAL);
 using SteadyClock = std::chrono::steady_clock;
 }  // namespace
 
@@ -64,7 +63,7 @@ struct MqttFront::Impl : public virtual ::mqtt::callback {
     // the broker's delayed ACK (about 40 ms), as AWS's service does not.
     upparat::mqtt::set_nodelay_to_peer_port(broker_port);
     try {
-      client->subscribe(kFilter, 1, kNoLocal);
+      client->subscribe(kFilter, 1);
     } catch (const std::exception& e) {
       spdlog::error("jobs emulator: subscribe {}: {}", kFilter, e.what());
     }
@@ -175,19 +174,14 @@ Result<std::unique_ptr<MqttFront>> MqttFront::start(const std::string& broker_ur
     std::string client_id = "upparat-jobs-emulator-" + std::to_string(::getpid());
     // A job for many things publishes two notifies per thing at once: Paho's default of 100
     // queued messages would drop the rest ("No more messages can be buffered").
-    // MQTT 5, so the subscription can ask for No Local: the broker would otherwise send every
-    // answer and notification back to the emulator, doubling what it must read in the order
-    // it arrives, requests of all things behind them. It also lifts the broker's window of
-    // unacknowledged messages to the emulator (20 in mosquitto for an MQTT 3.1.1 client).
-    impl->client = std::make_unique<::mqtt::async_client>(
-        broker_uri, client_id, ::mqtt::create_options(MQTTVERSION_5, kMaxQueuedMessages));
+    impl->client =
+        std::make_unique<::mqtt::async_client>(broker_uri, client_id, kMaxQueuedMessages);
     const auto colon = broker_uri.rfind(':');
     impl->broker_port = static_cast<std::uint16_t>(
         colon == std::string::npos ? 0 : std::atoi(broker_uri.c_str() + colon + 1));
     impl->client->set_callback(*impl);
     auto options = ::mqtt::connect_options_builder()
-                       .mqtt_version(MQTTVERSION_5)
-                       .clean_start(true)
+                       .clean_session(true)
                        .keep_alive_interval(std::chrono::seconds(30))
                        .automatic_reconnect(std::chrono::milliseconds(200), std::chrono::seconds(5))
                        .connect_timeout(std::chrono::seconds(10))
@@ -196,7 +190,7 @@ Result<std::unique_ptr<MqttFront>> MqttFront::start(const std::string& broker_ur
       return fail("MQTT broker " + broker_uri + ": no connection within 10 s");
     }
     upparat::mqtt::set_nodelay_to_peer_port(impl->broker_port);
-    if (!impl->client->subscribe(kFilter, 1, kNoLocal)->wait_for(std::chrono::seconds(10))) {
+    if (!impl->client->subscribe(kFilter, 1)->wait_for(std::chrono::seconds(10))) {
       return fail("MQTT broker " + broker_uri + ": no SUBACK for " + kFilter);
     }
   } catch (const std::exception& e) {

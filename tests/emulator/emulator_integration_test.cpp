@@ -364,36 +364,6 @@ TEST(EmulatorProcessTest, AnswersWithoutWaitingForTheBrokersDelayedAck) {
   EXPECT_LT(round_trips[round_trips.size() / 2], 20.0);
 }
 
-// The emulator subscribes with MQTT 5's No Local: the broker does not send its own answers
-// and notifications back to it, where they would queue before the requests of every thing.
-TEST(EmulatorProcessTest, OwnAnswersAreNotSentBackToTheEmulator) {
-  UPPARAT_SKIP_UNLESS_EXECUTABLE(kMosquittoPath);
-  if (!is_executable(emulator_binary())) {
-    UPPARAT_SKIP() << emulator_binary() << " is not built";
-  }
-  auto broker = must(Mosquitto::start(MosquittoOptions{}));
-  EmulatorOptions options;
-  options.broker_uri = broker.uri();
-  options.extra_args = {"--verbose"};  // logs "<- topic" for each message it reads
-  auto emulator = must(EmulatorFixture::start(options));
-  MqttClientOptions client_options;
-  client_options.uri = broker.uri();
-  client_options.client_id = "dev1";
-  auto device = must(MqttTestClient::connect(client_options));
-  must(device.subscribe(T + "/#", 1));
-  must(emulator.create_job("job1", kDoc, {"dev1"}));
-  must(device.wait_for_message(T + "/notify", 10s));
-  must(device.publish(T + "/get", "{}", 1));
-  must(device.wait_for_message(T + "/get/accepted", 10s));
-  // A request after them: once it was read, anything sent back before it was read too.
-  must(device.publish(T + "/job1/get", "{}", 1));
-  must(device.wait_for_message(T + "/job1/get/accepted", 10s));
-  const std::string log = emulator.process().log_text();
-  EXPECT_NE(log.find("<- " + T + "/job1/get {}"), std::string::npos) << log;
-  EXPECT_EQ(log.find("<- " + T + "/get/accepted"), std::string::npos) << log;
-  EXPECT_EQ(log.find("<- " + T + "/notify"), std::string::npos) << log;
-}
-
 // A job created for many things at once notifies each of them (notify and notify-next): the
 // emulator queues the burst instead of dropping what does not fit Paho's default queue of 100.
 TEST_F(EmulatorIntegrationTest, JobForManyThingsNotifiesEveryOne) {
