@@ -34,9 +34,8 @@ set(upparat_deb_version "${PROJECT_VERSION}-${CPACK_DEBIAN_PACKAGE_RELEASE}")
 set(CPACK_DEBIAN_DAEMON_PACKAGE_NAME upparat)
 set(CPACK_DEBIAN_DAEMON_DESCRIPTION
     "Over-the-air update agent for AWS IoT Jobs\n The daemon fetches AWS IoT Jobs over MQTT, downloads the file and runs the update\n through plugins (the classic hook scripts with the script plugin), reporting every\n step as the job's status.")
-# systemd-sysusers creates the user in postinst. libcurl is loaded with dlopen() while a job
-# downloads (docs/daemon.md, "Memory"), so dpkg-shlibdeps cannot see it: named here.
-set(CPACK_DEBIAN_DAEMON_PACKAGE_DEPENDS "systemd, libcurl4 (>= 7.88)")
+# systemd-sysusers creates the user in postinst.
+set(CPACK_DEBIAN_DAEMON_PACKAGE_DEPENDS "systemd")
 configure_file(${PROJECT_SOURCE_DIR}/config/debian/postinst ${PROJECT_BINARY_DIR}/debian/postinst
                COPYONLY)
 configure_file(${PROJECT_SOURCE_DIR}/config/debian/postrm ${PROJECT_BINARY_DIR}/debian/postrm

@@ -464,11 +464,6 @@ struct Daemon::Impl {
       std::lock_guard guard(worker_mutex);
       work[a.work].stream = stream;
     }
-    if (a.step == plugin::Step::Version || a.stream) {
-      // A job begins (or a streamed install): libcurl loads beside the step, so the
-      // download after it need not wait (it is unloaded again when the job is over).
-      downloader->prepare();
-    }
     spdlog::info("job {}: {} step{}", a.job.job_id, to_string(a.step),
                  a.job.retry_count > 0 ? " (retry " + std::to_string(a.job.retry_count) + ")"
                                        : std::string());
@@ -541,9 +536,6 @@ struct Daemon::Impl {
     if (auto ok = downloader->remove(a.job_id); !ok) {
       spdlog::warn("removing the download of {}: {}", a.job_id, ok.error().message());
     }
-    // The job is over: libcurl and its libraries leave the process once no transfer runs.
-    downloader->release();
-    malloc_trim(0);
   }
 
   void do_action(const state::SystemdStatus& a) {

@@ -14,8 +14,6 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
-#include <future>
-#include <memory>
 #include <mutex>
 #include <random>
 #include <string_view>
@@ -27,7 +25,6 @@
 #include "common/safe_fs.hpp"
 #include "common/text.hpp"
 #include "common/url.hpp"
-#include "download/curl_library.hpp"
 #include "download/stream.hpp"
 
 namespace upparat::download {
@@ -189,6 +186,11 @@ class Sha256 {
   EVP_MD_CTX* ctx_;
 };
 
+void global_init() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
 // How one HTTP attempt ended.
 enum class End {
   Done,           // the whole body is on disk (to be verified)
@@ -200,26 +202,19 @@ enum class End {
   Fatal,  // give up
 };
 
-// One transfer's handles, and the library they come from (kept loaded while they live).
 struct CurlMulti {
-  explicit CurlMulti(std::shared_ptr<const CurlLibrary> library)
-      : lib(std::move(library)), multi(lib->multi_init()), easy(lib->easy_init()) {}
-  CurlMulti(const CurlMulti&) = delete;
-  CurlMulti& operator=(const CurlMulti&) = delete;
+  CURLM* multi = curl_multi_init();
+  CURL* easy = curl_easy_init();
+  curl_slist* headers = nullptr;
   ~CurlMulti() {
-    lib->slist_free_all(headers);
+    curl_slist_free_all(headers);
     if (easy != nullptr) {
-      lib->easy_cleanup(easy);
+      curl_easy_cleanup(easy);
     }
     if (multi != nullptr) {
-      lib->multi_cleanup(multi);
+      curl_multi_cleanup(multi);
     }
   }
-
-  std::shared_ptr<const CurlLibrary> lib;
-  CURLM* multi;
-  CURL* easy;
-  curl_slist* headers = nullptr;
 };
 
 }  // namespace
@@ -257,47 +252,6 @@ struct Downloader::Impl {
     Sha256 hash;
   };
   std::optional<HashCache> cache;
-
-  // libcurl (CurlLibrary): loading in the background after prepare(), then held until
-  // release(); a transfer holds it too while it runs.
-  std::mutex library_mutex;
-  std::shared_future<Result<std::shared_ptr<const CurlLibrary>>> library;
-
-  void prepare() {
-    std::lock_guard lock(library_mutex);
-    if (!library.valid()) {
-      library = std::async(std::launch::async, &CurlLibrary::load).share();
-    }
-  }
-
-  Result<std::shared_ptr<const CurlLibrary>> acquire() {
-    prepare();
-    std::shared_future<Result<std::shared_ptr<const CurlLibrary>>> loading;
-    {
-      std::lock_guard lock(library_mutex);
-      loading = library;
-    }
-    auto loaded = loading.get();
-    if (!loaded) {
-      std::lock_guard lock(library_mutex);
-      library = {};  // the next transfer tries again
-    }
-    return loaded;
-  }
-
-  void release() {
-    std::shared_future<Result<std::shared_ptr<const CurlLibrary>>> held;
-    {
-      std::lock_guard lock(library_mutex);
-      held = std::move(library);
-      library = {};
-    }
-    if (held.valid()) {
-      held.wait();  // a load under way ends before its result is dropped
-    }
-  }
-
-  ~Impl() { release(); }
 };
 
 namespace {
@@ -305,9 +259,8 @@ namespace {
 // One call of Downloader::run(): the partial file, the hash and the HTTP attempts.
 class Run {
  public:
-  Run(Downloader::Impl& impl, std::shared_ptr<const CurlLibrary> library, const Downloader& owner,
-      const Request& request, ResumeState& resume, const StopSignal& stop,
-      std::function<void(const Progress&)> on_progress,
+  Run(Downloader::Impl& impl, const Downloader& owner, const Request& request, ResumeState& resume,
+      const StopSignal& stop, std::function<void(const Progress&)> on_progress,
       std::function<void(const ResumeState&)> on_resume_state, StreamSink* sink = nullptr)
       : impl_(impl),
         settings_(impl.settings),
@@ -321,8 +274,7 @@ class Run {
         final_(owner.final_path(request.job_id)),
         shown_url_(redact_url(request.url)),
         sink_(sink),
-        boot_id_(impl.settings.boot_id),
-        curl_(std::move(library)) {
+        boot_id_(impl.settings.boot_id) {
     buffer_.reserve(kWriteBuffer);  // once: no reallocation while bytes flow
   }
 
@@ -828,44 +780,42 @@ Status Run::setup_curl() {
   }
   CURL* e = curl_.easy;
   const char* protocols = settings_.allow_http ? "https,http" : "https";
-  curl_.lib->easy_setopt(e, CURLOPT_URL, request_.url.c_str());
-  curl_.lib->easy_setopt(e, CURLOPT_PROTOCOLS_STR, protocols);
-  curl_.lib->easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, protocols);
-  curl_.lib->easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-  curl_.lib->easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
-  curl_.lib->easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_.lib->easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+  curl_easy_setopt(e, CURLOPT_URL, request_.url.c_str());
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, protocols);
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, protocols);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
   if (!settings_.ca_file.empty()) {
-    curl_.lib->easy_setopt(e, CURLOPT_CAINFO, settings_.ca_file.c_str());
+    curl_easy_setopt(e, CURLOPT_CAINFO, settings_.ca_file.c_str());
   }
   if (!settings_.proxy.empty()) {
-    curl_.lib->easy_setopt(e, CURLOPT_PROXY, settings_.proxy.c_str());
+    curl_easy_setopt(e, CURLOPT_PROXY, settings_.proxy.c_str());
   }
-  curl_.lib->easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-  curl_.lib->easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_.lib->easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_.lib->easy_setopt(e, CURLOPT_USERAGENT, settings_.user_agent.c_str());
-  curl_.lib->easy_setopt(
-      e, CURLOPT_CONNECTTIMEOUT_MS,
-      static_cast<long>(std::chrono::milliseconds(settings_.connect_timeout).count()));
-  curl_.lib->easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT,
-                         static_cast<long>(std::max<std::uint64_t>(settings_.low_speed_limit, 1)));
-  curl_.lib->easy_setopt(
-      e, CURLOPT_LOW_SPEED_TIME,
-      static_cast<long>(std::max<long long>(settings_.low_speed_time.count(), 1)));
+  curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, settings_.user_agent.c_str());
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   static_cast<long>(std::chrono::milliseconds(settings_.connect_timeout).count()));
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT,
+                   static_cast<long>(std::max<std::uint64_t>(settings_.low_speed_limit, 1)));
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
+                   static_cast<long>(std::max<long long>(settings_.low_speed_time.count(), 1)));
   if (settings_.max_bytes_per_second > 0) {
-    curl_.lib->easy_setopt(e, CURLOPT_MAX_RECV_SPEED_LARGE,
-                           static_cast<curl_off_t>(settings_.max_bytes_per_second));
+    curl_easy_setopt(e, CURLOPT_MAX_RECV_SPEED_LARGE,
+                     static_cast<curl_off_t>(settings_.max_bytes_per_second));
   }
-  curl_.lib->easy_setopt(e, CURLOPT_BUFFERSIZE, kCurlBuffer);
-  curl_.lib->easy_setopt(e, CURLOPT_ERRORBUFFER, curl_error_);
-  curl_.lib->easy_setopt(e, CURLOPT_HEADERFUNCTION, &Run::header_cb);
-  curl_.lib->easy_setopt(e, CURLOPT_HEADERDATA, this);
-  curl_.lib->easy_setopt(e, CURLOPT_WRITEFUNCTION, &Run::write_cb);
-  curl_.lib->easy_setopt(e, CURLOPT_WRITEDATA, this);
-  curl_.lib->easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &Run::xferinfo_cb);
-  curl_.lib->easy_setopt(e, CURLOPT_XFERINFODATA, this);
-  curl_.lib->easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, kCurlBuffer);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, curl_error_);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Run::header_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, this);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Run::write_cb);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, this);
+  curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &Run::xferinfo_cb);
+  curl_easy_setopt(e, CURLOPT_XFERINFODATA, this);
+  curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
   return {};
 }
 
@@ -1044,7 +994,7 @@ std::size_t Run::on_body(const char* data, std::size_t size) {
   } else {
     buffer_.insert(buffer_.end(), data, data + size);
   }
-  // The byte interval is kept here, however much one curl_.lib->multi_perform() call delivers.
+  // The byte interval is kept here, however much one curl_multi_perform() call delivers.
   if (file_bytes_ - synced_ >= settings_.fsync_every_bytes) {
     if (auto st = sync(); !st) {
       fatal_write_ = st.error().message();
@@ -1065,18 +1015,18 @@ End Run::attempt() {
   curl_error_[0] = '\0';
 
   CURL* e = curl_.easy;
-  curl_.lib->slist_free_all(curl_.headers);
+  curl_slist_free_all(curl_.headers);
   curl_.headers = nullptr;
   const std::string range = have() > 0 ? std::to_string(have()) + "-" : std::string();
-  curl_.lib->easy_setopt(e, CURLOPT_RANGE, range.empty() ? nullptr : range.c_str());
+  curl_easy_setopt(e, CURLOPT_RANGE, range.empty() ? nullptr : range.c_str());
   // If-Range with a strong ETag only (RFC 9110 13.1.5): the server answers 200 with the whole
   // file when the object changed, instead of the rest of a different one.
   if (!range.empty() && !etag_.empty() && etag_.rfind("W/", 0) != 0) {
-    curl_.headers = curl_.lib->slist_append(curl_.headers, ("If-Range: " + etag_).c_str());
+    curl_.headers = curl_slist_append(curl_.headers, ("If-Range: " + etag_).c_str());
   }
-  curl_.lib->easy_setopt(e, CURLOPT_HTTPHEADER, curl_.headers);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, curl_.headers);
 
-  if (curl_.lib->multi_add_handle(curl_.multi, e) != CURLM_OK) {
+  if (curl_multi_add_handle(curl_.multi, e) != CURLM_OK) {
     end_reason_ = "libcurl refused the transfer";
     return End::Fatal;
   }
@@ -1084,16 +1034,16 @@ End Run::attempt() {
   bool stopped = false;
   for (;;) {
     int running = 0;
-    const auto mc = curl_.lib->multi_perform(curl_.multi, &running);
+    const auto mc = curl_multi_perform(curl_.multi, &running);
     maybe_sync_and_report();
     if (mc != CURLM_OK) {
       rc = CURLE_FAILED_INIT;
-      std::snprintf(curl_error_, sizeof curl_error_, "%s", curl_.lib->multi_strerror(mc));
+      std::snprintf(curl_error_, sizeof curl_error_, "%s", curl_multi_strerror(mc));
       break;
     }
     if (running == 0) {
       int left = 0;
-      while (CURLMsg* msg = curl_.lib->multi_info_read(curl_.multi, &left)) {
+      while (CURLMsg* msg = curl_multi_info_read(curl_.multi, &left)) {
         if (msg->msg == CURLMSG_DONE) {
           rc = msg->data.result;
         }
@@ -1105,13 +1055,13 @@ End Run::attempt() {
       break;
     }
     curl_waitfd extra{stop_.fd(), CURL_WAIT_POLLIN, 0};
-    curl_.lib->multi_poll(curl_.multi, &extra, 1, 1000, nullptr);
+    curl_multi_poll(curl_.multi, &extra, 1, 1000, nullptr);
     if (stop_.requested()) {
       stopped = true;
       break;
     }
   }
-  curl_.lib->multi_remove_handle(curl_.multi, e);
+  curl_multi_remove_handle(curl_.multi, e);
 
   if (!fatal_write_.empty()) {
     end_reason_ = fatal_write_;
@@ -1132,7 +1082,7 @@ End Run::attempt() {
     }
     return *end_;
   }
-  const std::string curl_text = std::string(curl_.lib->easy_strerror(rc)) +
+  const std::string curl_text = std::string(curl_easy_strerror(rc)) +
                                 (curl_error_[0] != '\0' ? std::string(": ") + curl_error_ : "");
   if (rc != CURLE_OK) {
     end_reason_ = curl_text + " (" + shown_url_ + ")";
@@ -1385,6 +1335,7 @@ Downloader::Downloader(Settings settings)
 
 Downloader::Downloader(Settings settings, std::shared_ptr<FileSystem> fs)
     : impl_(std::make_unique<Impl>()) {
+  global_init();
   impl_->settings = std::move(settings);
   impl_->fs = fs ? std::move(fs) : std::make_shared<FileSystem>();
   if (impl_->settings.boot_id.empty()) {
@@ -1393,14 +1344,6 @@ Downloader::Downloader(Settings settings, std::shared_ptr<FileSystem> fs)
 }
 
 Downloader::~Downloader() = default;
-
-void Downloader::prepare() {
-  impl_->prepare();
-}
-
-void Downloader::release() {
-  impl_->release();
-}
 
 const Settings& Downloader::settings() const {
   return impl_->settings;
@@ -1418,14 +1361,8 @@ DownloadResult Downloader::stream(const Request& request, ResumeState& resume, S
                                   const StopSignal& stop,
                                   const std::function<void(const Progress&)>& on_progress) {
   try {
-    auto library = impl_->acquire();
-    if (!library) {
-      DownloadResult result;
-      result.reason = library.error().message();
-      return result;
-    }
     // A stream saves no resume state (it starts again from byte 0).
-    Run run(*impl_, std::move(*library), *this, request, resume, stop, on_progress, {}, &sink);
+    Run run(*impl_, *this, request, resume, stop, on_progress, {}, &sink);
     return run.execute();
   } catch (const std::exception& e) {
     DownloadResult result;
@@ -1438,14 +1375,7 @@ DownloadResult Downloader::run(const Request& request, ResumeState& resume, cons
                                const std::function<void(const Progress&)>& on_progress,
                                const std::function<void(const ResumeState&)>& on_resume_state) {
   try {
-    auto library = impl_->acquire();
-    if (!library) {
-      DownloadResult result;
-      result.reason = library.error().message();
-      return result;
-    }
-    Run run(*impl_, std::move(*library), *this, request, resume, stop, on_progress,
-            on_resume_state);
+    Run run(*impl_, *this, request, resume, stop, on_progress, on_resume_state);
     return run.execute();
   } catch (const std::exception& e) {
     // Only allocation failures land here.

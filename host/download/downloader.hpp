@@ -106,14 +106,6 @@ class Downloader {
                         const StopSignal& stop,
                         const std::function<void(const Progress&)>& on_progress = {});
 
-  /// libcurl is loaded (dlopen) only for transfers: see download/curl_library.hpp. prepare()
-  /// starts loading it in the background, so a run() or stream() soon after need not wait
-  /// (call it when a job begins); run() and stream() load it themselves when needed and keep
-  /// it loaded. release() lets it go (call it when the job is over): it is unloaded as soon
-  /// as no transfer runs. Both may be called from any thread.
-  void prepare();
-  void release();
-
   /// Removes every file in the download directory that does not belong to `keep_job_id`
   /// (empty = remove all). Call at start with the recorded job.
   Status clean(const std::string& keep_job_id);

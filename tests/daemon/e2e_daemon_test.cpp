@@ -9,8 +9,6 @@
 #include <sys/un.h>
 
 #include <cstring>
-#include <fstream>
-#include <string>
 
 #include "e2e_fixture.hpp"
 
@@ -128,35 +126,6 @@ TEST_F(E2eDaemonTest, NoRestartHookProvided) {
   EXPECT_TRUE(contains(view.states, "installation_start")) << join(view.states);
   EXPECT_EQ(installed_version(), "2.0.0");
   EXPECT_FALSE(contains(view.states, "reboot_start")) << join(view.states);
-}
-
-// Whether a process maps libcurl (and so the 25 libraries Debian's libcurl pulls in).
-bool maps_libcurl(pid_t pid) {
-  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
-  for (std::string line; std::getline(maps, line);) {
-    if (line.find("/libcurl.so.4") != std::string::npos) {
-      return true;
-    }
-  }
-  return false;
-}
-
-// libcurl is loaded only while a job may download (docs/daemon.md, "Memory"): the idle
-// daemon maps it neither before its first job nor after one.
-TEST_F(E2eDaemonTest, LibcurlIsLoadedOnlyWhileAJobRuns) {
-  default_hooks();
-  auto daemon = start_daemon(write_config(path("state")));
-  ASSERT_TRUE(daemon.wait_for_line("ready: subscribed", 30s)) << daemon.log_tail();
-  EXPECT_FALSE(maps_libcurl(daemon.pid()));
-  for (const std::string job : {"upparat_curl_1", "upparat_curl_2"}) {
-    const auto from = daemon.log_offset();
-    create_job(job, document("2.0.0", "2.0.0"));
-    wait_status(job, "SUCCEEDED");
-    ASSERT_TRUE(daemon.wait_for_line("unloaded libcurl.so.4", 10s, from)) << daemon.log_tail();
-    EXPECT_FALSE(maps_libcurl(daemon.pid())) << job;
-    EXPECT_NE(daemon.log_text().find("loaded libcurl.so.4 in", from), std::string::npos);
-    write_version("1.0.0");  // the next job installs again
-  }
 }
 
 TEST_F(E2eDaemonTest, MalformedDocumentIsRejectedAndTheDaemonGoesOn) {
