@@ -642,7 +642,7 @@ void Bench::idle() {
   Memory daemon = memory_of(d.process->pid());
   bare_client_ = memory_of(client.pid());
   std::printf(
-      "idle memory (KiB)          private  anonymous   PSS    RSS   threads\n"
+      "idle, after jobs (KiB)     private  anonymous   PSS    RSS   threads\n"
       "  daemon                  %7ld  %9ld %6ld %6ld   %d\n"
       "  openssl s_client (mTLS) %7ld  %9ld %6ld %6ld   %d\n",
       daemon.private_kib, daemon.anonymous, daemon.pss, daemon.rss, threads_of(d.process->pid()),
@@ -797,10 +797,12 @@ void Bench::many() {
   std::this_thread::sleep_for(2s);
   long pss = 0;
   long private_kib = 0;
+  long anonymous = 0;
   for (auto& d : devices) {
     Memory m = memory_of(d.process->pid());
     pss += m.pss;
     private_kib += m.private_kib;
+    anonymous += m.anonymous;
   }
   auto cpu_now = [&] {
     std::vector<double> cpu;
@@ -848,15 +850,17 @@ void Bench::many() {
       "%d daemons (all connected in %.1f s), one 1 MiB job each, created at once:\n"
       "  job time: median %.0f ms, p95 %.0f ms, all SUCCEEDED after %.0f ms (seen by the "
       "emulator's poll: %.0f ms); one daemon alone: %.0f ms\n"
-      "  summed idle PSS %.1f MiB (private %.1f MiB) beside %d bare OpenSSL clients' %.1f MiB\n"
+      "  summed idle PSS %.1f MiB (private %.1f MiB) beside %d bare OpenSSL clients' %.1f MiB;\n"
+      "  anonymous memory of one idle daemon before its first job: %ld KiB (mean) beside the "
+      "OpenSSL client's %ld KiB\n"
       "  CPU used until all SUCCEEDED (%.1f s on %ld cores): daemons with their hooks %.1f s, "
       "emulator %.1f s, broker %.1f s\n"
       "  where the time went (median over the daemons, ms):\n",
       n, connected_s, percentile(times, 0.5), percentile(times, 0.95),
       *std::max_element(times.begin(), times.end()), all_seen, single_job_ms_,
       static_cast<double>(pss) / 1024.0, static_cast<double>(private_kib) / 1024.0, n,
-      static_cast<double>(bare_client_.pss) * n / 1024.0, all_seen / 1000.0,
-      ::sysconf(_SC_NPROCESSORS_ONLN), cpu_daemons, cpu_emulator, cpu_broker);
+      static_cast<double>(bare_client_.pss) * n / 1024.0, anonymous / n, bare_client_.anonymous,
+      all_seen / 1000.0, ::sysconf(_SC_NPROCESSORS_ONLN), cpu_daemons, cpu_emulator, cpu_broker);
   for (const auto& [name, values] : phases) {
     std::printf("    %-58s %6.0f  (p95 %.0f, %zu daemons)\n", name.c_str() + 3,
                 percentile(values, 0.5), percentile(values, 0.95), values.size());
