@@ -137,29 +137,41 @@ struct LogLine {
   std::string text;
 };
 
+// The local time a log line starts with, in epoch ms: "YYYY-MM-DD HH:MM:SS.mmm" in `format`
+// (the daemon's lines start with it, the emulator's put it in brackets).
+std::optional<double> local_time_ms(const std::string& line, const char* format) {
+  std::tm tm{};
+  int millis = 0;
+  if (std::sscanf(line.c_str(), format, &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+                  &tm.tm_min, &tm.tm_sec, &millis) != 7) {
+    return std::nullopt;
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  tm.tm_isdst = -1;
+  return static_cast<double>(std::mktime(&tm)) * 1000.0 + millis;
+}
+
+// The clientToken of a logged request or answer, "" when it has none.
+std::string client_token(const std::string& text) {
+  const std::string key = "\"clientToken\":\"";
+  const auto at = text.find(key);
+  const auto end = at == std::string::npos ? at : text.find('"', at + key.size());
+  return end == std::string::npos ? "" : text.substr(at + key.size(), end - at - key.size());
+}
+
 std::vector<LogLine> parse_log(const fs::path& file) {
   std::vector<LogLine> lines;
   std::istringstream in(read_text(file));
   for (std::string line; std::getline(in, line);) {
-    std::tm tm{};
-    int millis = 0;
-    if (line.size() < 24 ||
-        std::sscanf(line.c_str(), "%d-%d-%d %d:%d:%d.%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                    &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &millis) != 7) {
-      continue;
+    const auto ms = line.size() < 24 ? std::nullopt : local_time_ms(line, "%d-%d-%d %d:%d:%d.%d");
+    if (ms) {
+      lines.push_back(LogLine{*ms, line.substr(24)});
     }
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    tm.tm_isdst = -1;
-    LogLine l;
-    l.ms = static_cast<double>(std::mktime(&tm)) * 1000.0 + millis;
-    l.text = line.substr(24);
-    lines.push_back(std::move(l));
   }
   return lines;
 }
 
-/// Memory of a process from /proc/PID/smaps_rollup, in KiB.
 /// CPU seconds (user + system) a process used so far, with its waited-for children (the
 /// daemon's hooks) when `children`; 0 once it is gone.
 double cpu_seconds(pid_t pid, bool children) {
@@ -193,36 +205,25 @@ EmulatorTimes parse_emulator_log(const fs::path& file) {
   std::istringstream in(read_text(file));
   const std::string things = "$aws/things/";
   for (std::string line; std::getline(in, line);) {
-    std::tm tm{};
-    int millis = 0;
-    if (std::sscanf(line.c_str(), "[%d-%d-%d %d:%d:%d.%d]", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                    &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &millis) != 7) {
-      continue;
-    }
+    const auto ms = local_time_ms(line, "[%d-%d-%d %d:%d:%d.%d]");
     const auto arrow = line.find("] <- $aws/");
-    const auto back = line.find("] -> $aws/");
-    const auto at = arrow != std::string::npos ? arrow : back;
-    const auto token_at = line.find("\"clientToken\":\"");
-    if (at == std::string::npos || token_at == std::string::npos) {
+    const auto at = arrow != std::string::npos ? arrow : line.find("] -> $aws/");
+    const std::string token = client_token(line);
+    if (!ms || at == std::string::npos || token.empty()) {
       continue;
     }
     const auto thing_at = at + 5 + things.size();
     const auto thing_end = line.find('/', thing_at);
-    const auto token_end = line.find('"', token_at + 15);
-    if (thing_end == std::string::npos || token_end == std::string::npos) {
+    if (thing_end == std::string::npos) {
       continue;
     }
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    tm.tm_isdst = -1;
-    const double ms = static_cast<double>(std::mktime(&tm)) * 1000.0 + millis;
-    auto key = std::make_pair(line.substr(thing_at, thing_end - thing_at),
-                              line.substr(token_at + 15, token_end - token_at - 15));
-    (arrow != std::string::npos ? times.in : times.out).emplace(key, ms);
+    auto key = std::make_pair(line.substr(thing_at, thing_end - thing_at), token);
+    (arrow != std::string::npos ? times.in : times.out).emplace(key, *ms);
   }
   return times;
 }
 
+/// Memory of a process from /proc/PID/smaps_rollup, in KiB.
 struct Memory {
   long rss = 0, pss = 0, private_kib = 0, anonymous = 0;
 };
@@ -756,13 +757,7 @@ void breakdown(const std::string& thing, const std::vector<LogLine>& lines,
     if (sent >= lines.size() || answered >= lines.size()) {
       continue;
     }
-    const auto& text = lines[sent].text;
-    const auto at = text.find("\"clientToken\":\"");
-    const auto end = at == std::string::npos ? at : text.find('"', at + 15);
-    if (end == std::string::npos) {
-      continue;
-    }
-    const auto key = std::make_pair(thing, text.substr(at + 15, end - at - 15));
+    const auto key = std::make_pair(thing, client_token(lines[sent].text));
     const auto in = emulator.in.find(key);
     const auto out = emulator.out.find(key);
     if (in != emulator.in.end() && out != emulator.out.end()) {
