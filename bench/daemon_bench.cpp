@@ -77,7 +77,31 @@ struct Options {
   std::uint64_t big_mib = 1024;
   /// Copy every daemon's log and the emulator's here at the end (for a look at the timeline).
   std::string keep_logs;
+  /// Run the daemons with the environment the systemd unit gives them (its `Environment=`
+  /// lines), as installed; `--bare` runs them with the benchmark's own environment only.
+  bool unit_environment = true;
 };
+
+/// The `Environment=` assignments of a systemd unit file (unquoted KEY=VALUE words, as ours
+/// writes them).
+std::vector<std::pair<std::string, std::string>> unit_environment(const fs::path& unit) {
+  std::vector<std::pair<std::string, std::string>> env;
+  std::ifstream in(unit);
+  for (std::string line; std::getline(in, line);) {
+    const std::string key = "Environment=";
+    if (line.rfind(key, 0) != 0) {
+      continue;
+    }
+    std::istringstream words(line.substr(key.size()));
+    for (std::string word; words >> word;) {
+      auto eq = word.find('=');
+      if (eq != std::string::npos && eq > 0) {
+        env.emplace_back(word.substr(0, eq), word.substr(eq + 1));
+      }
+    }
+  }
+  return env;
+}
 
 /// A failure of the daemon or of the set-up: unwinds, so every process started is stopped.
 struct Failure {
@@ -375,6 +399,17 @@ class Bench {
   void run();
 
  private:
+  /// With --keep-logs, a copy of the process's /proc/PID/smaps as <name>.smaps: which mapping
+  /// holds the memory the figures sum up.
+  void keep_smaps(pid_t pid, const std::string& name) const {
+    if (options_.keep_logs.empty()) {
+      return;
+    }
+    std::error_code ec;
+    fs::create_directories(options_.keep_logs, ec);
+    std::ofstream(fs::path(options_.keep_logs) / (name + ".smaps"))
+        << read_text("/proc/" + std::to_string(pid) + "/smaps");
+  }
   Device make_device(const std::string& thing);
   void start(Device& d);
   void wait_ready(Device& d, std::chrono::seconds timeout);
@@ -399,6 +434,8 @@ class Bench {
   std::optional<Device> main_;
   double single_job_ms_ = 0;
   Memory bare_client_;
+  /// What the daemons get besides the benchmark's environment (the unit's Environment=).
+  std::vector<std::pair<std::string, std::string>> daemon_env_;
 };
 
 Device Bench::make_device(const std::string& thing) {
@@ -432,6 +469,7 @@ void Bench::start(Device& d) {
   ++d.starts;
   ProcessOptions o;
   o.argv = {options_.daemon, "-c", d.config.string(), "-v"};
+  o.env = daemon_env_;
   o.name = d.thing;
   o.log_path = d.log();
   o.stop_grace = 15s;
@@ -642,6 +680,8 @@ void Bench::idle() {
   }
   Memory daemon = memory_of(d.process->pid());
   bare_client_ = memory_of(client.pid());
+  keep_smaps(d.process->pid(), "daemon-idle-after-jobs");
+  keep_smaps(client.pid(), "openssl-s_client-idle");
   std::printf(
       "idle, after jobs (KiB)     private  anonymous   PSS    RSS   threads\n"
       "  daemon                  %7ld  %9ld %6ld %6ld   %d\n"
@@ -793,6 +833,7 @@ void Bench::many() {
   long pss = 0;
   long private_kib = 0;
   long anonymous = 0;
+  keep_smaps(devices.front().process->pid(), "daemon-idle-before-job");
   for (auto& d : devices) {
     Memory m = memory_of(d.process->pid());
     pss += m.pss;
@@ -889,6 +930,18 @@ void Bench::run() {
   std::printf("daemon benchmark: %s, %d daemons, %d jobs, idle window %d s\n",
               options_.smoke ? "smoke" : "full", options_.daemons, options_.jobs,
               options_.idle_seconds);
+  if (options_.unit_environment) {
+    daemon_env_ = unit_environment(UPPARAT_SERVICE_UNIT);
+    if (daemon_env_.empty()) {
+      die(std::string("no Environment= line in ") + UPPARAT_SERVICE_UNIT);
+    }
+  }
+  std::printf("daemon environment: %s\n",
+              daemon_env_.empty() ? "the benchmark's own (--bare)"
+                                  : "the benchmark's own and, as upparat.service sets them:");
+  for (const auto& [key, value] : daemon_env_) {
+    std::printf("  %s=%s\n", key.c_str(), value.c_str());
+  }
   emulator_round_trip();
   main_.emplace(make_device("bench-main"));
   start(*main_);
@@ -928,6 +981,8 @@ int main(int argc, char** argv) {
       o.smoke = true;
     } else if (arg == "--keep-logs" && i + 1 < argc) {
       o.keep_logs = argv[++i];
+    } else if (arg == "--bare") {
+      o.unit_environment = false;
     } else if (arg == "--daemon" && i + 1 < argc) {
       o.daemon = argv[++i];
     } else if (arg == "--daemons") {
@@ -945,7 +1000,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: upparat-daemon-bench [--smoke] [--daemons N] [--jobs J] "
-                   "[--idle-seconds S] [--big-mib M] [--daemon PATH] [--keep-logs DIR]\n");
+                   "[--idle-seconds S] [--big-mib M] [--daemon PATH] [--keep-logs DIR] [--bare]\n");
       return 2;
     }
   }

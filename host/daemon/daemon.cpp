@@ -1,6 +1,5 @@
 #include "daemon/daemon.hpp"
 
-#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spdlog/pattern_formatter.h>
@@ -20,6 +19,7 @@
 #include <thread>
 #include <type_traits>
 
+#include "common/idle_memory.hpp"
 #include "common/sanitize.hpp"
 #include "daemon/folders.hpp"
 #include "daemon/sd_notify.hpp"
@@ -255,10 +255,9 @@ struct Daemon::Impl {
       worker_busy = true;
       guard.unlock();
       task();
-      // A step or a download frees what it used (transfer buffers, a hook's output); give
-      // those pages back so the idle daemon does not keep them (malloc keeps freed memory in
-      // its heap). Takes well under a millisecond for the daemon's small heap.
-      malloc_trim(0);
+      // A step or a download frees what it used (transfer buffers, a hook's output), and its
+      // deep calls touched this thread's stack: the idle daemon keeps neither.
+      give_back_idle_memory();
       guard.lock();
       worker_busy = false;
       worker_wake.notify_all();

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -271,6 +272,22 @@ Session::~Session() {
   stop(milliseconds(0));
 }
 
+namespace {
+
+/// Paho C writes each protocol event (every packet sent or received) into a ring of its last
+/// 400 trace entries, about 120 KiB that it keeps for a trace nobody reads unless tracing was
+/// asked for. Only errors go into it now, so those pages are never touched. Asked for with
+/// Paho's own variables (MQTT_C_CLIENT_TRACE, MQTT_C_CLIENT_TRACE_LEVEL; docs/daemon.md), the
+/// trace stays as Paho sets it.
+void keep_only_errors_in_paho_trace() {
+  if (std::getenv("MQTT_C_CLIENT_TRACE") == nullptr &&
+      std::getenv("MQTT_C_CLIENT_TRACE_LEVEL") == nullptr) {
+    MQTTAsync_setTraceLevel(MQTTASYNC_TRACE_ERROR);
+  }
+}
+
+}  // namespace
+
 Status Session::start() {
   auto& impl = *impl_;
   const auto& s = impl.settings;
@@ -279,6 +296,7 @@ Status Session::start() {
     create.set_send_while_disconnected(true, true);
     create.set_max_buffered_messages(s.max_buffered);
     create.set_delete_oldest_messages(false);
+    keep_only_errors_in_paho_trace();
     impl.client = std::make_unique<::mqtt::async_client>(impl.uri, s.client_id, create, nullptr);
     impl.client->set_callback(impl);
 

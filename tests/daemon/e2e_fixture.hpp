@@ -313,9 +313,11 @@ class E2eFixture : public ::testing::Test {
     return file;
   }
 
-  ServiceProcess start_daemon(const fs::path& config, const std::string& name = "upparat") {
+  ServiceProcess start_daemon(const fs::path& config, const std::string& name = "upparat",
+                              std::vector<std::pair<std::string, std::string>> env = {}) {
     ProcessOptions o;
     o.argv = {UPPARAT_DAEMON_BIN, "-c", config.string(), "-v"};
+    o.env = std::move(env);
     o.name = name;
     o.log_path = path(name + "-" + std::to_string(logs_.size()) + ".log");
     o.stop_grace = 15s;

@@ -8,10 +8,13 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <MQTTAsync.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -141,6 +144,43 @@ TEST_F(MqttSessionTest, MutualTlsConnectSubscribeAndPublish) {
   EXPECT_EQ(m->first, "devices/device-1/echo");
   EXPECT_EQ(m->second, "hello");
   session.stop(2s);
+}
+
+/// The levels of the entries Paho C's trace passed on (MQTTAsync_setTraceCallback).
+std::mutex trace_mutex;
+std::vector<int> trace_levels;
+
+void record_trace(enum MQTTASYNC_TRACE_LEVELS level, char* /*message*/) {
+  std::lock_guard lock(trace_mutex);
+  trace_levels.push_back(level);
+}
+
+TEST_F(MqttSessionTest, PahoTracesOnlyErrorsUnlessAskedTo) {
+  // Paho C keeps every traced entry in a ring of about 120 KiB; a protocol event (a packet
+  // sent or received) is traced at PROTOCOL level unless the session lowers it to errors.
+  ASSERT_EQ(std::getenv("MQTT_C_CLIENT_TRACE"), nullptr);
+  ASSERT_EQ(std::getenv("MQTT_C_CLIENT_TRACE_LEVEL"), nullptr);
+  auto broker = Mosquitto::start_tls(*ca_);
+  ASSERT_TRUE(broker) << broker.error().message();
+  MQTTAsync_setTraceCallback(record_trace);
+  Recorder rec;
+  Session session(tls_settings(broker->port()), rec.callbacks());
+  ASSERT_TRUE(session.start());
+  ASSERT_TRUE(rec.wait_subscribed(1, 20s)) << broker->process().log_tail();
+  {
+    // Creating the client prints Paho's banner to the trace whatever the level; it does not
+    // go into the ring. What follows is protocol traffic.
+    std::lock_guard lock(trace_mutex);
+    trace_levels.clear();
+  }
+  ASSERT_TRUE(session.publish("devices/device-1/echo", "hello"));
+  ASSERT_TRUE(rec.next(10s));
+  session.stop(2s);
+  MQTTAsync_setTraceCallback(nullptr);
+  std::lock_guard lock(trace_mutex);
+  auto below_errors = std::count_if(trace_levels.begin(), trace_levels.end(),
+                                    [](int level) { return level < MQTTASYNC_TRACE_ERROR; });
+  EXPECT_EQ(below_errors, 0) << "of " << trace_levels.size() << " trace entries";
 }
 
 TEST_F(MqttSessionTest, ServerOfAnotherCaIsRefusedAndRetried) {

@@ -246,6 +246,9 @@ container_exec nsenter -t "$main_pid" -m -- test -S /tmp/sockinstctrl ||
   die "upparat.service does not see SWUpdate's /tmp/sockinstctrl (drop-in not applied?)"
 container_exec grep -Eq "^Groups:.*\b$swupdate_gid\b" "/proc/$main_pid/status" ||
   die "upparat.service is not in the group swupdate (drop-in not applied?)"
+# The unit's Environment= reaches the daemon (glibc without tcache: docs/benchmarks.md).
+container_exec cat "/proc/$main_pid/environ" | tr '\0' '\n' | grep -qx 'GLIBC_TUNABLES=glibc.malloc.tcache_count=0' ||
+  die "upparat.service runs without GLIBC_TUNABLES=glibc.malloc.tcache_count=0"
 
 # ---- the RAUC plugin's reboot: logind, as the user upparat, allowed by the polkit rule --------
 # polkitd and libsdbus-c++ (not in the cached rootfs) come from Debian packages downloaded once;
