@@ -3,6 +3,7 @@
 // MQTT topics of the AWS IoT Jobs device API for one thing. Only get, {jobId}/get,
 // {jobId}/update and notify are used: start-next and $next would start other agents' jobs.
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -11,6 +12,10 @@
 #include "common/job_id.hpp"
 
 namespace upparat::jobs {
+
+/// The largest MQTT payload AWS IoT's message broker carries (128 KiB): a larger message on a
+/// Jobs topic cannot come from AWS.
+inline constexpr std::size_t kMaxAwsPayload = 128 * 1024;
 
 /// "$aws/things/{thing}/jobs"
 [[nodiscard]] std::string topic_prefix(std::string_view thing);

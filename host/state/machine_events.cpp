@@ -62,6 +62,12 @@ void Machine::Impl::on(const MqttMessage& m) {
     spdlog::debug("ignoring a message on {}", m.topic);
     return;
   }
+  if (m.payload.size() > jobs::kMaxAwsPayload) {
+    // A notify is trusted to name our jobs (its list may stand in for a get's answer).
+    spdlog::warn("ignoring a message of {} bytes on {}: AWS IoT carries at most 128 KiB",
+                 m.payload.size(), m.topic);
+    return;
+  }
   switch (topic->kind) {
     case jobs::TopicKind::Notify:
       return on_notify(m.payload);
@@ -129,13 +135,18 @@ void Machine::Impl::on_notify(const std::string& payload) {
   }
   // A notify lists at most 15 executions (10 in older documentation): when other agents'
   // jobs fill it, one of ours may be left out, so a full-looking list is worth a get too.
-  const bool any = std::any_of(pending->in_progress.begin(), pending->in_progress.end(),
-                               [&](const auto& j) { return ours(j.job_id); }) ||
-                   std::any_of(pending->queued.begin(), pending->queued.end(),
-                               [&](const auto& j) { return ours(j.job_id); }) ||
-                   pending->in_progress.size() + pending->queued.size() >= kNotifyMayBeTruncated;
+  const bool lists_ours = std::any_of(pending->in_progress.begin(), pending->in_progress.end(),
+                                      [&](const auto& j) { return ours(j.job_id); }) ||
+                          std::any_of(pending->queued.begin(), pending->queued.end(),
+                                      [&](const auto& j) { return ours(j.job_id); });
+  const bool complete =
+      pending->in_progress.size() + pending->queued.size() < kNotifyMayBeTruncated;
+  const bool any = lists_ours || !complete;
   if (phase == Phase::Monitor) {
     if (any) {
+      if (lists_ours && complete) {
+        notified_list = std::move(*pending);
+      }
       fire(Trigger::JobsNotified);
     }
     return;

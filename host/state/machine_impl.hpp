@@ -185,6 +185,9 @@ struct Machine::Impl {
   // A notify listed jobs of ours while a get was on its way: the get's answer may predate them
   // (AWS does not order a response against a notification), so an empty answer is not trusted.
   bool notified_during_get = false;
+  // The complete list of a notify that woke the machine in monitor: fetch_jobs picks from it
+  // instead of sending a get (one round trip less, as the Python version did).
+  std::optional<jobs::PendingJobs> notified_list;
   std::optional<TimePoint> updates_timer_at;
   std::uint64_t updates_timer = 0;
   std::uint64_t refetch_timer = 0;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <random>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
@@ -52,11 +53,16 @@ void Machine::Impl::drop_request(RequestSlot slot) {
 
 void Machine::Impl::enter_fetch_jobs() {
   status("fetching jobs");
+  auto listed = std::exchange(notified_list, std::nullopt);
   if (refetch_later) {
     // The last job ended with a rejected update: do not loop on it at full speed.
     refetch_later = false;
     refetch_timer = set_timer(TimerPurpose::Refetch, s.request_resend);
     return;
+  }
+  if (listed) {
+    // Woken by a notify whose list is complete: it says what a get would answer.
+    return on_get_accepted(*listed);
   }
   send_request(RequestPurpose::Get, "");
 }

@@ -259,6 +259,11 @@ void Machine::Impl::enter_download() {
 }
 
 void Machine::Impl::on_download_progress(const download::Progress& p) {
+  // Every byte is in: the update after the download (installation_start, or the job's end)
+  // says so, and a report now would only hold it back (one update in flight at a time).
+  if (p.total && p.bytes >= *p.total) {
+    return;
+  }
   if (!progress.download_due(p.percent(), now())) {
     return;
   }

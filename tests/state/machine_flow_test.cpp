@@ -315,6 +315,38 @@ TEST(Machine, NotifyInMonitorFetchesJobs) {
   EXPECT_EQ(w.phase(), Phase::Monitor);
 }
 
+// A notify that lists fewer than 10 executions is complete: the job is picked from it, as
+// from a get's answer, and described at once.
+TEST(Machine, CompleteNotifyPicksTheJobWithoutAGet) {
+  World w;
+  w.use(hooks_with([](Hooks& h) { h.version_before = "2.0"; }));
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Monitor);
+  ASSERT_EQ(w.cloud.gets, 1);
+  w.cloud.add(queued("other_1"));
+  w.cloud.add(queued("upparat_1"));
+  w.notify();
+  EXPECT_EQ(final_state(w, "upparat_1"), "SUCCEEDED version_already_installed");
+  // The only get after the connect's is the one after the job ended.
+  EXPECT_EQ(w.cloud.gets, 2);
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+}
+
+// AWS IoT carries at most 128 KiB: a larger notify is forged and names nothing to work on.
+TEST(Machine, NotifyOverAwsLimitIsIgnored) {
+  World w;
+  w.use(Hooks{});
+  w.connect();
+  ASSERT_EQ(w.phase(), Phase::Monitor);
+  const std::string big = R"({"timestamp":1,"jobs":{"QUEUED":[{"jobId":"upparat_big","queuedAt":1,)"
+                          R"("lastUpdatedAt":1,"executionNumber":1,"versionNumber":1}]},"pad":")" +
+                          std::string(128 * 1024, 'p') + R"("})";
+  w.handle(MqttMessage{jobs::topic_prefix(kThing) + "/notify", big});
+  EXPECT_EQ(w.phase(), Phase::Monitor);
+  EXPECT_EQ(w.cloud.gets, 1);
+  EXPECT_EQ(w.cloud.describes, 0);
+}
+
 // A notify lists at most 15 executions (10 in older documentation): when other agents' jobs
 // fill it, a new job of ours is left out and must still be fetched.
 TEST(Machine, NotifyFullOfOtherAgentsJobsFetchesJobs) {
@@ -990,7 +1022,7 @@ TEST(Machine, OneUpdateInFlightAndProgressMerged) {
   ASSERT_TRUE(w.running_download);
   w.cloud.answer = false;
   const auto before = w.published.size();
-  for (int i = 1; i <= 100; ++i) {
+  for (int i = 1; i < 100; ++i) {
     w.handle(DownloadProgress{w.running_download->work, {std::uint64_t(i) * 10, 1000}});
   }
   // Only the first progress went out; the others wait and merge into one.
@@ -998,8 +1030,27 @@ TEST(Machine, OneUpdateInFlightAndProgressMerged) {
   w.release_held();
   const auto& last = w.cloud.updates.back();
   EXPECT_EQ(last.state, "download_progress");
-  EXPECT_EQ(last.message, "{\"downloaded_bytes\": 1000}");
-  EXPECT_EQ(w.cloud.states("upparat_1").size(), 3u);  // start, first progress, merged latest
+  EXPECT_EQ(last.message, "{\"downloaded_bytes\": 960}");  // the last 4 % step
+  EXPECT_EQ(w.cloud.states("upparat_1").size(), 3u);       // start, first progress, merged latest
+}
+
+// All bytes in: the download's end is near, and installation_start must not wait behind a
+// progress update (one update in flight).
+TEST(Machine, NoProgressUpdateForTheLastByte) {
+  World w;
+  w.use(Hooks{});
+  w.hold_downloads();
+  start(w);
+  ASSERT_TRUE(w.running_download);
+  w.handle(DownloadProgress{w.running_download->work, {500, 1000}});
+  w.handle(DownloadProgress{w.running_download->work, {1000, 1000}});
+  w.finish_download(download::Outcome::Complete);
+  const auto states = w.cloud.states("upparat_1");
+  ASSERT_GE(states.size(), 3u);
+  EXPECT_EQ(states[0], "download_start");
+  EXPECT_EQ(states[1], "download_progress");
+  EXPECT_EQ(states[2], "installation_start");
+  EXPECT_EQ(w.cloud.updates[1].message, "{\"downloaded_bytes\": 500}");
 }
 
 TEST(Machine, ProgressBudget) {
