@@ -64,6 +64,11 @@ constexpr milliseconds kDisconnectWait{3000};
 /// Without a signal (a plugin that did not stop, an error in the loop): how long the worker
 /// may take to become idle after the loop ended.
 constexpr milliseconds kWorkerWait{10000};
+/// How long the worker waits for its next task before it gives back the memory the last ones
+/// left (give_back_idle_memory). The tasks of one job follow each other within this, so a job
+/// pays for it once, not after each step: the madvise calls and the page faults after them
+/// cost CPU.
+constexpr milliseconds kGiveBackAfterIdle{1000};
 
 /// `<N>` syslog priority prefix for journald (sd-daemon(3)).
 class PriorityFlag final : public spdlog::custom_flag_formatter {
@@ -245,8 +250,19 @@ struct Daemon::Impl {
 
   void worker_run() {
     std::unique_lock guard(worker_mutex);
+    bool used = false;  // a task ran since the memory was last given back
     while (true) {
-      worker_wake.wait(guard, [&] { return worker_quit || !worker_tasks.empty(); });
+      auto ready = [&] { return worker_quit || !worker_tasks.empty(); };
+      if (used && !worker_wake.wait_for(guard, kGiveBackAfterIdle, ready)) {
+        // Idle: a step or a download freed what it used (transfer buffers, a hook's output),
+        // and its deep calls touched this thread's stack; the idle daemon keeps neither.
+        guard.unlock();
+        give_back_idle_memory();
+        guard.lock();
+        used = false;
+        continue;
+      }
+      worker_wake.wait(guard, ready);
       if (worker_tasks.empty()) {
         return;
       }
@@ -255,10 +271,8 @@ struct Daemon::Impl {
       worker_busy = true;
       guard.unlock();
       task();
-      // A step or a download frees what it used (transfer buffers, a hook's output), and its
-      // deep calls touched this thread's stack: the idle daemon keeps neither.
-      give_back_idle_memory();
       guard.lock();
+      used = true;
       worker_busy = false;
       worker_wake.notify_all();
     }
