@@ -198,7 +198,7 @@ std::vector<LogLine> parse_log(const fs::path& file) {
 
 /// CPU seconds (user + system) a process used so far, with its waited-for children (the
 /// daemon's hooks) when `children`; 0 once it is gone.
-double cpu_seconds(pid_t pid, bool children) {
+double cpu_seconds(pid_t pid, bool children = false) {
   const std::string stat = read_text("/proc/" + std::to_string(pid) + "/stat");
   // Field 2 (comm) may hold spaces: count from after its closing parenthesis, where field 3
   // begins; utime, stime, cutime and cstime are fields 14 to 17.
@@ -274,26 +274,6 @@ Memory memory_of(pid_t pid) {
     }
   }
   return m;
-}
-
-/// utime + stime of a process in seconds.
-double cpu_seconds(pid_t pid) {
-  std::string stat = read_text("/proc/" + std::to_string(pid) + "/stat");
-  auto close = stat.rfind(')');
-  if (close == std::string::npos) {
-    return 0;
-  }
-  std::istringstream in(stat.substr(close + 2));
-  std::vector<std::string> fields;
-  for (std::string f; in >> f;) {
-    fields.push_back(f);
-  }
-  // Fields from the state (field 3); utime and stime are fields 14 and 15.
-  if (fields.size() < 13) {
-    return 0;
-  }
-  return static_cast<double>(std::stoull(fields[11]) + std::stoull(fields[12])) /
-         static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 int threads_of(pid_t pid) {
@@ -779,7 +759,7 @@ void breakdown(const std::string& thing, const std::vector<LogLine>& lines,
       notify = i;
     }
   }
-  span("1  notify -> job picked (a get round trip)", notify, selected);
+  span("1  notify -> job picked (from the notify, or after a get)", notify, selected);
   const std::size_t describe = find(selected, "publish $aws/", "/upparat_many/get:");
   span("2  describe round trip", describe, find(describe, "/upparat_many/get/accepted"));
   const std::size_t version = find(selected, "upparat_many: version step");
@@ -840,13 +820,17 @@ void Bench::many() {
     private_kib += m.private_kib;
     anonymous += m.anonymous;
   }
+  // Per daemon its own CPU and its hooks' (the children it waited for), then the emulator's
+  // and the broker's.
   auto cpu_now = [&] {
     std::vector<double> cpu;
     for (auto& d : devices) {
-      cpu.push_back(cpu_seconds(d.process->pid(), true));
+      const double own = cpu_seconds(d.process->pid());
+      cpu.push_back(own);
+      cpu.push_back(cpu_seconds(d.process->pid(), true) - own);
     }
-    cpu.push_back(cpu_seconds(emulator_->process().pid(), false));
-    cpu.push_back(cpu_seconds(broker_->process().pid(), false));
+    cpu.push_back(cpu_seconds(emulator_->process().pid()));
+    cpu.push_back(cpu_seconds(broker_->process().pid()));
     return cpu;
   };
   const std::vector<double> cpu_before = cpu_now();
@@ -877,11 +861,16 @@ void Bench::many() {
     breakdown(d.thing, lines, emulator_times, phases);
   }
   double cpu_daemons = 0;
+  double cpu_hooks = 0;
   for (std::size_t i = 0; i < devices.size(); ++i) {
-    cpu_daemons += cpu_after[i] - cpu_before[i];
+    cpu_daemons += cpu_after[2 * i] - cpu_before[2 * i];
+    cpu_hooks += cpu_after[2 * i + 1] - cpu_before[2 * i + 1];
   }
-  const double cpu_emulator = cpu_after[devices.size()] - cpu_before[devices.size()];
-  const double cpu_broker = cpu_after[devices.size() + 1] - cpu_before[devices.size() + 1];
+  const std::size_t others = 2 * devices.size();
+  const double cpu_emulator = cpu_after[others] - cpu_before[others];
+  const double cpu_broker = cpu_after[others + 1] - cpu_before[others + 1];
+  const long cores = ::sysconf(_SC_NPROCESSORS_ONLN);
+  const double fixed = cpu_hooks + cpu_emulator + cpu_broker;
   std::printf(
       "%d daemons (all connected in %.1f s), one 1 MiB job each, created at once:\n"
       "  job time: median %.0f ms, p95 %.0f ms, all SUCCEEDED after %.0f ms (seen by the "
@@ -889,14 +878,17 @@ void Bench::many() {
       "  summed idle PSS %.1f MiB (private %.1f MiB) beside %d bare OpenSSL clients' %.1f MiB;\n"
       "  anonymous memory of one idle daemon before its first job: %ld KiB (mean) beside the "
       "OpenSSL client's %ld KiB\n"
-      "  CPU used until all SUCCEEDED (%.1f s on %ld cores): daemons with their hooks %.1f s, "
+      "  CPU used until all SUCCEEDED (%.1f s on %ld cores): daemons %.1f s, their hooks %.1f s, "
       "emulator %.1f s, broker %.1f s\n"
+      "  the hooks, the emulator and the broker alone take %.1f s of CPU: all done no sooner "
+      "than %.1f s on %ld cores, whatever the daemon\n"
       "  where the time went (median over the daemons, ms):\n",
       n, connected_s, percentile(times, 0.5), percentile(times, 0.95),
       *std::max_element(times.begin(), times.end()), all_seen, single_job_ms_,
       static_cast<double>(pss) / 1024.0, static_cast<double>(private_kib) / 1024.0, n,
       static_cast<double>(bare_client_.pss) * n / 1024.0, anonymous / n, bare_client_.anonymous,
-      all_seen / 1000.0, ::sysconf(_SC_NPROCESSORS_ONLN), cpu_daemons, cpu_emulator, cpu_broker);
+      all_seen / 1000.0, cores, cpu_daemons, cpu_hooks, cpu_emulator, cpu_broker, fixed,
+      fixed / static_cast<double>(cores), cores);
   for (const auto& [name, values] : phases) {
     std::printf("    %-58s %6.0f  (p95 %.0f, %zu daemons)\n", name.c_str() + 3,
                 percentile(values, 0.5), percentile(values, 0.95), values.size());
