@@ -41,25 +41,36 @@ void Machine::Impl::publish(std::string topic, std::string payload) {
   }
 }
 
-Status Machine::Impl::persist() {
+void Machine::Impl::persist() {
   if (!durable) {
-    return {};
+    return;
   }
-  return persist(up_to_download(durable->step) && !saved_past_download ? Durability::Deferred
-                                                                       : Durability::Synced);
+  persist(up_to_download(durable->step) && !saved_past_download ? Durability::Deferred
+                                                                : Durability::Synced);
 }
 
-Status Machine::Impl::persist(Durability durability) {
+void Machine::Impl::persist(Durability durability) {
   if (!durable) {
-    return {};
+    return;
   }
   if (!up_to_download(durable->step)) {
     saved_past_download = true;
   }
+  if (!save_pending || durability == Durability::Synced) {
+    save_pending = durability;
+  }
+}
+
+Status Machine::Impl::save_now() {
+  const auto durability = save_pending;
+  save_pending.reset();
+  if (!durability || !durable) {
+    return {};
+  }
   if (job) {
     durable->store = job->kv->snapshot();
   }
-  auto saved = store.save(*durable, durability);
+  auto saved = store.save(*durable, *durability);
   if (!saved) {
     spdlog::error("cannot save the job state: {}", saved.error().message());
   }
@@ -68,6 +79,7 @@ Status Machine::Impl::persist(Durability durability) {
 
 void Machine::Impl::forget_durable() {
   durable.reset();
+  save_pending.reset();
   saved_past_download = false;
   if (auto cleared = store.clear(); !cleared) {
     spdlog::error("cannot remove the job state: {}", cleared.error().message());

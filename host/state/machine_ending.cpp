@@ -94,7 +94,7 @@ void Machine::Impl::on_final_refused(const jobs::UpdateOutcome& o) {
         job->id, o.update.status, o.update.state, o.code, o.message);
     if (durable && durable->step == SavedStep::Finish) {
       durable->final_message = "none";
-      (void)persist();
+      persist();
     }
     if (job->status == "QUEUED") {
       jobs::Update start = *final_minimal;

@@ -472,6 +472,8 @@ std::vector<Action> Machine::Impl::handle(const Event& event) {
     maybe_exit();
     exited = out.size() != before;
   }
+  // Before the daemon carries out any of this event's actions.
+  (void)save_now();
   return std::move(out);
 }
 

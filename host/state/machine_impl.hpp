@@ -214,13 +214,18 @@ struct Machine::Impl {
 
   void status(const std::string& text) { out.push_back(SystemdStatus{text}); }
 
-  // Saves the job state. A failure is logged here; only the save before the restart must
-  // succeed for the flow to go on (see enter_reboot_ack). Without an argument: Deferred while
-  // the state only repeats what the cloud knows (the steps up to the download, before any
-  // later step of this job was saved), so no fsync delays the requests of those steps; Synced
-  // from the install on (its attempt counts are on disk before the plugin runs).
-  Status persist();
-  Status persist(Durability durability);
+  // Saves the job state once the event is handled, before any of its actions (a request, a
+  // plugin step) runs: the saves of one event (a step ended, the next one entered, its attempt
+  // started) make one write, of the strongest durability asked for. A failure is logged then.
+  // Without an argument: Deferred while the state only repeats what the cloud knows (the steps
+  // up to the download, before any later step of this job was saved), so no fsync delays the
+  // requests of those steps; Synced from the install on (its attempt counts are on disk before
+  // the plugin runs).
+  void persist();
+  void persist(Durability durability);
+  // Saves now what persist() asked for; its result decides the flow (see enter_reboot_ack).
+  Status save_now();
+  std::optional<Durability> save_pending;
   static bool up_to_download(SavedStep st) {
     return st == SavedStep::VerifyJob || st == SavedStep::DownloadGate || st == SavedStep::Download;
   }

@@ -395,7 +395,8 @@ void Machine::Impl::enter_reboot_ack() {
   }
   status("job " + job->id + ": reboot starts");
   attempts.begin(saved(), SavedStep::Reboot, now());
-  if (auto saved = persist(); !saved) {
+  persist();
+  if (auto saved = save_now(); !saved) {
     // Restarting now would resume the install after the reboot (the saved step is still
     // `install`): on a full disk, an install-and-reboot loop. Announce nothing; fail.
     final_updates = {

@@ -1053,6 +1053,25 @@ TEST(Machine, NoProgressUpdateForTheLastByte) {
   EXPECT_EQ(w.cloud.updates[1].message, "{\"downloaded_bytes\": 500}");
 }
 
+// The saves one event asks for (a step's attempt ended, the next step entered, its attempt
+// started) are one write, made before any of the event's actions runs.
+TEST(Machine, TheSavesOfOneEventAreOneWrite) {
+  World w;
+  w.use(Hooks{});
+  start(w);
+  using Saves = std::vector<std::pair<SavedStep, Durability>>;
+  const Saves expected = {
+      {SavedStep::VerifyJob, Durability::Deferred},     // described: version step started
+      {SavedStep::DownloadGate, Durability::Deferred},  // version ended, gate step started
+      {SavedStep::Download, Durability::Deferred},      // gate open, download started
+      {SavedStep::Install, Durability::Synced},         // downloaded, install entered
+      {SavedStep::Install, Durability::Synced},         // installation_start accepted
+      {SavedStep::Reboot, Durability::Synced},          // installed, reboot_start sent
+      {SavedStep::Restart, Durability::Synced},         // reboot_start accepted
+  };
+  EXPECT_EQ(w.store.durabilities_, expected);
+}
+
 TEST(Machine, ProgressBudget) {
   World w;
   w.use(Hooks{});
