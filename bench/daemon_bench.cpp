@@ -13,14 +13,17 @@
 //      restart, beside an uninterrupted download's;
 //   6. --daemons daemons, each with one 1 MiB job created at once: median job time and time
 //      to all SUCCEEDED (beside the single daemon's job time of 1.), summed PSS of the idle
-//      daemons (beside N bare OpenSSL clients, computed from 3.), the CPU time the daemons
-//      (with their hooks), the emulator and the broker used until all were SUCCEEDED, and where
-//      the job time went: each phase's median from the daemons' debug logs, each update's
-//      round trip split with the emulator's --verbose log into the way there, the emulator's
-//      own work and the way back.
+//      daemons (beside N bare OpenSSL clients, computed from 3.), the CPU time the daemons,
+//      their hooks, the emulator and the broker used until all were SUCCEEDED (and the bound
+//      the last three alone set on "all done"), and where the job time went: each phase's
+//      median from the daemons' debug logs, each update's round trip split with the emulator's
+//      --verbose log into the way there, the emulator's own work and the way back.
+//
+// The daemons run with the Environment= lines of config/upparat.service, as the unit runs
+// them; --bare leaves them out.
 //
 //   upparat-daemon-bench [--smoke] [--daemons N] [--jobs J] [--idle-seconds S] [--big-mib M]
-//                        [--daemon PATH] [--keep-logs DIR]
+//                        [--daemon PATH] [--keep-logs DIR] [--bare]
 //
 // --smoke: N = 10, 5 jobs, no idle window, a 64 MiB big job; CI runs it. The benchmark exits
 // non-zero when the daemon misbehaves (a job that does not succeed in time, a daemon that does
@@ -84,7 +87,7 @@ struct Options {
 
 /// The `Environment=` assignments of a systemd unit file (unquoted KEY=VALUE words, as ours
 /// writes them).
-std::vector<std::pair<std::string, std::string>> unit_environment(const fs::path& unit) {
+std::vector<std::pair<std::string, std::string>> environment_of_unit(const fs::path& unit) {
   std::vector<std::pair<std::string, std::string>> env;
   std::ifstream in(unit);
   for (std::string line; std::getline(in, line);) {
@@ -923,7 +926,7 @@ void Bench::run() {
               options_.smoke ? "smoke" : "full", options_.daemons, options_.jobs,
               options_.idle_seconds);
   if (options_.unit_environment) {
-    daemon_env_ = unit_environment(UPPARAT_SERVICE_UNIT);
+    daemon_env_ = environment_of_unit(UPPARAT_SERVICE_UNIT);
     if (daemon_env_.empty()) {
       die(std::string("no Environment= line in ") + UPPARAT_SERVICE_UNIT);
     }
